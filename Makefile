@@ -1,0 +1,15 @@
+# The README's two commands: `make demo` and `make test`. Both install everything first (scripts/install.sh).
+VENV ?= .venv
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: install demo test bench-help
+
+install:
+	bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/visionnode pipeline run --local $(DEMO_ARGS)
+
+test: install
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,191 @@
+"""The contract between phases: the files each phase's output artifact holds, as typed objects.
+
+shard     -> ShardManifest   (`manifest.json` beside the `.beton` files)
+transfer  -> ShardManifest   (same schema; every shard also has `uri`, and `base_uri` is set)
+train     -> ModelBundle     (`weights.pt` state_dict + `model.json`)
+quantize  -> InferenceModel  (`model.xml`/`model.bin` OpenVINO IR, `model.onnx`, `model.json`)
+deploy    -> Endpoint        (artifact metadata: model name, version, URLs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .jsonio import read_json, write_json
+from .model import IMAGENET_MEAN, IMAGENET_STD
+
+MANIFEST_FILE = "manifest.json"
+MODEL_METADATA_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+SHARDS_FORMAT = "visionnode.shards/v1"
+MODEL_FORMAT = "visionnode.model/v1"
+INFERENCE_FORMAT = "visionnode.inference/v1"
+
+
+@dataclass
+class ClassIndex:
+    """Class index = position of the wnid in the sorted wnid list (as torchvision's ImageFolder)."""
+
+    wnids: list[str]
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.wnids) != len(self.names):
+            raise DataError(f"class index has {len(self.wnids)} wnids but {len(self.names)} names")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.wnids)
+
+
+@dataclass
+class ShardInfo:
+    file: str                       # file name relative to the shard dir
+    split: str                      # "train" or "val"
+    count: int                      # images in the shard
+    bytes: int
+    sha256: str
+    class_histogram: dict[int, int]  # class index -> images
+    uri: str | None = None          # set by transfer
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ShardInfo":
+        data = dict(data)
+        data["class_histogram"] = {int(k): int(v) for k, v in data.get("class_histogram", {}).items()}
+        return cls(**data)
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class ShardManifest:
+    classes: ClassIndex
+    shards: list[ShardInfo]
+    settings: dict[str, Any]                    # max_resolution, jpeg_quality, images_per_shard, ...
+    skipped: list[SkippedFile] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    base_uri: str | None = None                 # set by transfer: where the shards live remotely
+    format: str = SHARDS_FORMAT
+
+    def shards_for(self, split: str) -> list[ShardInfo]:
+        return [s for s in self.shards if s.split == split]
+
+    def images_in(self, split: str) -> int:
+        return sum(s.count for s in self.shards_for(split))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def save(self, directory: str | Path) -> Path:
+        return write_json(Path(directory) / MANIFEST_FILE, self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ShardManifest":
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_FILE
+        data = read_json(path)
+        if data.get("format") != SHARDS_FORMAT:
+            raise DataError(f"{path} is not a VisionNode shard manifest (format={data.get('format')!r})",
+                            "point at the output directory of `visionnode shard`")
+        return cls(
+            classes=ClassIndex(**data["classes"]),
+            shards=[ShardInfo.from_dict(s) for s in data["shards"]],
+            settings=data.get("settings", {}),
+            skipped=[SkippedFile(**s) for s in data.get("skipped", [])],
+            empty_classes=list(data.get("empty_classes", [])),
+            base_uri=data.get("base_uri"),
+        )
+
+
+@dataclass
+class Preprocessing:
+    """How a model expects its pixels: resize/crop size, normalisation (RGB, 0..1 scale before mean/std)."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class ModelMetadata:
+    """What `train` writes beside the weights so that quantize and deploy never guess."""
+
+    arch: str
+    num_classes: int
+    classes: ClassIndex
+    preprocessing: Preprocessing
+    metrics: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    format: str = MODEL_FORMAT
+
+    def save(self, directory: str | Path) -> Path:
+        return write_json(Path(directory) / MODEL_METADATA_FILE, self)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelMetadata":
+        path = Path(directory) / MODEL_METADATA_FILE
+        data = read_json(path)
+        if data.get("format") != MODEL_FORMAT:
+            raise DataError(f"{path} is not a VisionNode model (format={data.get('format')!r})",
+                            "point --model at the output directory of `visionnode train`")
+        return cls(
+            arch=data["arch"], num_classes=data["num_classes"], classes=ClassIndex(**data["classes"]),
+            preprocessing=_preprocessing(data["preprocessing"]), metrics=data.get("metrics", {}),
+            training=data.get("training", {}),
+        )
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int]   # -1 for the dynamic batch dimension
+    dtype: str         # numpy dtype name, e.g. "uint8", "float32"
+    layout: str = ""   # "NHWC" for images
+
+
+@dataclass
+class InferenceMetadata:
+    """What `quantize` writes beside the OpenVINO IR: deploy reads input/output specs and labels from it."""
+
+    arch: str
+    precision: str                 # "int8" or "fp32"
+    input: TensorSpec
+    output: TensorSpec
+    classes: ClassIndex
+    preprocessing: Preprocessing   # already folded into the graph; kept to document what the graph does
+    ir_xml: str = "model.xml"
+    onnx: str | None = "model.onnx"
+    accuracy: dict[str, float] = field(default_factory=dict)
+    format: str = INFERENCE_FORMAT
+
+    def save(self, directory: str | Path) -> Path:
+        return write_json(Path(directory) / MODEL_METADATA_FILE, self)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "InferenceMetadata":
+        path = Path(directory) / MODEL_METADATA_FILE
+        data = read_json(path)
+        if data.get("format") != INFERENCE_FORMAT:
+            raise DataError(f"{path} is not a VisionNode inference model (format={data.get('format')!r})",
+                            "point --model at the output directory of `visionnode quantize`")
+        return cls(
+            arch=data["arch"], precision=data["precision"], input=TensorSpec(**data["input"]),
+            output=TensorSpec(**data["output"]), classes=ClassIndex(**data["classes"]),
+            preprocessing=_preprocessing(data["preprocessing"]), ir_xml=data.get("ir_xml", "model.xml"),
+            onnx=data.get("onnx"), accuracy=data.get("accuracy", {}),
+        )
+
+
+def _preprocessing(data: dict[str, Any]) -> Preprocessing:
+    return Preprocessing(input_size=data["input_size"], resize_size=data["resize_size"],
+                         mean=tuple(data["mean"]), std=tuple(data["std"]))

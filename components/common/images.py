@@ -1,0 +1,63 @@
+"""Robust image decoding: real ImageNet holds CMYK and grayscale JPEGs and a PNG saved as .JPEG.
+
+`load_rgb` decodes by content (never by extension) and returns an RGB image, or raises UnreadableImage with a
+reason a person can act on (zero bytes, truncated, not an image).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file by content and convert it to 8-bit RGB."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage(path, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage(path, "not an image (unrecognised content)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(path, f"corrupt or truncated image ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(path, "image is implausibly large (decompression bomb guard)") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        rgba = img.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")  # CMYK, L, I;16, P, YCbCr ...
+
+
+def resize_max_side(img: Image.Image, max_side: int) -> Image.Image:
+    """Shrink so that the longer side is at most `max_side` (never enlarges)."""
+    if max(img.size) <= max_side:
+        return img
+    scale = max_side / max(img.size)
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)

@@ -1,0 +1,149 @@
+"""MLflow run handling in one place.
+
+`tracked_run(...)` opens an MLflow run (nested under a parent run when one is given or named in
+`VISIONNODE_PARENT_RUN_ID`) and yields a `Tracker`. With no tracking URI configured it yields a tracker
+whose methods do nothing, so phase code logs unconditionally and never checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import ServiceError
+from .settings import resolve_endpoints
+
+DEFAULT_EXPERIMENT = "visionnode"
+PARENT_RUN_ENV = "VISIONNODE_PARENT_RUN_ID"
+PIPELINE_RUN_ENV = "VISIONNODE_PIPELINE_RUN_ID"
+PIPELINE_RUN_TAG = "visionnode.pipeline_run_id"
+
+
+class Tracker:
+    """Logging calls for one run; every method is a no-op when `run_id` is None."""
+
+    def __init__(self, run_id: str | None = None, tracking_uri: str | None = None) -> None:
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+
+    @property
+    def enabled(self) -> bool:
+        return self.run_id is not None
+
+    @property
+    def run_url(self) -> str | None:
+        if not self.enabled or not self.tracking_uri or not self.tracking_uri.startswith("http"):
+            return None
+        import mlflow
+
+        run = mlflow.get_run(self.run_id)
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_params({k: _short(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+            if numeric:
+                mlflow.log_metrics(numeric, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if self.enabled:
+            import mlflow
+
+            if Path(path).is_dir():
+                mlflow.log_artifacts(os.fspath(path), artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(os.fspath(path), artifact_path=artifact_path)
+
+    def log_figure(self, figure: Any, file_name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_figure(figure, file_name)
+
+    def log_text(self, text: str, file_name: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_text(text, file_name)
+
+
+@contextmanager
+def tracked_run(
+    run_name: str,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Tracker]:
+    """Open an MLflow run for one phase; a no-op tracker when no tracking URI is configured."""
+    uri = tracking_uri or resolve_endpoints().mlflow_uri
+    if not uri:
+        yield Tracker()
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    _set_experiment(mlflow, experiment, uri)
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or _pipeline_parent_run(mlflow, experiment)
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent, nested=parent is not None,
+                          tags={k: str(v) for k, v in (tags or {}).items()}) as run:
+        yield Tracker(run.info.run_id, uri)
+
+
+def _set_experiment(mlflow: Any, experiment: str, uri: str) -> None:
+    try:
+        mlflow.set_experiment(experiment)
+    except Exception as exc:  # MLflow raises many types for an unreachable server
+        raise ServiceError(f"MLflow at {uri} did not answer ({type(exc).__name__})",
+                           "start it with `visionnode stack up` or unset MLFLOW_TRACKING_URI") from None
+
+
+def _pipeline_parent_run(mlflow: Any, experiment: str) -> str | None:
+    """The parent run of a KFP pipeline run: found by its tag, created by the first phase that needs it."""
+    pipeline_run_id = os.environ.get(PIPELINE_RUN_ENV)
+    if not pipeline_run_id:
+        return None
+    exp = mlflow.get_experiment_by_name(experiment)
+    found = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="list", max_results=1,
+                               filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run_id}'")
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp.experiment_id, run_name=f"pipeline-{pipeline_run_id}",
+                            tags={PIPELINE_RUN_TAG: pipeline_run_id})
+    return run.info.run_id
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str], tracker: Tracker | None = None) -> Path:
+    """Save a matplotlib figure atomically as PNG and log it to the run when tracking is on."""
+    from .jsonio import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    if tracker is not None:
+        tracker.log_artifact(path, artifact_path="plots")
+    return path

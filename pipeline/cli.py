@@ -1,0 +1,35 @@
+"""The `visionnode` command: one sub-command per phase plus `stack`, `data` and `pipeline`.
+
+Each module listed in COMMAND_MODULES exposes `register(app)`, which adds its thin Typer adapters.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+COMMAND_MODULES = (
+    "visionnode.components.common.data_cli",
+)
+
+app = typer.Typer(
+    name="visionnode",
+    help="VisionNode-152: ResNet-152 on ImageNet-1K — validate, shard, transfer, train, quantize, deploy, "
+         "benchmark — as a Kubeflow pipeline or locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+for module_name in COMMAND_MODULES:
+    importlib.import_module(module_name).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The shared building blocks: ImageNet reader, robust decoding, synthetic data, model factory, tracking."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionnode.components.common.errors import DataError
+from visionnode.components.common.images import UnreadableImage, load_rgb
+from visionnode.components.common.imagenet import open_imagenet
+from visionnode.components.common.jsonio import atomic_path, read_json, write_json
+from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
+from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.common.tracking import tracked_run
+
+
+def test_reader_indexes_classes_like_torchvision(synth_dataset: Path) -> None:
+    from torchvision.datasets import ImageFolder
+
+    layout = open_imagenet(synth_dataset)
+    reference = ImageFolder(str(synth_dataset / "train"))
+    assert layout.classes.wnids == reference.classes
+    scan = layout.scan("train")
+    assert [(str(r.path), r.label) for r in scan.records] == [(p, i) for p, i in reference.samples]
+    assert layout.classes.names[0].startswith("synthetic")
+
+
+def test_reader_reads_flat_val_with_solution_csv(tmp_path: Path) -> None:
+    root = synthesize_dataset(tmp_path / "flat", SynthConfig(classes=3, train_per_class=2, val_per_class=3,
+                                                             min_side=48, max_side=64, flat_val=True)).root
+    assert not any(p.is_dir() for p in (root / "val").iterdir())
+    layout = open_imagenet(root)
+    val = layout.scan("val")
+    assert len(val.records) == 9
+    assert sorted({r.label for r in val.records}) == [0, 1, 2]
+    assert all(r.path.stem.startswith("VN_val_") for r in val.records)
+
+
+def test_reader_reports_empty_class_and_rejects_non_imagenet(messy_dataset, tmp_path: Path) -> None:
+    scan = open_imagenet(messy_dataset.root).scan("train")
+    assert scan.empty_classes == [messy_dataset.empty_class]
+    with pytest.raises(DataError, match="not in ImageNet layout"):
+        open_imagenet(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        open_imagenet(tmp_path / "missing")
+
+
+def test_decoder_converts_odd_images_and_names_bad_ones(messy_dataset) -> None:
+    wnid_dir = next(p.parent for p in messy_dataset.root.rglob("cmyk.JPEG"))
+    for name in ("cmyk.JPEG", "grey.JPEG", "png_inside.JPEG"):
+        image = load_rgb(wnid_dir / name)
+        assert image.mode == "RGB" and image.width > 0
+    reasons = {}
+    for rel in messy_dataset.bad_files:
+        with pytest.raises(UnreadableImage) as info:
+            load_rgb(messy_dataset.root / rel)
+        reasons[rel] = info.value.reason
+    assert any("empty" in r for r in reasons.values())
+    assert any("truncated" in r for r in reasons.values())
+    assert any("not an image" in r for r in reasons.values())
+
+
+def test_synth_is_deterministic_and_varied(tmp_path: Path) -> None:
+    config = SynthConfig(classes=4, train_per_class=3, val_per_class=1, seed=3, min_side=48, max_side=120)
+    a = synthesize_dataset(tmp_path / "a", config).root
+    b = synthesize_dataset(tmp_path / "b", config).root
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.JPEG"))
+    assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.JPEG"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a)
+    sizes = {Image.open(a / f).size for f in files_a}
+    assert len(sizes) > 5, "images should vary in size and aspect ratio"
+
+
+def test_synth_signal_is_learnable_but_not_trivial(synth_dataset: Path) -> None:
+    """Mean colour alone (a trivial feature) must not separate the classes perfectly."""
+    layout = open_imagenet(synth_dataset)
+    feats, labels = [], []
+    for record in layout.scan("train").records:
+        feats.append(np.asarray(load_rgb(record.path).resize((32, 32)), dtype=np.float32).mean(axis=(0, 1)))
+        labels.append(record.label)
+    feats, labels = np.stack(feats), np.array(labels)
+    centroids = np.stack([feats[labels == c].mean(0) for c in range(layout.classes.num_classes)])
+    nearest = np.argmin(((feats[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    accuracy = (nearest == labels).mean()
+    assert accuracy < 0.9, f"mean colour alone classifies {accuracy:.0%}: the task is trivial"
+
+
+def test_resnet152_has_the_reference_parameter_count() -> None:
+    model = build_resnet()
+    assert count_parameters(model) == RESNET152_PARAMETERS
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1000)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_json(target, {"b": 1, "a": Path("/x")})
+    assert read_json(target) == {"a": "/x", "b": 1}
+
+
+def test_tracking_is_a_noop_without_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VISIONNODE_STATE_DIR", str(tmp_path))
+    with tracked_run("noop") as tracker:
+        tracker.log_metrics({"loss": 1.0})
+        assert not tracker.enabled and tracker.run_url is None
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "data", "synth", str(tmp_path / "x"),
+                             "--classes", "1"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --classes 1 is out of range (use 2..1000)"]
