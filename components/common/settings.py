@@ -2,7 +2,8 @@
 
 Order, highest first:
 1. environment variables (`VISIONNODE_S3_ENDPOINT`, `VISIONNODE_MLFLOW_URI` or `MLFLOW_TRACKING_URI`,
-   `VISIONNODE_TRITON_HTTP`, `VISIONNODE_TRITON_GRPC`, `VISIONNODE_TRITON_METRICS`) — point any of them at
+   `VISIONNODE_TRITON_HTTP`, `VISIONNODE_TRITON_GRPC`, `VISIONNODE_TRITON_METRICS`,
+   `VISIONNODE_TRITON_REPOSITORY`) — point any of them at
    an external MinIO / MLflow / Triton and the embedded one is never used;
 2. the endpoints file `stack.json` that `visionnode stack up` writes into the state dir;
 3. nothing: tracking is off, and phases that need S3 or Triton say how to provide one.
@@ -31,6 +32,7 @@ _ENV_BY_FIELD = {
     "triton_http": ("VISIONNODE_TRITON_HTTP",),
     "triton_grpc": ("VISIONNODE_TRITON_GRPC",),
     "triton_metrics": ("VISIONNODE_TRITON_METRICS",),
+    "triton_repository": ("VISIONNODE_TRITON_REPOSITORY",),
 }
 
 
@@ -53,6 +55,9 @@ class Endpoints:
     triton_grpc: str | None = None
     triton_metrics: str | None = None
     s3_region: str = DEFAULT_REGION
+    # Where Triton reads its model repository: a local dir, or `s3://host:port/bucket/prefix` (Triton's
+    # S3 syntax for a non-AWS endpoint; plain `s3://bucket/prefix` for AWS itself).
+    triton_repository: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)

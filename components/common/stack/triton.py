@@ -1,0 +1,164 @@
+"""Embedded Triton: the CPU `tritonserver` 2.51 that PyPI's `nvidia-pytriton` ships, with its python backend.
+
+The model repository is either a local directory or an S3 prefix in Triton's own URI syntax,
+`s3://host:port/bucket/prefix` (checked: this build's S3 filesystem reads our SeaweedFS, with the
+credentials from AWS_* in its environment, and copies a model's files to a temp dir on each load).
+Models are loaded and unloaded through the repository API (`--model-control-mode=explicit`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, ServiceError
+from ..settings import DEFAULT_REGION, S3Credentials
+from ..storage import S3Config, S3Location, s3_client
+from .process import LOOPBACK, PortSpec, child_env
+from .service import ServiceSpec
+
+REPOSITORY_BUCKET = "visionnode"
+REPOSITORY_PREFIX = "triton-models"
+# An S3 "directory" exists only while it holds an object; Triton refuses to start on a missing one.
+REPOSITORY_MARKER = ".visionnode-repository"
+
+
+@dataclass(frozen=True)
+class TritonRepository:
+    """Where Triton reads models: `local_dir`, or `location` on the S3 server at `endpoint` (None = AWS)."""
+
+    uri: str
+    local_dir: Path | None = None
+    endpoint: str | None = None
+    location: S3Location | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location is not None
+
+
+def triton_s3_uri(endpoint: str, bucket: str, prefix: str) -> str:
+    """Triton's spelling of an S3 prefix on a non-AWS server: `s3://host:port/bucket/prefix`."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(endpoint)
+    if parsed.scheme != "http" or not parsed.port:
+        raise ConfigError(f"Triton cannot use the S3 endpoint {endpoint} as its model repository",
+                          "give an http://host:port endpoint or pass --triton-repository DIR")
+    return f"s3://{parsed.netloc}/{bucket}/{prefix.strip('/')}"
+
+
+def parse_triton_repository(uri: str) -> TritonRepository:
+    """Split a repository string: a local dir, `s3://host:port/bucket/prefix` or AWS `s3://bucket/prefix`."""
+    if not uri.startswith("s3://"):
+        return TritonRepository(uri=uri, local_dir=Path(uri).expanduser())
+    rest = uri[len("s3://"):]
+    head, _, path = rest.partition("/")
+    if ":" in head:  # host:port → a private S3 server reached over http
+        bucket, _, key = path.partition("/")
+        if not bucket:
+            raise ConfigError(f"'{uri}' names no bucket", "write it as s3://host:port/bucket/prefix")
+        return TritonRepository(uri=uri, endpoint=f"http://{head}", location=S3Location(bucket, key.strip("/")))
+    return TritonRepository(uri=uri, location=S3Location(head, path.strip("/")))
+
+
+def tritonserver_dist() -> Path:
+    """The `tritonserver/` folder inside the installed pytriton package (found without importing it)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("nvidia-pytriton is not installed, so there is no tritonserver",
+                           "pip install nvidia-pytriton==0.7.0")
+    dist = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise ServiceError(f"no tritonserver binary in {dist}", "reinstall nvidia-pytriton==0.7.0")
+    return dist
+
+
+def _bundled_libs(dist: Path) -> Path:
+    wheel_libs = dist.parent.parent / "nvidia_pytriton.libs"
+    return wheel_libs if wheel_libs.is_dir() else dist / "external_libs"
+
+
+def prepare_backends(dist: Path, target: Path) -> Path:
+    """A backend dir holding the python backend plus the stub built for this interpreter's version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServiceError(f"nvidia-pytriton ships no python-backend stub for Python {version}",
+                           "use Python 3.8-3.13")
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for source in [*(dist / "backends" / "python").glob("*.*"), stub]:
+        if source.is_file():
+            shutil.copy2(source, python_dir / source.name)
+    return target
+
+
+def server_env(dist: Path, repository: TritonRepository, credentials: S3Credentials | None,
+               region: str) -> dict[str, str]:
+    # The python backend stub links the system libpython: this interpreter's LIBDIR must come first, or
+    # model loading fails in multiprocessing.resource_tracker (DESIGN.md).
+    lib_dirs = [sysconfig.get_config_var("LIBDIR"), str(_bundled_libs(dist)), os.environ.get("LD_LIBRARY_PATH")]
+    # The stub's embedded interpreter finds its prefix through `python` on PATH: the venv's bin/ first
+    # makes model.py files import numpy, openvino, ... from this environment.
+    paths = [sysconfig.get_path("scripts"), os.environ.get("PATH")]
+    env: dict[str, str | None] = {
+        "LD_LIBRARY_PATH": os.pathsep.join(p for p in lib_dirs if p),
+        "PATH": os.pathsep.join(p for p in paths if p),
+    }
+    if repository.is_s3:
+        env["AWS_DEFAULT_REGION"] = region
+        if credentials:
+            env.update(credentials.as_env())
+    return child_env(env)
+
+
+def ensure_repository(repository: TritonRepository, credentials: S3Credentials | None, region: str) -> None:
+    if repository.local_dir is not None:
+        repository.local_dir.mkdir(parents=True, exist_ok=True)
+        return
+    assert repository.location is not None
+    client = s3_client(S3Config(endpoint=repository.endpoint, credentials=credentials, region=region))
+    marker = repository.location.child(REPOSITORY_MARKER)
+    try:
+        client.put_object(Bucket=marker.bucket, Key=marker.key, Body=b"visionnode triton model repository\n")
+    except Exception as exc:  # botocore's ClientError / EndpointConnectionError
+        raise ServiceError(f"cannot prepare the Triton model repository {repository.uri}: {exc}",
+                           "check that the bucket exists and the S3 credentials") from None
+
+
+def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: int, repository: str,
+                credentials: S3Credentials | None = None, region: str = DEFAULT_REGION) -> ServiceSpec:
+    dist = tritonserver_dist()
+    home = state_dir / "triton"
+    repo = parse_triton_repository(repository)
+    backends = home / "backends"
+    argv = [
+        str(dist / "bin" / "tritonserver"),
+        f"--model-repository={repo.uri}",
+        "--model-control-mode=explicit",
+        f"--backend-directory={backends}",
+        f"--cache-directory={dist / 'caches'}",
+        f"--http-address={LOOPBACK}", f"--http-port={http_port}",
+        f"--grpc-address={LOOPBACK}", f"--grpc-port={grpc_port}",
+        f"--metrics-address={LOOPBACK}", f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+    ]
+    ports = [PortSpec(http_port, "HTTP", "--triton-http-port"), PortSpec(grpc_port, "gRPC", "--triton-grpc-port"),
+             PortSpec(metrics_port, "metrics", "--triton-metrics-port")]
+
+    def before_start() -> None:
+        prepare_backends(dist, backends)
+        ensure_repository(repo, credentials, region)
+
+    return ServiceSpec(
+        name="triton", argv=argv, env=server_env(dist, repo, credentials, region), ports=ports,
+        url=f"{LOOPBACK}:{http_port}", health_url=f"http://{LOOPBACK}:{http_port}/v2/health/ready",
+        extra={"grpc": f"{LOOPBACK}:{grpc_port}", "metrics": f"{LOOPBACK}:{metrics_port}", "repository": repo.uri},
+        cwd=home, before_start=before_start,
+    )
