@@ -1,0 +1,106 @@
+"""`visionnode pipeline compile | submit | run --local`: thin Typer adapters over compile/submit/local_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.table import Table
+
+from visionnode.components.common.cli import emit_result, out_console, user_errors
+from visionnode.components.common.errors import ConfigError
+
+pipeline_app = typer.Typer(help="The KFP pipeline: compile it, submit it to a cluster, or run it locally.",
+                           no_args_is_help=True)
+
+ParamOption = Annotated[Optional[list[str]], typer.Option(
+    "--param", "-p", help="Pipeline parameter as name=value; repeat for several (e.g. -p epochs=4).")]
+ParamFileOption = Annotated[Optional[Path], typer.Option(
+    help="YAML file of pipeline parameters (name: value); --param values override it.")]
+
+
+@pipeline_app.command("compile")
+@user_errors
+def compile_command(
+    out: Annotated[Path, typer.Argument(help="Where to write the KFP IR YAML (e.g. visionnode-152.yaml).")],
+) -> None:
+    """Compile the seven-step DAG to KFP v2 IR YAML (reproducible: same code, same bytes)."""
+    from .compile import compile_pipeline
+
+    out_console.print(f"pipeline written to {compile_pipeline(out)}")
+
+
+@pipeline_app.command("submit")
+@user_errors
+def submit_command(
+    host: Annotated[str, typer.Option(help="KFP API endpoint, e.g. http://localhost:8080.")],
+    experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "visionnode",
+    param: ParamOption = None,
+    param_file: ParamFileOption = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run name (default: pipeline name + version).")] = None,
+    namespace: Annotated[Optional[str], typer.Option(help="Kubeflow profile namespace (multi-user KFP).")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Upload the pipeline (a new version when it changed), create a run and print its URL."""
+    from .submit import SubmitConfig, submit_pipeline
+
+    params = _params(param, param_file)
+    result = submit_pipeline(SubmitConfig(host, experiment, params, run_name, namespace))
+    emit_result(result, json_path, "submitted")
+
+
+@pipeline_app.command("run")
+@user_errors
+def run_command(
+    local: Annotated[bool, typer.Option("--local", help="Run every step on this machine with kfp.local.")] = False,
+    data: Annotated[Optional[Path], typer.Option(
+        help="ImageNet-layout root (train/, val/). Default: a generated 10-class demo dataset.")] = None,
+    param: ParamOption = None,
+    param_file: ParamFileOption = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary."""
+    from .local_run import LocalRunConfig, run_local
+
+    if not local:
+        raise ConfigError("only local runs are started from here",
+                          "add --local, or use `visionnode pipeline submit --host URL` for a cluster")
+    result = run_local(LocalRunConfig(data=data, params=_params(param, param_file)))
+    _print_summary(result)
+    emit_result(result.summary | {"wall_seconds": round(result.wall_seconds, 1), "run_dir": str(result.run_dir),
+                                  "mlflow_run": result.mlflow_run_url}, json_path, "pipeline run")
+
+
+def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
+    from .compile import compiled_spec, parameter_types, parse_params
+
+    types = parameter_types(compiled_spec())
+    from_file: dict[str, Any] = {}
+    if param_file is not None:
+        if not param_file.is_file():
+            raise ConfigError(f"parameter file {param_file} does not exist", "check the path")
+        loaded = yaml.safe_load(param_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{param_file} is not a mapping of name: value", "see manifests/ for an example")
+        from_file = parse_params([f"{k}={v}" for k, v in loaded.items()], types)
+    return from_file | parse_params(pairs or [], types)
+
+
+def _print_summary(result: Any) -> None:
+    table = Table(title="metrics per step", title_justify="left")
+    table.add_column("step")
+    table.add_column("metrics")
+    for task, metrics in result.task_metrics.items():
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float, str)))
+        table.add_row(task, shown)
+    out_console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:,.4g}" if isinstance(value, float) else str(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipeline_app, name="pipeline")

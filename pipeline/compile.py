@@ -1,0 +1,74 @@
+"""Compile the DAG to KFP IR YAML, and read pipeline parameters from the compiled spec."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.jsonio import atomic_write_bytes
+
+_PARAMETER_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float, "BOOLEAN": bool}
+
+
+def compile_pipeline(out: str | Path) -> Path:
+    """Write the pipeline's IR YAML atomically. The output is byte-for-byte reproducible."""
+    from kfp import compiler
+
+    from .pipeline import visionnode_pipeline
+
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{out} does not end in .yaml", "KFP reads pipeline packages as .yaml files")
+    with tempfile.TemporaryDirectory() as scratch:
+        package = Path(scratch) / "pipeline.yaml"
+        compiler.Compiler().compile(visionnode_pipeline, package_path=str(package))
+        return atomic_write_bytes(out, package.read_bytes())
+
+
+def load_compiled(path: str | Path) -> dict[str, Any]:
+    """The pipeline spec with the Kubernetes platform spec (the package's second YAML document) merged in."""
+    spec: dict[str, Any] = {}
+    for document in yaml.safe_load_all(Path(path).read_text()):
+        spec.update(document or {})
+    return spec
+
+
+def compiled_spec() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        return load_compiled(compile_pipeline(Path(scratch) / "pipeline.yaml"))
+
+
+def parameter_types(spec: dict[str, Any]) -> dict[str, type]:
+    """Pipeline parameter name -> Python type, from the compiled root input definitions."""
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return {name: _PARAMETER_TYPES[p["parameterType"]] for name, p in params.items()}
+
+
+def parse_params(pairs: list[str], types: dict[str, type]) -> dict[str, Any]:
+    """`["epochs=2", "data_uri=s3://x"]` -> typed values; unknown names and bad values are user errors."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise ConfigError(f"--param {pair!r} is not of the form name=value", "e.g. --param epochs=4")
+        if name not in types:
+            raise ConfigError(f"unknown pipeline parameter {name!r}",
+                              f"known parameters: {', '.join(sorted(types))}")
+        parsed[name] = _coerce(name, raw, types[name])
+    return parsed
+
+
+def _coerce(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"--param {name}={raw!r} is not a boolean", "use true or false")
+        return raw.lower() in ("true", "1")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"--param {name}={raw!r} is not a valid {kind.__name__}", "fix the value") from None

@@ -1,0 +1,197 @@
+"""`visionnode pipeline run --local`: the whole DAG on this machine with kfp.local against the embedded stack.
+
+Steps: start (or reuse) the embedded S3/MLflow/Triton stack, generate the demo dataset unless `--data` is given,
+export the service endpoints into the environment the components inherit, open the MLflow parent run that every
+phase nests under, run the pipeline with kfp.local's SubprocessRunner, then read each task's metrics back from
+its `executor_output.json` into one summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
+from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, state_dir
+from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
+
+from .pipeline import PIPELINE_NAME
+
+# A service named by one of these variables is external: the local run does not start an embedded one.
+EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
+                "triton": ("VISIONNODE_TRITON_HTTP",)}
+TASK_ORDER = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
+
+# Small enough for 2 CPU cores in minutes, large enough that every phase does real work.
+DEMO_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=0, min_side=64, max_side=128)
+DEMO_PARAMS: dict[str, Any] = {
+    "validate_subset": 96, "validate_image_size": 64, "validate_steps": 24,
+    "images_per_shard": 256, "max_resolution": 96, "jpeg_quality": 90,
+    "arch": "resnet152", "epochs": 3, "batch_size": 32, "res_schedule": "64:64", "precision": "auto",
+    "calibration_images": 100, "max_accuracy_drop": 2.0,
+    "benchmark_concurrency": "1,4,8", "benchmark_duration_s": 4.0,
+}
+
+
+@dataclass
+class LocalRunConfig:
+    data: Path | None = None                      # ImageNet-layout dir; None -> the generated demo dataset
+    params: dict[str, Any] = field(default_factory=dict)  # pipeline parameter overrides (`--param k=v`)
+    work_dir: Path | None = None                  # where kfp.local keeps run outputs; default: state dir
+
+
+@dataclass
+class LocalRunResult:
+    run_dir: Path
+    wall_seconds: float
+    data: Path
+    params: dict[str, Any]
+    summary: dict[str, Any]
+    task_metrics: dict[str, dict[str, Any]]
+    mlflow_run_url: str | None
+
+
+def run_local(config: LocalRunConfig) -> LocalRunResult:
+    started = time.perf_counter()
+    endpoints = _start_stack()
+    data = _dataset(config.data)
+    params = _pipeline_params(data, config)
+    pipeline_root = (config.work_dir or state_dir() / "pipeline-runs").resolve()
+    with _service_environment(endpoints), tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data}) as parent:
+        os.environ[PARENT_RUN_ENV] = parent.run_id or ""
+        parent.log_params(params)
+        run_dir = _run_pipeline(params, pipeline_root)
+        task_metrics = read_task_metrics(run_dir)
+        summary = summarize(task_metrics)
+        parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        url = parent.run_url
+    return LocalRunResult(run_dir, time.perf_counter() - started, data, params, summary, task_metrics, url)
+
+
+def _start_stack() -> Endpoints:
+    """Start (or keep) the embedded services, except those the environment points at an external endpoint."""
+    from visionnode.components.common.stack.stack import LocalStack, StackConfig
+
+    external = {name: any(os.environ.get(var) for var in env_vars) for name, env_vars in EXTERNAL_ENV.items()}
+    stack = LocalStack(StackConfig(with_s3=not external["s3"], with_mlflow=not external["mlflow"],
+                                   with_triton=not external["triton"]))
+    stack.up()
+    return stack.endpoints
+
+
+def _dataset(data: Path | None) -> Path:
+    if data is not None:
+        if not (data / "train").is_dir():
+            raise DataError(f"{data} has no train/ folder",
+                            "point --data at an ImageNet-layout root (train/<wnid>/*.JPEG, val/...)")
+        return data.resolve()
+    root = state_dir() / "demo-data" / f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
+    if not (root / "LOC_synset_mapping.txt").is_file():
+        synthesize_dataset(root, DEMO_DATA)
+    return root
+
+
+def _pipeline_params(data: Path, config: LocalRunConfig) -> dict[str, Any]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    params: dict[str, Any] = dict(DEMO_PARAMS) if config.data is None else {}
+    params.update({
+        "data_uri": str(data),
+        "shards_uri": f"s3://visionnode/shards/{data.name}",
+        "checkpoint_uri": f"s3://visionnode/checkpoints/{stamp}",
+    })
+    params.update(config.params)
+    return params
+
+
+class _service_environment:
+    """Export endpoints and S3 credentials for the component subprocesses; restore the environment after."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        values = {
+            "VISIONNODE_S3_ENDPOINT": endpoints.s3_endpoint, "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
+            "VISIONNODE_TRITON_HTTP": endpoints.triton_http, "VISIONNODE_TRITON_GRPC": endpoints.triton_grpc,
+            "VISIONNODE_TRITON_METRICS": endpoints.triton_metrics,
+            "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository,
+        }
+        credentials = resolve_s3_credentials()
+        if credentials:
+            values.update(credentials.as_env())
+        self.values = {k: v for k, v in values.items() if v}
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        self.saved = {k: os.environ.get(k) for k in [*self.values, PARENT_RUN_ENV]}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc: object) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_pipeline(params: dict[str, Any], pipeline_root: Path) -> Path:
+    from kfp import local
+
+    from .pipeline import visionnode_pipeline
+
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+               raise_on_error=False)
+    visionnode_pipeline(**params)
+    new_dirs = sorted(set(pipeline_root.iterdir()) - before)
+    if not new_dirs:
+        raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root}")
+    run_dir = new_dirs[-1]
+    failed = [t for t in TASK_ORDER if _task_dir(run_dir, t) is None
+              or not (_task_dir(run_dir, t) / "executor_output.json").is_file()]
+    if failed:
+        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r} (see its log above)",
+                              f"outputs of the steps that ran are under {run_dir}")
+    return run_dir
+
+
+def _task_dir(run_dir: Path, task: str) -> Path | None:
+    """kfp.local names task dirs after the component (`validate-op`) or the display name."""
+    for candidate in (f"{task}-op", task):
+        if (run_dir / candidate).is_dir():
+            return run_dir / candidate
+    return None
+
+
+def read_task_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Task -> the metadata of its `metrics` output artifact, from kfp.local's executor_output.json."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for task in TASK_ORDER:
+        task_dir = _task_dir(run_dir, task)
+        output = task_dir / "executor_output.json" if task_dir else None
+        if output is None or not output.is_file():
+            continue
+        artifacts = json.loads(output.read_text()).get("artifacts", {})
+        metrics[task] = artifacts.get("metrics", {}).get("artifacts", [{}])[0].get("metadata", {})
+        for name in ("endpoint",):
+            if name in artifacts:
+                metrics[task].update(artifacts[name]["artifacts"][0].get("metadata", {}))
+    return metrics
+
+
+def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of a run, picked from each phase's metrics by name."""
+    headline = {
+        "validate_loss_first": ("validate", "loss_first"), "validate_loss_last": ("validate", "loss_last"),
+        "shard_images": ("shard", "images_written"), "transfer_MBps": ("transfer", "mb_per_s"),
+        "train_loss": ("train", "train_loss"), "train_top1": ("train", "val_top1"),
+        "train_top5": ("train", "val_top5"), "int8_top1": ("quantize", "int8_top1"),
+        "int8_agreement": ("quantize", "top1_agreement"), "int8_size_mb": ("quantize", "int8_size_mb"),
+        "qps": ("benchmark", "best_qps"), "p99_ms": ("benchmark", "best_p99_ms"),
+        "slo_met": ("benchmark", "slo_met"),
+    }
+    return {key: task_metrics.get(task, {}).get(name) for key, (task, name) in headline.items()
+            if task_metrics.get(task, {}).get(name) is not None}

@@ -1,0 +1,122 @@
+"""Submit the compiled pipeline to a Kubeflow Pipelines endpoint with `kfp.Client`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionnode.components.common.errors import ConfigError, ServiceError
+from visionnode.components.common.kfp_support import project_version
+
+from .compile import compile_pipeline
+from .pipeline import PIPELINE_NAME
+
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+
+
+@dataclass
+class SubmitConfig:
+    host: str
+    experiment: str = "visionnode"
+    params: dict[str, Any] = field(default_factory=dict)
+    run_name: str | None = None
+    namespace: str | None = None
+
+
+@dataclass
+class SubmitResult:
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    run_id: str
+    run_url: str
+
+
+def submit_pipeline(config: SubmitConfig) -> SubmitResult:
+    """Upload the pipeline (or a new version of it, named by content hash), create the run, return its URL."""
+    if "data_uri" not in config.params:
+        raise ConfigError("the pipeline needs --param data_uri=...",
+                          "e.g. --param data_uri=s3://datasets/imagenet (ImageNet layout)")
+    _preflight(config.host)
+    client = _call(config.host, _client, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        package = compile_pipeline(Path(scratch) / "pipeline.yaml")
+        pipeline_id, version_id = _upload(client, config.host, package)
+    experiment = _call(config.host, client.create_experiment, name=config.experiment, namespace=config.namespace)
+    run = _call(config.host, client.run_pipeline, experiment_id=experiment.experiment_id,
+                job_name=config.run_name or f"{PIPELINE_NAME}-{project_version()}", params=config.params,
+                pipeline_id=pipeline_id, version_id=version_id)
+    url = f"{config.host.rstrip('/')}/#/runs/details/{run.run_id}"
+    return SubmitResult(pipeline_id, version_id, experiment.experiment_id, run.run_id, url)
+
+
+def _client(config: SubmitConfig) -> Any:
+    import kfp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we require 2.x
+        return kfp.Client(host=config.host, existing_token=os.environ.get(TOKEN_ENV), namespace=config.namespace)
+
+
+def _preflight(host: str) -> None:
+    """One quick health probe, because kfp.Client retries its own probe for ~25 s before giving up."""
+    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz")
+    if os.environ.get(TOKEN_ENV):
+        request.add_header("Authorization", f"Bearer {os.environ[TOKEN_ENV]}")
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ServiceError(f"KFP at {host} rejected the request ({exc.code} {exc.reason})",
+                               f"set {TOKEN_ENV} to a valid token for this endpoint") from None
+        raise ServiceError(f"KFP at {host} answered {exc.code} {exc.reason} on its health endpoint",
+                           "check that --host is the KFP API (ml-pipeline-ui or the Istio gateway)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServiceError(f"KFP at {host} is unreachable ({getattr(exc, 'reason', exc)})",
+                           "check --host (e.g. http://localhost:8080 after "
+                           "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)") from None
+
+
+def _upload(client: Any, host: str, package: Path) -> tuple[str, str]:
+    """Same pipeline name every time; each distinct compiled spec becomes one version (re-submits reuse it)."""
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
+    version_name = f"{project_version()}-{digest}"
+    pipeline_id = _call(host, client.get_pipeline_id, PIPELINE_NAME)
+    if pipeline_id is None:
+        pipeline = _call(host, client.upload_pipeline, str(package), pipeline_name=PIPELINE_NAME,
+                         description="ResNet-152 on ImageNet-1K, end to end")
+        pipeline_id = pipeline.pipeline_id
+    existing = _call(host, client.list_pipeline_versions, pipeline_id=pipeline_id, page_size=200)
+    for version in existing.pipeline_versions or []:
+        if version.display_name == version_name:
+            return pipeline_id, version.pipeline_version_id
+    version = _call(host, client.upload_pipeline_version, str(package), pipeline_version_name=version_name,
+                    pipeline_id=pipeline_id)
+    return pipeline_id, version.pipeline_version_id
+
+
+def _call(host: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Turn the KFP client's transport and HTTP errors into one-line messages."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            raise ServiceError(f"KFP at {host} rejected the request ({exc.status} {exc.reason})",
+                               f"set {TOKEN_ENV} to a valid token for this endpoint") from None
+        raise ServiceError(f"KFP at {host} answered {exc.status} {exc.reason}",
+                           "check the host URL and the KFP server logs") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ServiceError(f"KFP at {host} is unreachable ({type(exc).__name__})",
+                           "check --host (e.g. http://localhost:8080 after `kubectl port-forward svc/ml-pipeline-ui`)"
+                           ) from None

@@ -1,0 +1,160 @@
+"""The KFP DAG: compile (structure, defaults, reproducibility), submit errors, and a local run on tiny data."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from visionnode.pipeline.cli import app
+from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
+from visionnode.components.common.errors import ConfigError
+
+runner = CliRunner()
+PHASES = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return load_compiled(compile_pipeline(tmp_path_factory.mktemp("ir") / "p.yaml"))
+
+
+def _tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def _artifact_sources(task: dict) -> dict[str, tuple[str, str]]:
+    artifacts = task.get("inputs", {}).get("artifacts", {})
+    return {name: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+            for name, a in artifacts.items() if "taskOutputArtifact" in a}
+
+
+def test_dag_has_seven_phase_tasks_and_the_importer(spec: dict) -> None:
+    names = set(_tasks(spec))
+    assert {f"{p}-op" for p in PHASES} <= names
+    assert len(names - {f"{p}-op" for p in PHASES}) == 1  # the raw-data importer
+
+
+def test_artifacts_flow_along_the_contract(spec: dict) -> None:
+    tasks = _tasks(spec)
+    assert _artifact_sources(tasks["transfer-op"]) == {"shards": ("shard-op", "shards")}
+    assert _artifact_sources(tasks["train-op"]) == {"remote_shards": ("transfer-op", "remote_shards")}
+    assert _artifact_sources(tasks["quantize-op"]) == {"model": ("train-op", "model"),
+                                                       "remote_shards": ("transfer-op", "remote_shards")}
+    assert _artifact_sources(tasks["deploy-op"]) == {"int8_model": ("quantize-op", "int8_model")}
+    assert _artifact_sources(tasks["benchmark-op"]) == {"endpoint": ("deploy-op", "endpoint"),
+                                                        "remote_shards": ("transfer-op", "remote_shards")}
+    assert "validate-op" in tasks["shard-op"]["dependentTasks"]
+
+
+def test_parameter_defaults_and_types(spec: dict) -> None:
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert "defaultValue" not in params["data_uri"]
+    assert params["arch"]["defaultValue"] == "resnet152"
+    assert params["target_qps"]["defaultValue"] == 100.0
+    assert params["target_p99_ms"]["defaultValue"] == 150.0
+    types = parameter_types(spec)
+    assert types["epochs"] is int and types["lr"] is float and types["data_uri"] is str
+
+
+def test_cluster_settings_secrets_retries_caching_resources(spec: dict) -> None:
+    tasks = _tasks(spec)
+    for phase in ("transfer", "deploy", "train"):
+        assert tasks[f"{phase}-op"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["shard-op"]["cachingOptions"].get("enableCache") is True
+    executors = spec["deploymentSpec"]["executors"]
+    for phase in PHASES:
+        resources = executors[f"exec-{phase}-op"]["container"]["resources"]
+        assert resources["cpuRequest"] and resources["memoryRequest"]
+        assert executors[f"exec-{phase}-op"]["container"]["image"].startswith("visionnode/")
+    assert executors["exec-train-op"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    platform = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for phase in PHASES:
+        secrets = {s["secretName"] for s in platform[f"exec-{phase}-op"]["secretAsEnv"]}
+        assert secrets == {"visionnode-s3", "visionnode-mlflow"}
+
+
+def test_compiled_yaml_is_reproducible(tmp_path: Path) -> None:
+    first = compile_pipeline(tmp_path / "a.yaml").read_bytes()
+    second = compile_pipeline(tmp_path / "b.yaml").read_bytes()
+    assert first == second
+    assert "AWS_SECRET_ACCESS_KEY: " not in first.decode()  # only secret *references*, never values
+
+
+def test_cli_compile_writes_yaml(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pipeline", "compile", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 0, result.output
+    assert load_compiled(tmp_path / "p.yaml")["pipelineInfo"]["name"] == "visionnode-152"
+
+
+def test_params_are_typed_and_unknown_ones_rejected(spec: dict) -> None:
+    types = parameter_types(spec)
+    assert parse_params(["epochs=4", "lr=0.2", "data_uri=s3://d/i"], types) == {
+        "epochs": 4, "lr": 0.2, "data_uri": "s3://d/i"}
+    with pytest.raises(ConfigError, match="unknown pipeline parameter 'epoch'"):
+        parse_params(["epoch=4"], types)
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_params(["epochs=four"], types)
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_submit_to_unreachable_host_is_a_clear_error() -> None:
+    with socket.socket() as probe:  # a loopback port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        unused_port = probe.getsockname()[1]
+    result = runner.invoke(app, ["pipeline", "submit", "--host", f"http://127.0.0.1:{unused_port}",
+                                 "-p", "data_uri=s3://datasets/imagenet"])
+    assert "unreachable" in _one_line_error(result)
+
+
+def test_submit_rejected_auth_is_a_clear_error() -> None:
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "unauthenticated"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unauthorized)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = runner.invoke(app, ["pipeline", "submit", "--host", f"http://127.0.0.1:{server.server_port}",
+                                     "-p", "data_uri=s3://datasets/imagenet"])
+    finally:
+        server.shutdown()
+    line = _one_line_error(result)
+    assert "rejected" in line or "401" in line
+
+
+def test_run_without_local_is_a_clear_error() -> None:
+    assert "--local" in _one_line_error(runner.invoke(app, ["pipeline", "run"]))
+
+
+@pytest.mark.slow
+def test_local_run_of_the_whole_dag_on_tiny_data(stack, synth_dataset: Path, tmp_path: Path) -> None:
+    from visionnode.pipeline.local_run import LocalRunConfig, run_local
+
+    params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
+              "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
+              "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
+              "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
+    result = run_local(LocalRunConfig(data=synth_dataset, params=params, work_dir=tmp_path / "runs"))
+    assert set(result.task_metrics) == set(PHASES)
+    for phase in PHASES:
+        assert result.task_metrics[phase], f"{phase} logged no metrics"
+    assert result.summary["qps"] > 0 and result.summary["p99_ms"] > 0
+    assert result.mlflow_run_url and result.mlflow_run_url.startswith("http://127.0.0.1:")
