@@ -1,0 +1,58 @@
+"""KFP v2 adapter for validate: raw images in, Markdown report and Metrics out; failed gate = failed step."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+from visionnode.components.common.kfp_support import component_image
+
+
+@dsl.component(base_image=component_image("validate"))
+def validate_op(
+    data: Input[Dataset],
+    report: Output[Markdown],
+    metrics: Output[Metrics],
+    subset: int = 256,
+    image_size: int = 64,
+    steps: int = 30,
+    pipeline_run_id: str = "",
+) -> None:
+    """Smoke-train on a subset of the raw images, check ResNet-152's integrity and profile the input pipeline.
+
+    Args:
+        data: Raw images in ImageNet layout (`train/<wnid>/*.JPEG`; `val/` optional). Unreadable files are
+            skipped and listed in the report, never fatal.
+        report: Markdown report: the loss curve (PNG embedded as a data URI so it renders in the KFP UI), the
+            architecture check, the profile table with the bottleneck verdict, and every skipped file.
+        metrics: Scalars: passed (1/0), images_used, images_skipped, loss_first, loss_last,
+            loss_relative_drop,
+            resnet152_parameters, gradient_problems, data_images_per_s, compute_images_per_s,
+            combined_images_per_s, bottleneck_ratio, wall_seconds.
+        subset: Images sampled (seeded) from the train split and over-fitted by the smoke training.
+        image_size: Square input side in pixels for smoke training and the profile.
+        steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
+        pipeline_run_id: The KFP run id; nests this step's MLflow run under the pipeline's parent run.
+
+    Returns:
+        Nothing; the outputs are the artifacts above. The step fails (QualityGateError) when the loss does not
+        fall or the architecture check fails — after the report and metrics are written.
+    """
+    from pathlib import Path
+
+    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.validate.validate import (
+        ValidateConfig,
+        raise_for_gates,
+        run_checks,
+        summary_metrics,
+    )
+
+    enter_pipeline_context(pipeline_run_id)
+    report_path = Path(report.path)
+    result = run_checks(
+        ValidateConfig(
+            data=Path(data.path), subset=subset, image_size=image_size, steps=steps, report=report_path
+        )
+    )
+    for name, value in summary_metrics(result).items():
+        metrics.log_metric(name, value)
+    report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
+    raise_for_gates(result)
