@@ -127,6 +127,8 @@ def _class_dirs(directory: Path) -> list[Path]:
 
 
 def _files(directory: Path) -> list[Path]:
+    if not directory.is_dir():  # e.g. a class with a train/ folder but none in val/
+        return []
     return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
 
 

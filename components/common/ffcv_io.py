@@ -1,0 +1,395 @@
+"""FFCV shard I/O: the one place that defines how `.beton` shards are written and read.
+
+Writing: `encode_image` turns a decoded RGB image into the JPEG bytes FFCV stores (FFCV's encoder call), and
+`write_beton` writes a list of such samples with one FFCV writer process, so the same samples always give a
+byte-identical file (FFCV's multi-worker writer lays pages out in completion order, which is not
+deterministic; the expensive decode/resize/encode work is parallelised by the caller instead).
+
+Reading: `train_loader`, `val_loader` and `uint8_batches` chain one FFCV `Loader` per shard. The pipelines
+follow the ffcv-imagenet recipe with the CPU order from DESIGN.md: `NormalizeImage` directly after the
+decoder and before `ToTensor` (the GPU order makes the Loader constructor spin on CPU, libffcv/ffcv#350).
+
+Every per-shard Loader reuses the numba code the first one compiled (`_share_compiled_pipelines`): without
+that, each shard costs seconds of JIT compilation per process.
+
+Yielded tensors live in FFCV's reused batch buffers: consume (or copy) a batch before asking for the next
+few. `uint8_batches` copies for you.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .jsonio import atomic_path
+from .model import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
+CENTER_CROP_RATIO = 224 / 256          # resize-256 / crop-224, as the torchvision reference evaluates
+DEFAULT_JPEG_QUALITY = 90
+MIN_PAGE_SIZE = 2 * 1024 * 1024        # FFCV's smallest page; a shard is at least two pages
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An RGB image already JPEG-encoded the way FFCV's RGBImageField(write_mode="jpg") stores it."""
+
+    jpeg: np.ndarray  # uint8, 1-D
+    height: int
+    width: int
+
+
+def encode_image(rgb: Any, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> EncodedImage:
+    """JPEG-encode a PIL RGB image or uint8 HWC array exactly as FFCV's `encode_jpeg` does (OpenCV).
+
+    Written out rather than imported so that decode workers need only OpenCV, not FFCV (whose import
+    JIT-compiles for seconds).
+    """
+    import cv2
+
+    array = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")
+    if max(array.shape[:2]) > np.iinfo(np.uint16).max:
+        raise ValueError(f"image {array.shape[1]}x{array.shape[0]} is larger than FFCV's 65535 px limit")
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(array, cv2.COLOR_RGB2BGR),
+                            [int(cv2.IMWRITE_JPEG_QUALITY), int(jpeg_quality)])
+    if not ok:
+        raise ValueError("OpenCV could not JPEG-encode the image")
+    return EncodedImage(jpeg.reshape(-1), array.shape[0], array.shape[1])
+
+
+def _store_encoded_jpeg(destination: Any, image: EncodedImage, malloc: Any) -> None:
+    """RGBImageField.encode for bytes encoded beforehand: same metadata and payload, no second encode."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+
+    destination["mode"] = IMAGE_MODES["jpg"]
+    destination["height"], destination["width"] = image.height, image.width
+    destination["data_ptr"], storage = malloc(image.jpeg.nbytes)
+    storage[:] = image.jpeg
+
+
+def shard_fields(max_resolution: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> dict[str, Any]:
+    """The shard schema: an RGB image (JPEG) and an integer class label."""
+    from ffcv.fields import IntField, RGBImageField
+
+    return {IMAGE_FIELD: RGBImageField(write_mode="jpg", max_resolution=max_resolution,
+                                       jpeg_quality=jpeg_quality),
+            LABEL_FIELD: IntField()}
+
+
+class _EncodedSamples:
+    """The indexable dataset FFCV's writer reads: (EncodedImage, label) pairs."""
+
+    def __init__(self, samples: Sequence[tuple[EncodedImage, int]]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[EncodedImage, int]:
+        image, label = self.samples[index]
+        return image, int(label)
+
+
+def write_beton(target: str | os.PathLike[str], samples: Sequence[tuple[EncodedImage, int]],
+                max_resolution: int, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> Path:
+    """Write `samples` in order as one `.beton`, atomically (temp name, then rename); deterministic."""
+    from ffcv.writer import DatasetWriter
+
+    if not samples:
+        raise DataError(f"refusing to write an empty shard {target}")
+    fields = shard_fields(max_resolution, jpeg_quality)
+    # The field type must stay RGBImageField (its type id goes into the file header), so only this
+    # instance's encode is replaced: it stores the bytes our worker pool already encoded.
+    fields[IMAGE_FIELD].encode = _store_encoded_jpeg
+    largest = max(image.jpeg.nbytes for image, _ in samples)
+    page_size = max(MIN_PAGE_SIZE, 1 << int(largest).bit_length())
+    with atomic_path(target) as tmp, _quiet_tqdm():
+        writer = DatasetWriter(os.fspath(tmp), fields, page_size=page_size, num_workers=1)
+        writer.from_indexed_dataset(_EncodedSamples(samples), chunksize=max(1, len(samples)))
+    return Path(target)
+
+
+@contextmanager
+def _quiet_tqdm() -> Iterator[None]:
+    """FFCV's writer draws its own tqdm bar; ours (progress.py) is the one users see."""
+    import ffcv.writer
+
+    original = ffcv.writer.tqdm
+    ffcv.writer.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = original
+
+
+def beton_length(path: str | os.PathLike[str]) -> int:
+    """Number of samples in a `.beton`, read from its header (raises DataError if it is not one)."""
+    from ffcv.types import CURRENT_VERSION, HeaderType
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"shard {path} does not exist", "re-run `visionnode shard` or fetch the shards again")
+    header = np.fromfile(path, dtype=HeaderType, count=1)
+    if len(header) != 1 or int(header[0]["version"]) != CURRENT_VERSION:
+        raise DataError(f"{path} is not an FFCV .beton file", "re-create it with `visionnode shard`")
+    return int(header[0]["num_samples"])
+
+
+# ----------------------------------------------------------------------------------------------- pipelines
+# One source of truth for what the model sees: every reader below is built from these three functions.
+
+def _normalize() -> Any:
+    from ffcv.transforms import NormalizeImage
+
+    mean = np.array(IMAGENET_MEAN) * 255
+    std = np.array(IMAGENET_STD) * 255
+    return NormalizeImage(mean, std, np.float32)
+
+
+def _label_pipeline(as_tensor: bool) -> list[Any]:
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.transforms import Squeeze, ToTensor
+
+    return [IntDecoder(), ToTensor(), Squeeze()] if as_tensor else [IntDecoder()]
+
+
+def train_pipelines(resolution: int) -> tuple[Any, dict[str, list[Any]]]:
+    """Random-resized crop + horizontal flip, normalised float32 NCHW: (decoder, pipelines)."""
+    from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
+    image = [decoder, _normalize(), RandomHorizontalFlip(), ToTensor(), ToTorchImage()]
+    return decoder, {IMAGE_FIELD: image, LABEL_FIELD: _label_pipeline(as_tensor=True)}
+
+
+def val_pipelines(resolution: int) -> tuple[Any, dict[str, list[Any]]]:
+    """Centre crop (224/256 of the short side) resized to `resolution`, normalised float32 NCHW."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+    from ffcv.transforms import ToTensor, ToTorchImage
+
+    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=CENTER_CROP_RATIO)
+    image = [decoder, _normalize(), ToTensor(), ToTorchImage()]
+    return decoder, {IMAGE_FIELD: image, LABEL_FIELD: _label_pipeline(as_tensor=True)}
+
+
+def uint8_pipelines(resolution: int) -> tuple[Any, dict[str, list[Any]]]:
+    """Centre crop as `val_pipelines`, but raw uint8 NHWC numpy: what the served model takes."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+
+    decoder = CenterCropRGBImageDecoder((resolution, resolution), ratio=CENTER_CROP_RATIO)
+    return decoder, {IMAGE_FIELD: [decoder], LABEL_FIELD: _label_pipeline(as_tensor=False)}
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+_COMPILE_CACHE: dict[tuple, Any] = {}
+_STRUCTURAL_KEY: dict[int, tuple] = {}   # id(compiled function) -> the key it was compiled under
+_KEEP_ALIVE: list[Any] = []              # so that ids in _STRUCTURAL_KEY are never reused
+
+
+def _share_compiled_pipelines() -> None:
+    """Let every per-shard Loader reuse the numba code the first one compiled.
+
+    FFCV compiles each Loader's pipeline afresh (seconds per shard on 2 cores) although the functions are
+    the same: same code object, same closure values. Operation closures are memoised on exactly that
+    (code, closure values, signature, parallel), which is semantics-preserving. Leaf functions without a
+    closure (imdecode, resize_crop, the memory reader) stay per Loader as FFCV makes them: numba's dispatcher
+    of such a callee cannot be shared safely (type-inferring a new caller against a reused one raised
+    KeyError inside numba), and a closure refers to them by their key, not their identity.
+    """
+    from ffcv.pipeline.compiler import Compiler
+
+    if getattr(Compiler, "_visionnode_shared", False):
+        return
+    original = Compiler.compile.__func__
+
+    def compile(cls: Any, code: Any, signature: Any = None) -> Any:
+        parallel = bool(getattr(code, "is_parallel", False) and cls.num_threads > 1)
+        key = _closure_key(code, signature, parallel, cls.is_enabled)
+        if key is None or not getattr(code, "__closure__", None):
+            compiled = original(cls, code, signature)
+        elif key in _COMPILE_CACHE:
+            return _COMPILE_CACHE[key]
+        else:
+            compiled = _COMPILE_CACHE[key] = original(cls, code, signature)
+        if key is not None:
+            _STRUCTURAL_KEY[id(compiled)] = key
+            _KEEP_ALIVE.append(compiled)
+        return compiled
+
+    Compiler.compile = classmethod(compile)
+    Compiler._visionnode_shared = True
+
+
+def _closure_key(code: Any, signature: Any, parallel: bool, enabled: bool) -> tuple | None:
+    func_code = getattr(code, "__code__", None)
+    if func_code is None:
+        return None
+    cells = []
+    for cell in code.__closure__ or ():
+        value = cell.cell_contents
+        if isinstance(value, np.ndarray):
+            cells.append(("array", value.dtype.str, value.shape, value.tobytes()))
+        elif isinstance(value, (int, float, str, bool, type(None), np.generic)):
+            cells.append(("value", type(value).__name__, value))
+        elif isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+            cells.append(("tuple", value))
+        elif id(value) in _STRUCTURAL_KEY:
+            cells.append(("compiled", _STRUCTURAL_KEY[id(value)]))
+        elif callable(value):
+            cells.append(("object", id(value)))  # builtins such as range/prange: the same object every time
+        else:
+            return None
+    try:
+        hash(signature)
+    except TypeError:
+        return None
+    # the cached dispatcher keeps `code` (and so its code object and globals) alive: their ids stay unique
+    return (id(func_code), id(code.__globals__), tuple(cells), signature, parallel, enabled)
+
+
+class ShardLoader:
+    """One FFCV Loader per shard, chained; `len()` is the number of batches in one epoch.
+
+    Train order: the shard order is reshuffled every epoch (seeded) and each shard's Loader shuffles within
+    the shard (shards are written from a shuffled file list, so each holds a mix of classes).
+    With `distributed=True` every rank gets its part of each shard (FFCV's DistributedSampler ordering).
+    """
+
+    def __init__(self, shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
+                 workers: int, *, train: bool, distributed: bool = False, seed: int = 0) -> None:
+        if not shard_paths:
+            raise DataError("no shards given", "pass the .beton files written by `visionnode shard`")
+        if batch_size < 1 or resolution < 8:
+            raise DataError(f"batch size {batch_size} / resolution {resolution} px cannot work",
+                            "use batch size >= 1 and resolution >= 8")
+        self.paths = [Path(p) for p in shard_paths]
+        self.counts = [beton_length(p) for p in self.paths]
+        self.batch_size = batch_size
+        self.resolution = resolution
+        self.workers = max(1, workers)
+        self.train = train
+        self.distributed = distributed
+        self.seed = seed
+        self.epoch = 0
+        self._loaders: list[Any | None] = [None] * len(self.paths)
+        self._decoders: list[Any] = [None] * len(self.paths)
+        self._world = _world_size() if distributed else 1
+
+    @property
+    def num_images(self) -> int:
+        return sum(self.counts)
+
+    def __len__(self) -> int:
+        total = 0
+        for count in self.counts:
+            per_rank = -(-count // self._world)  # DistributedSampler pads to equal parts
+            total += per_rank // self.batch_size if self.train else -(-per_rank // self.batch_size)
+        return total
+
+    def set_resolution(self, resolution: int) -> None:
+        """Progressive resizing: change the decoders' output size (ffcv-imagenet's way); takes effect at
+        the next shard started. FFCV re-allocates its buffers every epoch, so no recompilation is needed."""
+        self.resolution = int(resolution)
+        for decoder in self._decoders:
+            if decoder is not None:
+                decoder.output_size = (self.resolution, self.resolution)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for _, loader in self.iter_shards():
+            yield from loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pin the next epoch's number: shard order and every shard's sample order derive from (seed, epoch),
+        so a resumed run replays exactly the order it was interrupted in."""
+        self.epoch = int(epoch)
+
+    def iter_shards(self) -> Iterator[tuple[Path, Any]]:
+        """One epoch as (shard path, its FFCV Loader) in this epoch's shard order."""
+        epoch = self.epoch
+        self.epoch += 1
+        order = list(range(len(self.paths)))
+        if self.train:
+            order = [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))]
+        for index in order:
+            loader = self._loader(index)
+            loader.next_epoch = epoch
+            yield self.paths[index], loader
+
+    def _loader(self, index: int) -> Any:
+        if self._loaders[index] is None:
+            from ffcv.loader import Loader, OrderOption
+
+            _share_compiled_pipelines()
+            make = train_pipelines if self.train else val_pipelines
+            decoder, pipelines = make(self.resolution)
+            self._decoders[index] = decoder
+            self._loaders[index] = Loader(
+                os.fspath(self.paths[index]), batch_size=self.batch_size, num_workers=self.workers,
+                order=OrderOption.RANDOM if self.train else OrderOption.SEQUENTIAL,
+                drop_last=self.train, distributed=self.distributed, seed=self.seed + index,
+                pipelines=pipelines, os_cache=True)
+        self._decoders[index].output_size = (self.resolution, self.resolution)
+        return self._loaders[index]
+
+
+def train_loader(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
+                 workers: int, distributed: bool = False, seed: int = 0) -> ShardLoader:
+    """Training batches: (float32 NCHW normalised tensor, int64 labels); random-resized crop + flip."""
+    return ShardLoader(shard_paths, batch_size, resolution, workers, train=True, distributed=distributed,
+                       seed=seed)
+
+
+def val_loader(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int, workers: int,
+               distributed: bool = False) -> ShardLoader:
+    """Evaluation batches: (float32 NCHW normalised tensor, int64 labels); centre crop 224/256, in order."""
+    return ShardLoader(shard_paths, batch_size, resolution, workers, train=False, distributed=distributed)
+
+
+def uint8_batches(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
+                  limit: int | None = None,
+                  workers: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 NHWC [N, S, S, 3] RGB, int64 [N] labels) in shard order, centre crop; at most `limit` images.
+
+    Arrays are copies, safe to keep (calibration sets, evaluation, benchmark request pools).
+    """
+    from ffcv.loader import Loader, OrderOption
+
+    _share_compiled_pipelines()
+    workers = workers or min(4, os.cpu_count() or 1)
+    remaining = limit if limit is not None else sum(beton_length(p) for p in shard_paths)
+    for path in shard_paths:
+        if remaining <= 0:
+            return
+        _, pipelines = uint8_pipelines(resolution)
+        loader = Loader(os.fspath(path), batch_size=batch_size, num_workers=workers,
+                        order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipelines, os_cache=True)
+        for images, labels in loader:
+            take = min(len(images), remaining)
+            yield np.array(images[:take], dtype=np.uint8), np.array(labels[:take], dtype=np.int64).reshape(-1)
+            remaining -= take
+            if remaining <= 0:
+                return
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise DataError("distributed=True needs an initialised torch.distributed process group",
+                        "call torch.distributed.init_process_group (gloo works on CPU) first")
+    return dist.get_world_size()

@@ -1,0 +1,35 @@
+"""`visionnode shard`: FFCV shards + manifest.json from an ImageNet-layout directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..common.cli import emit_result, user_errors
+from .shard import SPLIT_CHOICES, ShardConfig, shard_dataset
+
+
+@user_errors
+def shard_command(
+    data: Annotated[Path, typer.Option("--data", help="ImageNet-layout directory (train/<wnid>/, val/).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory: .beton shards + manifest.json.")],
+    split: Annotated[str, typer.Option(help=f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.")] = "both",
+    images_per_shard: Annotated[int, typer.Option(help="Images per .beton file.")] = 5000,
+    max_resolution: Annotated[int, typer.Option(help="Longer image side in pixels after resizing.")] = 256,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of the stored images (1-100).")] = 90,
+    workers: Annotated[int, typer.Option(help="Decode/encode processes; read-back threads.")] = 2,
+    readback: Annotated[bool, typer.Option(help="Read the shards back once with the FFCV loader and report "
+                                                "its images/s.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
+    config = ShardConfig(data=data, out=out, split=split, images_per_shard=images_per_shard,
+                         max_resolution=max_resolution, jpeg_quality=jpeg_quality, workers=workers,
+                         readback=readback)
+    emit_result(shard_dataset(config), json_path, "shard")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("shard")(shard_command)

@@ -1,0 +1,251 @@
+"""shard: FFCV shards + manifest from ImageNet-layout trees, and the ffcv_io readers other phases use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ffcv.reader import Reader
+from typer.testing import CliRunner
+
+from tests.data_fixtures import MessyDataset
+from tests.shard_fixtures import TINY_IMAGES_PER_SHARD, TINY_MAX_RESOLUTION
+from visionnode.components.common.artifacts import ShardManifest
+from visionnode.components.common.errors import DataError
+from visionnode.components.common.ffcv_io import train_loader, uint8_batches, val_loader
+from visionnode.components.common.jsonio import sha256_file
+from visionnode.components.shard.shard import JOURNAL_FILE, ShardConfig, ShardResult, shard_dataset
+from visionnode.pipeline.cli import app
+
+CLASSES = 6
+
+
+def _shard(data: Path, out: Path, **overrides) -> ShardResult:
+    settings = dict(images_per_shard=TINY_IMAGES_PER_SHARD, max_resolution=TINY_MAX_RESOLUTION, workers=2,
+                    readback=False)
+    settings.update(overrides)
+    return shard_dataset(ShardConfig(data=data, out=out, **settings))
+
+
+def _shas(directory: Path) -> dict[str, str]:
+    return {s.file: s.sha256 for s in ShardManifest.load(directory).shards}
+
+
+# -- the plain function ---------------------------------------------------------------------------------
+
+def test_tiny_shards_manifest_matches_files(tiny_shards: Path, tiny_shard_result: ShardResult) -> None:
+    manifest = ShardManifest.load(tiny_shards)
+    assert [s.file for s in manifest.shards_for("train")] == ["train-00000.beton", "train-00001.beton",
+                                                               "train-00002.beton"]
+    assert [s.count for s in manifest.shards_for("train")] == [40, 40, 16]
+    assert manifest.images_in("val") == 24 and manifest.classes.num_classes == CLASSES
+    for shard in manifest.shards:
+        path = tiny_shards / shard.file
+        assert shard.bytes == path.stat().st_size and shard.sha256 == sha256_file(path)
+        assert sum(shard.class_histogram.values()) == shard.count
+    # shards are cut from a shuffled file list: the first train shard already mixes every class
+    assert len(manifest.shards_for("train")[0].class_histogram) == CLASSES
+    assert manifest.settings["max_resolution"] == TINY_MAX_RESOLUTION
+    assert manifest.settings["jpeg_quality"] == 90 and manifest.settings["images_per_shard"] == 40
+    assert manifest.skipped == [] and manifest.empty_classes == []
+    assert tiny_shard_result.write_images_per_s > 0 and tiny_shard_result.shards_written == 4
+
+
+def test_shards_are_read_back_with_the_ffcv_train_pipeline(synth_dataset: Path, tmp_path: Path) -> None:
+    result = _shard(synth_dataset, tmp_path / "val", split="val", images_per_shard=12, workers=1, readback=True)
+    assert result.readback_resolution == TINY_MAX_RESOLUTION
+    assert result.loader_images_per_s is not None and result.loader_images_per_s > 0
+    assert result.loader_warmup_s is not None and result.loader_warmup_s > 0
+
+
+def test_messy_tree_skips_bad_files_with_reasons(messy_dataset: MessyDataset, tmp_path: Path) -> None:
+    result = _shard(messy_dataset.root, tmp_path / "out", split="train")
+    manifest = ShardManifest.load(result.manifest)
+
+    reasons = {s.path: s.reason for s in manifest.skipped}
+    assert set(reasons) == set(messy_dataset.bad_files)
+    expected_words = {"truncated": "truncated", "empty": "empty", "not an image": "not an image"}
+    for path, kind in messy_dataset.bad_files.items():
+        assert expected_words[kind] in reasons[path]
+    assert manifest.empty_classes == [messy_dataset.empty_class]
+    assert result.splits["train"].empty_classes == [messy_dataset.empty_class]
+    # CMYK, grey and PNG-as-JPEG are converted and written; counts reconcile
+    train = result.splits["train"]
+    assert train.images_written == messy_dataset.good_files == manifest.images_in("train")
+    assert train.files_skipped == len(messy_dataset.bad_files)
+    assert train.images_written + train.files_skipped == train.files_found
+    assert result.images_written + result.files_skipped == result.files_found
+
+
+def test_same_input_gives_byte_identical_shards(synth_dataset: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    again = _shard(synth_dataset, tmp_path / "again")
+    assert _shas(again.out) == _shas(tiny_shards)
+    assert {f: sha256_file(again.out / f) for f in _shas(again.out)} == _shas(tiny_shards)
+
+
+def test_rerun_reuses_verified_shards_and_rewrites_a_corrupted_one(synth_dataset: Path, tiny_shards: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    shutil.copytree(tiny_shards, out)
+    expected = _shas(tiny_shards)
+    with open(out / "train-00001.beton", "r+b") as fh:  # flip bytes inside the image data
+        fh.seek(out.joinpath("train-00001.beton").stat().st_size // 2)
+        fh.write(b"\x00corrupted\x00")
+    (out / ".train-00002.beton.abc123.partial").write_bytes(b"left by a killed run")
+
+    result = _shard(synth_dataset, out)
+
+    assert (result.shards_reused, result.shards_written) == (len(expected) - 1, 1)
+    assert _shas(out) == expected
+    assert {f: sha256_file(out / f) for f in expected} == expected
+    assert not list(out.glob("*.partial")), "stale temp files are removed"
+
+
+def test_killed_run_never_leaves_a_complete_looking_file(synth_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "visionnode.pipeline.cli", "shard", "--data", str(synth_dataset), "--out",
+           str(out), "--images-per-shard", "8", "--max-resolution", "64", "--no-readback"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "VISIONNODE_PROGRESS": "0"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(out.glob("train-*.beton"))) < 2:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI, its decode pool and FFCV writer
+        proc.wait()
+    assert not (out / "manifest.json").exists()
+    journal = json.loads((out / JOURNAL_FILE).read_text())["entries"]
+    for shard in out.glob("*.beton"):  # every file under a final name is complete (journaled or not yet)
+        if shard.name in journal:
+            assert sha256_file(shard) == journal[shard.name]["sha256"]
+        assert Reader(str(shard)).num_samples == 8
+
+    result = _shard(synth_dataset, out, images_per_shard=8)
+    assert result.shards_reused >= 2 and result.images_written == 96 + 24
+    assert not list(out.glob("*.partial"))
+
+
+def test_bad_settings_and_missing_split_are_user_errors(synth_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        _shard(tmp_path / "nowhere", tmp_path / "out")
+    only_train = tmp_path / "only-train"
+    shutil.copytree(synth_dataset / "train", only_train / "train")
+    with pytest.raises(DataError, match="no val/ folder"):
+        _shard(only_train, tmp_path / "out")
+
+
+# -- the readers other phases use ------------------------------------------------------------------------
+
+def test_train_loader_yields_normalised_nchw_batches_and_resizes(tiny_shards: Path) -> None:
+    manifest = ShardManifest.load(tiny_shards)
+    paths = [tiny_shards / s.file for s in manifest.shards_for("train")]
+    loader = train_loader(paths, batch_size=8, resolution=32, workers=1, seed=3)
+    assert len(loader) == sum(s.count // 8 for s in manifest.shards_for("train")) == 12
+
+    batches = [(images.clone(), labels.clone()) for images, labels in loader]
+    assert len(batches) == len(loader)
+    images, labels = batches[0]
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.shape == (8,) and labels.dtype == torch.int64
+    all_labels = torch.cat([b[1] for b in batches])
+    assert set(all_labels.tolist()) <= set(range(CLASSES)) and len(set(all_labels.tolist())) == CLASSES
+    pixels = torch.cat([b[0] for b in batches])
+    assert -3.0 < float(pixels.mean()) < 3.0 and 0.3 < float(pixels.std()) < 3.0  # normalised, not 0..255
+
+    loader.set_resolution(48)
+    images, _ = next(iter(loader))
+    assert images.shape == (8, 3, 48, 48)
+
+
+def test_val_loader_and_uint8_batches_cover_val_in_order(tiny_shards: Path) -> None:
+    manifest = ShardManifest.load(tiny_shards)
+    paths = [tiny_shards / s.file for s in manifest.shards_for("val")]
+    histogram = Counter({k: v for s in manifest.shards_for("val") for k, v in s.class_histogram.items()})
+
+    loader = val_loader(paths, batch_size=10, resolution=40, workers=1)
+    batches = [(images.clone(), labels.clone()) for images, labels in loader]
+    assert len(loader) == len(batches) == 3 and batches[-1][0].shape == (4, 3, 40, 40)
+    labels = torch.cat([b[1] for b in batches])
+    assert Counter(labels.tolist()) == histogram
+
+    chunks = list(uint8_batches(paths, batch_size=8, resolution=40, workers=1))
+    assert [len(c[0]) for c in chunks] == [8, 8, 8]
+    images, raw_labels = chunks[0]
+    assert images.shape == (8, 40, 40, 3) and images.dtype == np.uint8 and raw_labels.dtype == np.int64
+    assert np.concatenate([c[1] for c in chunks]).tolist() == labels.tolist()  # same order as val_loader
+    # val_loader is uint8_batches normalised: one preprocessing definition
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() - mean) / std
+    assert torch.allclose(batches[0][0][:8], expected, atol=1e-3)
+
+    limited = list(uint8_batches(paths, batch_size=8, resolution=40, limit=10, workers=1))
+    assert [len(c[0]) for c in limited] == [8, 2]
+
+
+def test_distributed_loader_needs_a_process_group_and_splits_by_rank(tiny_shards: Path, tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    paths = [tiny_shards / s.file for s in ShardManifest.load(tiny_shards).shards_for("train")]
+    with pytest.raises(DataError, match="process group"):
+        train_loader(paths, 8, 32, 1, distributed=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = train_loader(paths, 8, 32, 1, distributed=True)
+        assert len(loader) == 12 and sum(1 for _ in loader) == 12
+    finally:
+        dist.destroy_process_group()
+
+
+# -- CLI and KFP adapters --------------------------------------------------------------------------------
+
+def test_cli_writes_shards_and_json(synth_dataset: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["shard", "--data", str(synth_dataset), "--out", str(tmp_path / "s"),
+                                      "--split", "val", "--images-per-shard", "10", "--max-resolution", "48",
+                                      "--workers", "1", "--no-readback", "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(summary.read_text())
+    assert (data["images_written"], data["shards"], data["files_skipped"]) == (24, 3, 0)
+    assert [s.count for s in ShardManifest.load(tmp_path / "s").shards] == [10, 10, 4]
+
+
+def test_cli_user_error_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "shard", "--data",
+                             str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: dataset directory") and "does not exist" in lines[0]
+
+
+def test_cli_rejects_bad_split(synth_dataset: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["shard", "--data", str(synth_dataset), "--out", str(tmp_path / "o"),
+                                      "--split", "test"])
+    assert result.exit_code == 2
+    assert "error: --split 'test' is not valid" in result.output
+
+
+def test_component_has_the_contract_signature() -> None:
+    from visionnode.components.shard.component import shard_op
+
+    spec = shard_op.component_spec
+    assert list(spec.inputs) == ["data", "split", "images_per_shard", "max_resolution", "jpeg_quality",
+                                 "workers", "pipeline_run_id"]
+    assert list(spec.outputs) == ["shards", "metrics"]
+    defaults = {name: spec.inputs[name].default for name in list(spec.inputs)[1:]}
+    assert defaults == {"split": "both", "images_per_shard": 5000, "max_resolution": 256, "jpeg_quality": 90,
+                        "workers": 2, "pipeline_run_id": ""}
