@@ -1,0 +1,359 @@
+"""Benchmark a served model: a load sweep against Triton plus in-process baselines on the same images.
+
+1. the request pool: real images from the val shards (`--shards`, fetched and verified by transfer), else
+   seeded random images (said in the result);
+2. baselines, measured first while Triton idles: raw OpenVINO INT8 throughput in this process on the very
+   IR Triton serves (the ceiling: no network, no serialisation, no queue), and PyTorch eager FP32 when a
+   train output is given;
+3. closed-loop concurrency sweep (and an open-loop level at `--rate`), each level warmed up, then
+   bounded in time and requests; server-side batch size from Triton's metrics; Triton's RSS;
+4. verdict: the best level is the one with the highest QPS whose P99 meets the target without errors;
+   the SLO is met when that level also reaches the target QPS. The verdict is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.errors import ConfigError, ServiceError
+from visionnode.components.common.settings import resolve_endpoints, state_dir
+
+from visionnode.components.deploy.samples import SampleImages
+
+from .loadgen import PROTOCOLS, LevelPlan, LevelStats, Target, run_level
+
+DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class BenchmarkConfig:
+    model: str = "resnet152_int8"
+    protocol: str = "grpc"
+    triton_url: str = ""              # host:port for `protocol`; "" = from settings
+    triton_http: str = ""             # HTTP host:port for metadata/repository calls; "" = from settings
+    metrics_url: str = ""             # "" = from settings
+    concurrency: list[int] = field(default_factory=lambda: list(DEFAULT_CONCURRENCY))
+    rate: float | None = None         # also run one open-loop level at this many requests/s
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    max_requests: int = 20_000        # per level
+    target_qps: float = 100.0
+    target_p99_ms: float = 150.0
+    shards: str | None = None
+    pool_images: int = 64
+    model_dir: Path | None = None     # the IR for the OpenVINO baseline; None = fetched from Triton's repository
+    fp32_model: Path | None = None    # train output for the PyTorch eager baseline; None = skipped
+    baselines: bool = True
+    baseline_seconds: float = 5.0
+    baseline_batch: int = 8
+    request_timeout_s: float = 10.0
+    report_path: Path | None = None   # HTML report; None = beside --json or skipped
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol '{self.protocol}'", "use grpc or http")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers", "e.g. 1,2,4,8,16")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.max_requests < 1:
+            raise ConfigError("duration must be positive, warm-up non-negative, max requests at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"--rate {self.rate} must be positive")
+        if self.target_qps <= 0 or self.target_p99_ms <= 0:
+            raise ConfigError("--target-qps and --target-p99-ms must be positive")
+
+
+@dataclass
+class Baselines:
+    images: int
+    batch: int
+    openvino_int8_ips: float | None = None
+    pytorch_fp32_ips: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchmarkResult:
+    model: str
+    protocol: str
+    url: str
+    images_source: str
+    input_shape: list[int]
+    levels: list[LevelStats]
+    best_level: int | None            # index into levels
+    best_qps: float
+    best_p99_ms: float
+    max_qps: float
+    slo_met: bool
+    verdict: str
+    target_qps: float
+    target_p99_ms: float
+    baselines: Baselines
+    served_vs_openvino: float | None  # best served QPS / raw OpenVINO INT8 img/s
+    served_vs_pytorch: float | None
+    triton_rss_mb: float | None
+    report: str | None = None
+
+    def as_metrics(self) -> dict[str, float]:
+        metrics = {"best_qps": self.best_qps, "best_p99_ms": self.best_p99_ms, "max_qps": self.max_qps,
+                   "slo_met": float(self.slo_met), "target_qps": self.target_qps,
+                   "target_p99_ms": self.target_p99_ms}
+        for key in ("served_vs_openvino", "served_vs_pytorch", "triton_rss_mb"):
+            if getattr(self, key) is not None:
+                metrics[key] = float(getattr(self, key))
+        if self.baselines.openvino_int8_ips:
+            metrics["openvino_int8_ips"] = self.baselines.openvino_int8_ips
+        if self.baselines.pytorch_fp32_ips:
+            metrics["pytorch_fp32_ips"] = self.baselines.pytorch_fp32_ips
+        return {k: v for k, v in metrics.items() if not math.isnan(v)}
+
+
+# ---------------------------------------------------------------- where things are
+def triton_pid(http_or_grpc_url: str) -> int | None:
+    """The PID of the embedded Triton serving at that address (None for a remote/external server)."""
+    from visionnode.components.common.stack.process import read_record
+
+    record = read_record(state_dir() / "run" / "triton.pid")
+    if record is None:
+        return None
+    addresses = {record.url, *record.extra.values()}
+    return record.pid if http_or_grpc_url in addresses else None
+
+
+def served_model_dir(model: str, http_url: str, dest: Path) -> Path:
+    """The IR Triton serves for `model` (its ready version), copied from Triton's model repository."""
+    from visionnode.components.common.storage import s3_client
+    from visionnode.components.deploy.deploy import parse_repository, ready_version, triton_http_client
+
+    repository = resolve_endpoints().triton_repository
+    if not repository:
+        raise ConfigError("Triton's model repository is not known, so the OpenVINO baseline has no IR",
+                          "pass --model-dir (the quantize output) or --no-baselines")
+    version = ready_version(triton_http_client(http_url), model)
+    if version is None:
+        raise ServiceError(f"model '{model}' is not loaded on Triton at {http_url}", "deploy it first")
+    target = parse_repository(repository)
+    if target.local_dir is not None:
+        return target.local_dir / model / str(version)
+    assert target.location is not None
+    client = s3_client(target.s3)
+    base = target.location.child(model).child(str(version))
+    for name in ("model.xml", "model.bin", "model.json"):
+        client.download_file(base.bucket, base.child(name).key, str(dest / name))
+    return dest
+
+
+# ---------------------------------------------------------------- baselines
+def openvino_throughput(xml: Path, images: np.ndarray, batch: int, seconds: float) -> float:
+    """Images/s of the IR in this process: THROUGHPUT hint, AsyncInferQueue with the optimal number of
+    requests, every core; the median of several rounds."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    parallel = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    queue = ov.AsyncInferQueue(compiled, parallel)
+    batches = [np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+    batches = batches or [np.ascontiguousarray(images[:batch])]
+
+    def one_round() -> int:
+        for b in batches:
+            queue.start_async({0: b})
+        queue.wait_all()
+        return sum(len(b) for b in batches)
+
+    one_round()  # warm-up
+    return _median_rate(one_round, seconds)
+
+
+def pytorch_throughput(fp32_model: Path, images: np.ndarray, batch: int, seconds: float) -> float:
+    """Images/s of the trained FP32 model in PyTorch eager (the serving graph with folded preprocessing)."""
+    import torch
+
+    from visionnode.components.quantize.export import load_trained_model
+
+    module = load_trained_model(fp32_model).serving_module()
+    x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
+    with torch.inference_mode():
+        module(x)  # warm-up
+
+        def one_round() -> int:
+            module(x)
+            return len(x)
+
+        return _median_rate(one_round, seconds)
+
+
+def _median_rate(one_round, seconds: float, min_rounds: int = 3) -> float:
+    rates: list[float] = []
+    began = time.perf_counter()
+    while len(rates) < min_rounds or time.perf_counter() - began < seconds:
+        t0 = time.perf_counter()
+        count = one_round()
+        rates.append(count / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def measure_baselines(config: BenchmarkConfig, images: np.ndarray, http_url: str) -> Baselines:
+    result = Baselines(images=len(images), batch=config.baseline_batch)
+    with tempfile.TemporaryDirectory(prefix="visionnode-bench-") as tmp:
+        model_dir = config.model_dir or served_model_dir(config.model, http_url, Path(tmp))
+        meta = InferenceMetadata.load(model_dir)
+        result.openvino_int8_ips = openvino_throughput(Path(model_dir) / meta.ir_xml, images,
+                                                       config.baseline_batch, config.baseline_seconds)
+    if config.fp32_model:
+        result.pytorch_fp32_ips = pytorch_throughput(config.fp32_model, images, config.baseline_batch,
+                                                     config.baseline_seconds)
+    else:
+        result.notes.append("PyTorch eager FP32 baseline skipped: no --fp32-model given")
+    return result
+
+
+# ---------------------------------------------------------------- the sweep and the verdict
+def best_level(levels: list[LevelStats], target_p99_ms: float) -> int | None:
+    meeting = [i for i, s in enumerate(levels)
+               if s.mode == "closed" and s.requests > 0 and s.errors == 0 and s.p99_ms <= target_p99_ms]
+    return max(meeting, key=lambda i: levels[i].qps) if meeting else None
+
+
+def verdict(levels: list[LevelStats], best: int | None, target_qps: float, target_p99_ms: float) -> tuple[bool, str]:
+    if best is None:
+        return False, f"SLO missed: no level kept P99 ≤ {target_p99_ms:g} ms without errors"
+    level = levels[best]
+    met = level.qps >= target_qps
+    word = "met" if met else "missed"
+    return met, (f"SLO {word}: {level.qps:.1f} QPS at P99 {level.p99_ms:.1f} ms (concurrency {level.concurrency}); "
+                 f"target ≥ {target_qps:g} QPS at P99 ≤ {target_p99_ms:g} ms")
+
+
+def input_spec(http_url: str, model: str) -> tuple[str, str, int]:
+    """(input name, output name, image size) from Triton's model metadata."""
+    from visionnode.components.deploy.deploy import triton_http_client
+
+    try:
+        metadata = triton_http_client(http_url).get_model_metadata(model)
+    except ServiceError:
+        raise
+    except Exception as exc:  # tritonclient's InferenceServerException for an unknown model
+        raise ServiceError(f"Triton at {http_url} does not serve model '{model}' ({' '.join(str(exc).split())[:200]})",
+                           "deploy it first with `visionnode deploy`, or pass --model") from None
+    tensor = metadata["inputs"][0]
+    shape = [int(d) for d in tensor["shape"]]
+    if tensor["datatype"] != "UINT8" or len(shape) != 4 or shape[3] != 3:
+        raise ConfigError(f"model '{model}' takes {tensor['datatype']} {shape}, not uint8 images [N, S, S, 3]",
+                          "benchmark the tensor model, not the _jpeg front end")
+    return tensor["name"], metadata["outputs"][0]["name"], shape[1]
+
+
+def run_sweep(config: BenchmarkConfig, target: Target, images: np.ndarray, metrics_url: str | None,
+              pid: int | None) -> list[LevelStats]:
+    from visionnode.components.common.progress import progress_bar
+
+    plans = [LevelPlan("closed", c, None, config.duration_s, config.warmup_s, config.max_requests)
+             for c in config.concurrency]
+    if config.rate:
+        plans.append(LevelPlan("open", max(64, max(config.concurrency) * 4), config.rate, config.duration_s,
+                               config.warmup_s, config.max_requests))
+    levels = []
+    with progress_bar(len(plans), f"load levels ({target.protocol})", unit="level") as advance:
+        for plan in plans:
+            levels.append(run_level(target, images, plan, metrics_url, pid))
+            advance(1)
+    return levels
+
+
+def benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
+              baselines: Baselines | None = None) -> BenchmarkResult:
+    """The benchmark phase, tracked in MLflow (a no-op without a tracking URI). `pool` (request images) and
+    `baselines` (already measured on that pool) let a caller share them between protocols."""
+    from visionnode.components.common.tracking import tracked_run
+
+    from .report import write_report
+
+    config.validate()
+    served = resolve_served(config)  # a user mistake fails here, before an MLflow run is opened
+    with tracked_run("benchmark", tags={"phase": "benchmark", "model": config.model}) as tracker:
+        result = run_benchmark(config, pool, baselines, served)
+        tracker.log_params({"protocol": config.protocol, "concurrency": config.concurrency, "rate": config.rate,
+                            "duration_s": config.duration_s, "images_source": result.images_source})
+        for level in result.levels:
+            tracker.log_metrics({f"{level.mode}_qps": level.qps, f"{level.mode}_p99_ms": level.p99_ms,
+                                 f"{level.mode}_errors": level.errors}, step=level.concurrency)
+        tracker.log_metrics(result.as_metrics())
+        if config.report_path:
+            result.report = str(write_report(result, config.report_path, tracker))
+    return result
+
+
+@dataclass
+class Served:
+    url: str            # for the benchmarked protocol
+    http_url: str       # for metadata and the repository API
+    input_name: str
+    output_name: str
+    size: int
+
+
+def resolve_served(config: BenchmarkConfig) -> Served:
+    endpoints = resolve_endpoints()
+    http_url = config.triton_http or endpoints.triton_http or ""
+    url = config.triton_url or (endpoints.triton_grpc if config.protocol == "grpc" else endpoints.triton_http) or ""
+    if not url:
+        raise ConfigError(f"no Triton {config.protocol} address is known",
+                          "pass --triton-url HOST:PORT or start the stack (`visionnode stack up`)")
+    if config.protocol == "http":
+        http_url = url
+    if not http_url:
+        raise ConfigError("Triton's HTTP address is needed for model metadata", "set VISIONNODE_TRITON_HTTP")
+    input_name, output_name, size = input_spec(http_url, config.model)
+    return Served(url, http_url, input_name, output_name, size)
+
+
+def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
+                  baselines: Baselines | None = None, served: Served | None = None) -> BenchmarkResult:
+    from visionnode.components.deploy.samples import sample_images
+
+    served = served or resolve_served(config)
+    url, http_url, size = served.url, served.http_url, served.size
+    endpoints = resolve_endpoints()
+    if pool is None:
+        pool = sample_images(config.shards, config.pool_images, size)
+    if pool.images.shape[1:] != (size, size, 3):
+        raise ConfigError(f"request images are {list(pool.images.shape[1:])}, the model takes [{size}, {size}, 3]")
+    if baselines is None:
+        baselines = (measure_baselines(config, pool.images, http_url) if config.baselines
+                     else Baselines(len(pool.images), config.baseline_batch, notes=["baselines skipped"]))
+    target = Target(url, config.model, config.protocol, served.input_name, served.output_name,
+                    config.request_timeout_s)
+    metrics_url = config.metrics_url or endpoints.triton_metrics
+    levels = run_sweep(config, target, pool.images, metrics_url, triton_pid(url) or triton_pid(http_url))
+    best = best_level(levels, config.target_p99_ms)
+    met, text = verdict(levels, best, config.target_qps, config.target_p99_ms)
+    best_qps = levels[best].qps if best is not None else 0.0
+    rss = [s.triton_rss_mb for s in levels if s.triton_rss_mb]
+    return BenchmarkResult(
+        model=config.model, protocol=config.protocol, url=url, images_source=pool.source,
+        input_shape=[-1, size, size, 3], levels=levels, best_level=best, best_qps=best_qps,
+        best_p99_ms=levels[best].p99_ms if best is not None else float("nan"),
+        max_qps=max(s.qps for s in levels), slo_met=met, verdict=text, target_qps=config.target_qps,
+        target_p99_ms=config.target_p99_ms, baselines=baselines,
+        served_vs_openvino=best_qps / baselines.openvino_int8_ips if baselines.openvino_int8_ips else None,
+        served_vs_pytorch=best_qps / baselines.pytorch_fp32_ips if baselines.pytorch_fp32_ips else None,
+        triton_rss_mb=max(rss) if rss else None)
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--concurrency '{text}' is not a comma-separated list of integers", "e.g. 1,2,4,8,16") from None
+    if not levels:
+        raise ConfigError("--concurrency names no level", "e.g. 1,2,4,8,16")
+    return levels
+

@@ -1,0 +1,168 @@
+"""deploy: generated Triton repository, publish to S3, load through the repository API, answers checked
+against local OpenVINO, zero-downtime version swap, and one-line errors."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from typer.testing import CliRunner
+
+from tests.serving_helpers import make_small_openvino_model, optional_fixture
+from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.errors import DataError, ServiceError
+from visionnode.components.common.storage import s3_client
+from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
+from visionnode.components.deploy.repository import (JPEG_INPUT, ServingConfig, jpeg_model_config, labels_text,
+                                                     openvino_backend_config, parse_config, tensor_model_config)
+from visionnode.components.deploy.samples import encode_jpeg
+from visionnode.pipeline.cli import app
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_small_openvino_model(tmp_path_factory.mktemp("small") / "model", size=32, classes=6)
+
+
+def _infer(client, model: str, images: np.ndarray) -> np.ndarray:
+    tensor = httpclient.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    return client.infer(model, [tensor]).as_numpy("logits")
+
+
+def test_generated_configs_parse_as_triton_model_configs(small_model: Path) -> None:
+    meta = InferenceMetadata.load(small_model)
+    cfg = ServingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_us=2000,
+                        queue_timeout_us=500_000, max_queue_size=32, instances=2)
+    tensor = parse_config(tensor_model_config("m", meta, cfg))
+    assert tensor.backend == "python" and tensor.max_batch_size == 8
+    assert list(tensor.input[0].dims) == [32, 32, 3] and tensor.input[0].name == "images"
+    assert tensor.output[0].label_filename == "labels.txt" and list(tensor.output[0].dims) == [6]
+    batching = tensor.dynamic_batching
+    assert list(batching.preferred_batch_size) == [4, 8] and batching.max_queue_delay_microseconds == 2000
+    policy = batching.default_queue_policy
+    assert policy.timeout_action == policy.REJECT and policy.max_queue_size == 32
+    assert policy.default_timeout_microseconds == 500_000
+    assert tensor.instance_group[0].count == 2 and tensor.instance_group[0].kind == tensor.instance_group[0].KIND_CPU
+    assert tensor.version_policy.latest.num_versions == 1
+    jpeg = parse_config(jpeg_model_config("m", meta, cfg))
+    assert jpeg.name == "m_jpeg" and jpeg.input[0].name == JPEG_INPUT and jpeg.parameters["target_model"].string_value == "m"
+    native = parse_config(openvino_backend_config("m", meta, cfg))
+    assert native.backend == "openvino" and native.parameters["PERFORMANCE_HINT"].string_value == "THROUGHPUT"
+    assert labels_text(meta).splitlines() == meta.classes.names
+
+
+def test_wrong_input_spec_is_refused_before_anything_is_published(small_model: Path, tmp_path: Path) -> None:
+    lying = make_small_openvino_model(tmp_path / "lying", size=32)
+    meta = InferenceMetadata.load(lying)
+    meta.input.shape = [-1, 48, 48, 3]  # model.json now promises 48² but the IR takes 32²
+    meta.save(lying)
+    with pytest.raises(DataError, match="wrong input spec"):
+        deploy(DeployConfig(model_dir=lying, repository=str(tmp_path / "repo"), triton_http="127.0.0.1:1"))
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.fixture(scope="module")
+def int8_or_small(request: pytest.FixtureRequest, small_model: Path) -> Path:
+    """quantize's `int8_model` (needs tiny_shards); the small OpenVINO model until those fixtures exist."""
+    return optional_fixture(request, "int8_model") or small_model
+
+
+def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.FixtureRequest, int8_or_small: Path,
+                                                         bucket: str) -> None:
+    int8_model = int8_or_small
+    shards = optional_fixture(request, "tiny_shards")
+    result = deploy(DeployConfig(model_dir=int8_model, model_name="tiny_int8", repository=f"s3://{bucket}/models",
+                                 shards=str(shards) if shards else None, check_images=12))
+    assert result.check.top1_agreement == 1.0 and result.check.jpeg_top1_agreement == 1.0
+    assert result.check.source == (str(shards) if shards else "synthetic") and result.check.images == 12
+    assert result.triton_repository == stack.endpoints.triton_repository
+    assert f"s3://{bucket}/models" in result.published
+    keys = {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket, Prefix="models")["Contents"]}
+    v = result.model_version
+    assert {f"models/tiny_int8/config.pbtxt", f"models/tiny_int8/labels.txt", f"models/tiny_int8/{v}/model.xml",
+            f"models/tiny_int8/{v}/model.py", f"models/tiny_int8_jpeg/{v}/model.py"} <= keys
+    assert any(k.startswith("models-openvino/tiny_int8/") and k.endswith("config.pbtxt")
+               for k in {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket)["Contents"]})
+    meta = InferenceMetadata.load(int8_model)
+    size = meta.input.shape[1]
+    images = np.random.default_rng(1).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+    http = triton_http_client(result.http_url)
+    assert _infer(http, "tiny_int8", images).shape == (3, meta.classes.num_classes)
+    import tritonclient.grpc as grpcclient
+
+    grpc = grpcclient.InferenceServerClient(result.grpc_url)
+    tensor = grpcclient.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    answer = grpc.infer("tiny_int8", [tensor], outputs=[grpcclient.InferRequestedOutput("logits", class_count=2)])
+    top = answer.as_numpy("logits")  # classification extension: "score:index:label", top-2 per image
+    assert top.shape == (3, 2)
+    label = top[0, 0].decode().split(":", 2)[2]
+    assert label in meta.classes.names
+    # A photo as-is: a real (lossy) JPEG of a different size, decoded and centre-cropped server-side.
+    photo = np.random.default_rng(2).integers(0, 256, (size + 40, size + 10, 3), dtype=np.uint8)
+    encoded = np.array([[encode_jpeg(photo)]], dtype=np.object_)
+    jpeg_in = httpclient.InferInput(JPEG_INPUT, [1, 1], "BYTES")
+    jpeg_in.set_data_from_numpy(encoded)
+    assert http.infer("tiny_int8_jpeg", [jpeg_in]).as_numpy("logits").shape == (1, meta.classes.num_classes)
+
+
+def test_new_version_replaces_the_old_without_failing_requests(stack, small_model: Path) -> None:
+    first = deploy(DeployConfig(model_dir=small_model, model_name="swap"))
+    client = triton_http_client(first.http_url)
+    images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    failures: list[str] = []
+    answered = 0
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        nonlocal answered
+        own = httpclient.InferenceServerClient(first.http_url)
+        while not stop.is_set():
+            try:
+                _infer(own, "swap", images)
+                answered += 1
+            except Exception as exc:  # any failure during the swap is what this test looks for
+                failures.append(str(exc))
+
+    worker = threading.Thread(target=keep_asking)
+    worker.start()
+    try:
+        second = deploy(DeployConfig(model_dir=small_model, model_name="swap"))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert second.model_version == first.model_version + 1 and second.previous_version == first.model_version
+    assert failures == [] and answered > 20
+    assert client.is_model_ready("swap", str(second.model_version))
+    assert not client.is_model_ready("swap", str(first.model_version))  # latest-1 policy unloaded it
+
+
+def test_failed_load_reports_tritons_message_and_keeps_the_old_version(stack, small_model: Path) -> None:
+    good = deploy(DeployConfig(model_dir=small_model, model_name="keep"))
+    with pytest.raises(ServiceError, match=r"Triton could not load model 'keep': .*NOT_A_HINT"):
+        deploy(DeployConfig(model_dir=small_model, model_name="keep",
+                            serving=ServingConfig(ov_performance_hint="NOT_A_HINT")))
+    client = triton_http_client(good.http_url)
+    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    assert _infer(client, "keep", images).shape == (1, 6)  # version 1 still serves
+
+
+def test_cli_deploys_and_reports_unreachable_triton_in_one_line(stack, small_model: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    summary = tmp_path / "deploy.json"
+    done = runner.invoke(app, ["deploy", "--model", str(small_model), "--name", "cli_model", "--check-images", "4",
+                               "--json", str(summary)])
+    assert done.exit_code == 0, done.output
+    assert '"model_name": "cli_model"' in summary.read_text()
+    failed = runner.invoke(app, ["deploy", "--model", str(small_model), "--triton-url", "127.0.0.1:9"])
+    assert failed.exit_code == 2
+    lines = [line for line in failed.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.match(r"error: Triton at 127\.0\.0\.1:9 is not reachable", lines[0])
+    assert "visionnode stack up" in lines[0]
