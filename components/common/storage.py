@@ -45,6 +45,9 @@ class S3Config:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     max_attempts: int = 8
+    # None: botocore's default (SHA-256 of every body over plain http). False skips that extra hash when
+    # the request carries its own checksum header (e.g. ChecksumAlgorithm="SHA256"), which the server checks.
+    payload_signing: bool | None = None
 
 
 def resolve_s3_config(max_pool_connections: int = 32) -> S3Config:
@@ -68,7 +71,8 @@ def s3_client(config: S3Config | None = None):
         aws_secret_access_key=creds.secret_key if creds else None,
         config=Config(
             signature_version="s3v4",
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": "path",
+                **({} if config.payload_signing is None else {"payload_signing_enabled": config.payload_signing})},
             retries={"mode": "adaptive", "max_attempts": config.max_attempts},
             max_pool_connections=config.max_pool_connections,
             connect_timeout=config.connect_timeout_s,
