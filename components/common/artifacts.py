@@ -15,7 +15,11 @@ from typing import Any
 
 from .errors import DataError
 from .jsonio import read_json, write_json
-from .model import IMAGENET_MEAN, IMAGENET_STD
+
+# torchvision's ImageNet normalisation (RGB, after scaling to 0..1). Kept here, not in model.py, so that reading
+# artifacts never imports torch (the transfer CLI starts seconds faster).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MANIFEST_FILE = "manifest.json"
 MODEL_METADATA_FILE = "model.json"

@@ -6,12 +6,11 @@ import torch
 from torch import nn
 from torchvision import models
 
+from .artifacts import IMAGENET_MEAN, IMAGENET_STD
 from .errors import ConfigError
 
 RESNET152_PARAMETERS = 60_192_808
 SUPPORTED_DEPTHS = (18, 34, 50, 101, 152)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def arch_name(depth: int) -> str:

@@ -98,6 +98,8 @@ def tracked_run(
     if not uri:
         yield Tracker()
         return
+    # MLflow prints "View run at ..." to stdout; we show the run URL ourselves and keep stdout for results.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     import mlflow
 
     mlflow.set_tracking_uri(uri)
