@@ -1,0 +1,74 @@
+"""FP32 vs INT8 on the val shards: top-1/top-5 of each, top-1 agreement between them, the drop in points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from visionnode.components.common.progress import progress_bar
+
+Logits = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class AccuracyReport:
+    """Percentages (0..100); `top1_drop_pts` = FP32 top-1 - INT8 top-1 in percentage points."""
+
+    images: int
+    fp32_top1: float
+    fp32_top5: float
+    int8_top1: float
+    int8_top5: float
+    top1_agreement: float     # share of images where FP32 and INT8 predict the same class
+    top1_drop_pts: float
+    top5_k: int = 5           # k actually used (min(5, classes))
+
+    @property
+    def points_per_image(self) -> float:
+        """How coarse the figures are: one image changes top-1 by this many points."""
+        return 100.0 / self.images if self.images else float("nan")
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"fp32_top1": self.fp32_top1, "fp32_top5": self.fp32_top5, "int8_top1": self.int8_top1,
+                "int8_top5": self.int8_top5, "top1_agreement": self.top1_agreement,
+                "top1_drop_pts": self.top1_drop_pts, "eval_images": float(self.images)}
+
+
+class _Tally:
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.top1 = 0
+        self.topk = 0
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        ranked = np.argsort(-logits, axis=1)[:, : self.k]
+        self.top1 += int((ranked[:, 0] == labels).sum())
+        self.topk += int((ranked == labels[:, None]).any(axis=1).sum())
+        return ranked[:, 0]
+
+
+def compare_accuracy(fp32: Logits, int8: Logits, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                     num_classes: int, total: int | None = None) -> AccuracyReport:
+    """Run both models over the same uint8 batches and tally top-1/top-k and their agreement."""
+    k = min(5, num_classes)
+    ref, quant = _Tally(k), _Tally(k)
+    seen = agree = 0
+    with progress_bar(total, "evaluating FP32 vs INT8") as advance:
+        for images, labels in batches:
+            labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+            agree += int((ref.add(fp32(images), labels) == quant.add(int8(images), labels)).sum())
+            seen += len(labels)
+            advance(len(labels))
+    if seen == 0:
+        from visionnode.components.common.errors import DataError
+
+        raise DataError("the val shards yielded no images", "check the val split of the shard manifest")
+
+    def pct(count: int) -> float:
+        return 100.0 * count / seen
+
+    return AccuracyReport(images=seen, fp32_top1=pct(ref.top1), fp32_top5=pct(ref.topk),
+                          int8_top1=pct(quant.top1), int8_top5=pct(quant.topk), top1_agreement=pct(agree),
+                          top1_drop_pts=pct(ref.top1) - pct(quant.top1), top5_k=k)

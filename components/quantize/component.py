@@ -1,0 +1,62 @@
+"""KFP v2 component: FP32 model -> INT8 OpenVINO IR (+ ONNX) with accuracy, size and speed reported."""
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from visionnode.components.common.kfp_support import phase_component
+
+
+@phase_component("quantize")
+def quantize_op(
+    model: Input[Model],
+    remote_shards: Input[Dataset],
+    int8_model: Output[Model],
+    metrics: Output[Metrics],
+    calibration_images: int = 300,
+    max_accuracy_drop: float = 1.0,
+    pipeline_run_id: str = "",
+):
+    """Quantize a trained ResNet to INT8 for CPU serving (OpenVINO + NNCF post-training quantization).
+
+    The exported graph takes uint8 NHWC RGB images [N, S, S, 3] (input `images`) and returns float32
+    logits [N, classes] (output `logits`); scaling, mean/std and NHWC->NCHW are folded into it.
+
+    Args:
+        model: Train output dir (model.json ModelMetadata + weights.pt state_dict).
+        remote_shards: Shards (remote-manifest dir from transfer, or a local shard dir): train shards
+            give the calibration images, val shards the accuracy report.
+        int8_model: Output dir: model.xml/.bin (INT8 IR), model.onnx (FP32, portable), model.json
+            (InferenceMetadata: input/output specs, classes, preprocessing, accuracy), quantize_report.json,
+            throughput.png. Metadata: arch, precision, input/output names, shape, top-1 figures.
+        metrics: FP32 and INT8 top-1/top-5, top-1 agreement, drop (points), INT8 size (MB), peak RSS (MB),
+            latency (batch 1) and throughput (batch 8) of PyTorch FP32, OpenVINO FP32 and OpenVINO INT8.
+        calibration_images: Train images used to calibrate the INT8 ranges.
+        max_accuracy_drop: Largest allowed FP32 -> INT8 top-1 drop in points; beyond it the step fails
+            (after writing its outputs and metrics).
+        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
+    """
+    from pathlib import Path
+
+    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
+    from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
+
+    enter_pipeline_context(pipeline_run_id)
+    config = QuantizeConfig(model_dir=Path(model.path), shards=remote_shards.path,
+                            out_dir=Path(int8_model.path),
+                            calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop)
+    failure = None
+    try:
+        result = quantize_model(config)
+    except AccuracyGateError as exc:
+        result, failure = exc.result, exc
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, float(value))
+    int8_model.metadata.update({
+        "arch": result.arch, "precision": "int8", "framework": "openvino", "input_name": INPUT_NAME,
+        "input_shape": [-1, result.input_size, result.input_size, 3], "input_dtype": "uint8",
+        "output_name": OUTPUT_NAME, "num_classes": result.num_classes,
+        "fp32_top1": result.accuracy.fp32_top1, "int8_top1": result.accuracy.int8_top1,
+        "quality_gate_passed": result.quality_gate_passed,
+    })
+    if failure is not None:
+        raise failure

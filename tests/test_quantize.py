@@ -1,0 +1,130 @@
+"""quantize: folded-preprocessing export, INT8 quantization + metadata, accuracy gate, measurements, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import openvino as ov
+from typer.testing import CliRunner
+
+from visionnode.components.common.artifacts import InferenceMetadata, ModelMetadata, ShardManifest
+from visionnode.components.common.ffcv_io import uint8_batches
+from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME, load_trained_model, torch_logits
+from visionnode.components.quantize.perf import ENGINES, compile_openvino, openvino_logits
+from visionnode.components.quantize.quantize import QuantizeResult
+from visionnode.components.transfer.transfer import UploadConfig, upload_shards
+from visionnode.pipeline.cli import app
+
+
+def _val_images(shards: Path, count: int, size: int) -> np.ndarray:
+    manifest = ShardManifest.load(shards)
+    paths = [shards / s.file for s in manifest.shards_for("val")]
+    return np.concatenate([images for images, _ in uint8_batches(paths, 8, size, limit=count)])
+
+
+def test_onnx_and_ir_take_uint8_nhwc_and_match_pytorch(int8_model: Path, tiny_model: Path,
+                                                       tiny_shards: Path) -> None:
+    trained = load_trained_model(tiny_model)
+    size = trained.input_size
+    graph = onnx.load(str(int8_model / "model.onnx"))
+    onnx.checker.check_model(graph)
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert (inp.name, inp.type.tensor_type.elem_type) == (INPUT_NAME, onnx.TensorProto.UINT8)
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", size, size, 3]
+    assert out.name == OUTPUT_NAME
+
+    images = _val_images(tiny_shards, 5, size)           # real pixels, odd batch size (dynamic batch)
+    reference = torch_logits(trained, images)
+    portable = compile_openvino(ov.Core().read_model(str(int8_model / "model.onnx")), fp32_exact=True)
+    np.testing.assert_allclose(openvino_logits(portable)(images), reference, rtol=1e-4, atol=1e-4)
+    int8 = openvino_logits(compile_openvino(int8_model / "model.xml"))(images)
+    assert int8.shape == (5, trained.metadata.num_classes) and int8.dtype == np.float32
+    spread = float(np.ptp(reference))
+    assert float(np.abs(int8 - reference).max()) < 0.25 * spread  # quantized, yet the same function
+
+
+def test_quantize_writes_int8_ir_and_metadata_deploy_can_read(int8_model: Path,
+                                                              quantized_tiny: QuantizeResult,
+                                                              tiny_model: Path, tiny_shards: Path) -> None:
+    meta = InferenceMetadata.load(int8_model)
+    source = ModelMetadata.load(tiny_model)
+    size = source.preprocessing.input_size
+    assert meta.precision == "int8" and meta.arch == source.arch
+    assert (meta.input.name, meta.input.dtype, meta.input.layout, meta.input.shape) == \
+        (INPUT_NAME, "uint8", "NHWC", [-1, size, size, 3])
+    assert (meta.output.name, meta.output.shape) == (OUTPUT_NAME, [-1, source.num_classes])
+    assert meta.classes == source.classes and meta.preprocessing == source.preprocessing
+    assert (int8_model / meta.ir_xml).is_file() and (int8_model / meta.onnx).is_file()
+
+    ir = ov.Core().read_model(str(int8_model / meta.ir_xml))
+    assert any(op.get_type_name() == "FakeQuantize" for op in ir.get_ops())
+    # INT8 weights: the IR's .bin is well under the FP32 ONNX file
+    assert (int8_model / "model.bin").stat().st_size < 0.5 * (int8_model / "model.onnx").stat().st_size
+
+    acc = quantized_tiny.accuracy
+    assert acc.images == ShardManifest.load(tiny_shards).images_in("val")
+    assert meta.accuracy["int8_top1"] == acc.int8_top1 and meta.accuracy["quality_gate_passed"] == 1.0
+    assert abs(acc.top1_drop_pts - (acc.fp32_top1 - acc.int8_top1)) < 1e-9
+    assert acc.top1_agreement >= 80.0, acc
+    assert acc.fp32_top1 > 100.0 / source.num_classes, "the source model should beat chance"
+    report = json.loads((int8_model / "quantize_report.json").read_text())
+    assert report["accuracy"]["top1_agreement"] == acc.top1_agreement
+
+
+def test_size_memory_and_speed_are_measured_for_all_engines(int8_model: Path,
+                                                            quantized_tiny: QuantizeResult) -> None:
+    perf = quantized_tiny.perf
+    assert perf is not None and set(perf.engines) == set(ENGINES)
+    for timing in perf.engines.values():
+        assert timing.latency_b1_ms > 0 and timing.throughput_ips > 0 and timing.latency_samples >= 3
+    on_disk = (int8_model / "model.xml").stat().st_size + (int8_model / "model.bin").stat().st_size
+    assert perf.int8_size_bytes == on_disk
+    assert 20e6 < perf.int8_peak_rss_bytes < 4e9   # a real process: more than the interpreter, far from GBs
+    assert perf.speedup_vs_pytorch > 0 and (int8_model / "throughput.png").stat().st_size > 1000
+    assert quantized_tiny.metrics()["int8_size_mb"] == on_disk / 1e6
+
+
+def test_cli_from_s3_shards_gate_fails_loudly_keeps_outputs_and_logs_to_mlflow(
+        stack, bucket: str, tiny_model: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    source = f"s3://{bucket}/tiny"
+    upload_shards(UploadConfig(tiny_shards, source))
+    out, summary = tmp_path / "int8", tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["quantize", "--model", str(tiny_model), "--shards", source,
+                                      "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                                      "--calibration-images", "16", "--no-measure",
+                                      "--max-accuracy-drop", "-100", "--json", str(summary)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--max-accuracy-drop -100" in errors[0] and "Traceback" not in result.output
+    assert InferenceMetadata.load(out).accuracy["quality_gate_passed"] == 0.0   # kept for inspection
+    assert json.loads(summary.read_text())["quality_gate_passed"] is False
+
+    mlflow.set_tracking_uri(stack.endpoints.mlflow_uri)
+    (run,) = mlflow.search_runs(experiment_names=["visionnode"], output_format="list",
+                                filter_string=f"params.shards = '{source}'")
+    assert run.data.metrics["quality_gate_passed"] == 0.0 and run.data.metrics["calibration_images"] == 16
+    logged = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "int8_model")}
+    assert {"model.xml", "model.bin", "model.json"} <= logged
+
+
+def test_cli_missing_model_dir_is_one_line_user_error(tiny_shards: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["quantize", "--model", str(tmp_path / "nope"),
+                                      "--shards", str(tiny_shards),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
+    assert "does not exist" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_component_signature_matches_the_pipeline_contract() -> None:
+    from visionnode.components.quantize.component import quantize_op
+
+    spec = quantize_op.component_spec
+    assert set(spec.inputs) == {"model", "remote_shards", "calibration_images", "max_accuracy_drop",
+                                "pipeline_run_id"}
+    assert set(spec.outputs) == {"int8_model", "metrics"}
