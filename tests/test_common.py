@@ -127,3 +127,23 @@ def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: --classes 1 is out of range (use 2..1000)"]
+
+
+def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from visionnode.components.common.tracking import PIPELINE_RUN_ENV, tracked_run
+
+    monkeypatch.delenv("VISIONNODE_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "run-under-test")
+    with tracked_run("outer-phase") as outer, tracked_run("called-phase") as inner:
+        inner.log_metrics({"x": 1.0})
+    with tracked_run("second-phase") as second:
+        pass
+    client = mlflow.MlflowClient()
+    parent_of = {t.run_id: client.get_run(t.run_id).data.tags.get("mlflow.parentRunId")
+                 for t in (outer, inner, second)}
+    assert parent_of[inner.run_id] == outer.run_id
+    assert parent_of[outer.run_id] == parent_of[second.run_id] is not None  # one parent per pipeline run
+    pipeline_parent = client.get_run(parent_of[outer.run_id])
+    assert pipeline_parent.data.tags["visionnode.pipeline_run_id"] == "run-under-test"

@@ -104,7 +104,9 @@ def tracked_run(
 
     mlflow.set_tracking_uri(uri)
     _set_experiment(mlflow, experiment, uri)
-    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV) or _pipeline_parent_run(mlflow, experiment)
+    active = mlflow.active_run()  # a phase calling another phase's function: nest under the caller's run
+    parent = (active.info.run_id if active else None) or parent_run_id or os.environ.get(PARENT_RUN_ENV) \
+        or _pipeline_parent_run(mlflow, experiment)
     with mlflow.start_run(run_name=run_name, parent_run_id=parent, nested=parent is not None,
                           tags={k: str(v) for k, v in (tags or {}).items()}) as run:
         yield Tracker(run.info.run_id, uri)
