@@ -1,0 +1,70 @@
+"""`visionnode train`: a thin Typer adapter onto train.py (the same command runs under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..common.cli import emit_result, err_console, user_errors
+from .recipe import Recipe, parse_res_schedule
+from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
+
+
+@user_errors
+def train_command(
+    shards: Annotated[str, typer.Option(help="s3://bucket/prefix, a shard dir or a remote-manifest dir.")],
+    out: Annotated[Path, typer.Option(help="Output dir: weights.pt + model.json (+ train_log.csv, loss_curve.png).")],
+    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Images per step per process (global = x world size).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak LR; 0 scales it from the global batch: 0.1 x batch / 256.")] = 0.0,
+    arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = "resnet152",
+    res_schedule: Annotated[str, typer.Option(help="Progressive resizing START:END px (linear over epochs, "
+                                                    "multiples of 32); END is the eval/serving size.")] = "160:192",
+    precision: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (fp16 needs CUDA).")] = "auto",
+    checkpoint_uri: Annotated[str, typer.Option(help="Checkpoint dir or s3://bucket/prefix "
+                                                      "(default: OUT/checkpoints).")] = "",
+    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends only).")] = 0,
+    resume: Annotated[str, typer.Option(help="auto (newest checkpoint, if any), never, or a checkpoint path/URI.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
+    workers: Annotated[int, typer.Option(help="FFCV decoding threads.")] = 2,
+    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps in total (0: all epochs).")] = 0,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up (at most a quarter of all steps).")] = 2.0,
+    schedule: Annotated[str, typer.Option(help="LR decay after warm-up: cosine|step.")] = "cosine",
+    log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Train ResNet-152 (or another depth) on FFCV shards: SGD+Nesterov, label smoothing, warm-up + cosine,
+    mixed precision, checkpoints with resume; the same command runs as one process or under torchrun.
+
+    Exit codes: 0 done, 2 user error, 143 pre-empted by SIGTERM after writing a checkpoint (re-run resumes).
+    """
+    res_start, res_end = parse_res_schedule(res_schedule)
+    config = TrainConfig(
+        shards=shards, out_dir=out, epochs=epochs, batch_size=batch_size, arch=arch, res_start=res_start,
+        res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri, checkpoint_every=checkpoint_every,
+        resume=resume, compile=compile, workers=workers, max_steps=max_steps, seed=seed, log_every=log_every,
+        recipe=Recipe(lr=lr, warmup_epochs=warmup_epochs, schedule=schedule),
+    )
+    result = train(config)
+    if result.world_size > 1 and result.status != "preempted" and not _is_rank_zero():
+        return
+    if result.status == "preempted":
+        err_console.print(f"pre-empted: checkpoint {result.checkpoint} at step {result.steps}; "
+                          "run again with --resume auto to continue")
+        if json_path is not None and _is_rank_zero():
+            emit_result(result, json_path, "train (pre-empted)")
+        raise typer.Exit(PREEMPTED_EXIT_CODE)
+    emit_result(result, json_path, "train")
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

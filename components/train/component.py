@@ -1,0 +1,70 @@
+"""KFP v2 component: train ResNet-152 on the remote shards and hand on the Model."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from visionnode.components.common.kfp_support import component_image
+
+
+@dsl.component(base_image=component_image("train"))
+def train_op(
+    remote_shards: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
+    epochs: int = 16,
+    batch_size: int = 64,
+    lr: float = 0.0,
+    arch: str = "resnet152",
+    res_schedule: str = "160:192",
+    precision: str = "auto",
+    checkpoint_uri: str = "",
+    workers: int = 2,
+    pipeline_run_id: str = "",
+):
+    """Train a ResNet on FFCV shards fetched (and sha256-verified) from S3, in one process.
+
+    Multi-node training runs the same entry point under torchrun in a Kubeflow PyTorchJob
+    (manifests/); this component is the single-process step of the pipeline. A retried step resumes from
+    the newest checkpoint in `checkpoint_uri`.
+
+    Args:
+        remote_shards: Remote shard dataset from the transfer step (manifest.json with base_uri + per-shard uri).
+        model: Output dir: weights.pt (state_dict) + model.json (arch, classes, input size, mean/std, metrics);
+            metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
+        metrics: top1, top5, val_loss, final train loss, images/s, steps.
+        epochs: Epochs to train.
+        batch_size: Images per optimizer step.
+        lr: Peak learning rate; 0.0 means "scaled from the batch" (0.1 x batch / 256).
+        arch: resnet18|34|50|101|152.
+        res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
+        precision: auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, else fp32/fp16).
+        checkpoint_uri: Checkpoint location (s3://bucket/prefix or dir); empty means
+            `<base_uri of the shards>/../checkpoints/<pipeline_run_id or "adhoc">` in the same bucket.
+        workers: FFCV decoding threads.
+        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
+    """
+    from pathlib import Path
+
+    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.train.recipe import Recipe, parse_res_schedule
+    from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, default_checkpoint_uri, train
+
+    enter_pipeline_context(pipeline_run_id)
+    res_start, res_end = parse_res_schedule(res_schedule)
+    shards = Path(remote_shards.path)
+    config = TrainConfig(
+        shards=str(shards), out_dir=Path(model.path), epochs=epochs, batch_size=batch_size, arch=arch,
+        res_start=res_start, res_end=res_end, precision=precision,
+        checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, pipeline_run_id),
+        workers=workers, recipe=Recipe(lr=lr),
+    )
+    result = train(config)
+    if result.status == "preempted":
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+    model.metadata.update({"arch": result.arch, "input_size": res_end, "top1": result.top1 or 0.0,
+                           "top5": result.top5 or 0.0, "registered_model": result.registered_model or "",
+                           "mlflow_run_id": result.mlflow_run_id or ""})
+    for name in ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s"):
+        value = getattr(result, name)
+        if value is not None:
+            metrics.log_metric(name, float(value))

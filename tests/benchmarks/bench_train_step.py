@@ -1,0 +1,91 @@
+"""Train-step throughput of ResNet-152 on CPU: fp32 eager (baseline) vs bf16 autocast + channels_last
+(+ torch.compile with --compile). Modes run interleaved, one step each per round, so machine noise hits
+all of them alike; medians and the ratio to the baseline are printed.
+
+    .venv/bin/python tests/benchmarks/bench_train_step.py [--resolution 128] [--batch 16] [--rounds 5] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from visionnode.components.common.model import build_resnet
+from visionnode.components.train.precision import autocast, cpu_has_fast_bf16
+from visionnode.components.train.recipe import Recipe, build_optimizer
+
+
+@dataclass
+class Mode:
+    name: str
+    precision: str
+    channels_last: bool
+    compile: bool
+
+
+def make_step(mode: Mode, batch: int, resolution: int, classes: int):
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if mode.channels_last else torch.contiguous_format
+    model = build_resnet(152, classes).to(memory_format=memory_format).train()
+    optimizer = build_optimizer(model, Recipe(), batch)
+    net = torch.compile(model) if mode.compile else model
+    images = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, classes, (batch,))
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    device = torch.device("cpu")
+
+    def step() -> float:
+        start = time.perf_counter()
+        with autocast(mode.precision, device):
+            loss = criterion(net(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last + torch.compile")
+    args = parser.parse_args()
+
+    modes = [Mode("fp32 eager (baseline)", "fp32", False, False),
+             Mode("fp32 + channels_last", "fp32", True, False),
+             Mode("bf16 autocast + channels_last", "bf16", True, False)]
+    if args.compile:
+        modes.append(Mode("bf16 + channels_last + compile", "bf16", True, True))
+    print(f"ResNet-152 train step (fwd+bwd+SGD), {args.batch}x3x{args.resolution}x{args.resolution}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_fast_bf16()}")
+    steps = {m.name: make_step(m, args.batch, args.resolution, args.classes) for m in modes}
+    for name, step in steps.items():
+        started = time.perf_counter()
+        for _ in range(args.warmup):
+            step()
+        print(f"  warm-up {name}: {time.perf_counter() - started:.1f} s")
+    times: dict[str, list[float]] = {m.name: [] for m in modes}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name].append(step())
+    baseline = args.batch / statistics.median(times[modes[0].name])
+    print(f"{'mode':34s} {'median img/s':>12s} {'ratio':>7s}  step times (s)")
+    for mode in modes:
+        rate = args.batch / statistics.median(times[mode.name])
+        print(f"{mode.name:34s} {rate:12.2f} {rate / baseline:6.2f}x  "
+              + " ".join(f"{t:.2f}" for t in times[mode.name]))
+
+
+if __name__ == "__main__":
+    main()

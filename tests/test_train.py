@@ -1,0 +1,248 @@
+"""train: real ResNet-152 steps, MLflow run + registry, S3 checkpoints, SIGTERM + resume, torchrun DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from visionnode.components.common.artifacts import ModelMetadata
+from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
+from visionnode.components.common.model import build_resnet
+from visionnode.components.common.storage import s3_client
+from visionnode.components.train.checkpoint import CheckpointStore, load_checkpoint
+from visionnode.components.train.precision import resolve_precision
+from visionnode.components.train.recipe import (Recipe, build_optimizer, lr_factor, parameter_groups,
+                                                parse_res_schedule, resolution_for_epoch)
+from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, train
+from visionnode.pipeline.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_config(shards: Path, out: Path, **overrides) -> TrainConfig:
+    """ResNet-18 at 32 px, batch 8: 12 steps per epoch on tiny_shards, about 0.1-0.3 s each on 2 cores."""
+    values = dict(shards=str(shards), out_dir=out, epochs=2, batch_size=8, arch="resnet18", res_start=32,
+                  res_end=32, precision="fp32", resume="never", workers=2, tracking=False,
+                  recipe=Recipe(lr=0.05, warmup_epochs=0.25))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# -- recipe, precision: the rules, fast ------------------------------------------------------------------
+
+
+def test_recipe_rules() -> None:
+    recipe = Recipe()
+    assert recipe.peak_lr(256) == pytest.approx(0.1) and recipe.peak_lr(1024) == pytest.approx(0.4)
+    assert Recipe(lr=0.3).peak_lr(1024) == 0.3
+    # 10 epochs x 100 steps: warm-up 200 steps from 0.1x to 1x, then cosine to 0
+    factors = [lr_factor(s, recipe, 100, 1000) for s in (0, 100, 200, 600, 999)]
+    assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(0.55)
+    assert factors[2] == pytest.approx(1.0) and factors[3] == pytest.approx(0.5) and factors[4] < 1e-4
+    step = Recipe(schedule="step", step_epochs=3, warmup_epochs=0)
+    assert [lr_factor(s, step, 10, 100) for s in (0, 29, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    decayed, plain = build_optimizer(model, recipe, 256).param_groups
+    assert decayed["weight_decay"] == recipe.weight_decay and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+    assert len(plain["params"]) == 4  # conv bias, BN weight + bias, linear bias
+    assert build_optimizer(model, recipe, 256).defaults["nesterov"] is True
+
+
+def test_progressive_resizing_and_schedule_parsing() -> None:
+    assert [resolution_for_epoch(e, 16, 160, 192) for e in (0, 7, 8, 15)] == [160, 160, 192, 192]
+    assert [resolution_for_epoch(e, 5, 128, 256) for e in range(5)] == [128, 160, 192, 224, 256]
+    assert resolution_for_epoch(0, 3, 40, 40) == 40
+    assert parse_res_schedule("160:192") == (160, 192) and parse_res_schedule("64") == (64, 64)
+    for bad in ("192:160", "a:b", "1:2:3", "8:8"):
+        with pytest.raises(ConfigError):
+            parse_res_schedule(bad)
+
+
+def test_precision_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="CUDA"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError):
+        resolve_precision("fp8", cpu)
+
+
+# -- the real thing: ResNet-152 learns; outputs, MLflow run and registered model exist ------------------------
+
+
+def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    out = tmp_path / "model"
+    # Overfit one batch of 4 at 32 px: 6 SGD steps must cut the loss clearly on the real 60M-parameter model.
+    result = train(TrainConfig(
+        shards=str(tiny_shards), out_dir=out, epochs=1, batch_size=4, arch="resnet152", res_start=32,
+        res_end=32, precision="fp32", resume="never", max_steps=6, overfit_batches=1, log_every=1,
+        checkpoint_uri=str(tmp_path / "ckpt"), recipe=Recipe(lr=0.01, warmup_epochs=0),
+    ))
+    assert result.status == "max_steps" and result.steps == 6 and result.steps_this_run == 6
+    losses = [float(line.split(",")[2]) for line in (out / "train_log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 6
+    assert min(losses[-2:]) < 0.7 * losses[0], f"ResNet-152 did not learn one batch: losses {losses}"
+
+    metadata = ModelMetadata.load(out)
+    assert metadata.arch == "resnet152" and metadata.num_classes == 6 and len(metadata.classes.names) == 6
+    assert metadata.preprocessing.input_size == 32 and metadata.preprocessing.resize_size == 37
+    assert 0 <= metadata.metrics["top1"] <= metadata.metrics["top5"] <= 100
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert weights["fc.weight"].shape == (6, 2048) and not any(k.startswith("module.") for k in weights)
+    assert (out / "loss_curve.png").stat().st_size > 1000
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.params["arch"] == "resnet152" and run.data.params["precision_resolved"] == "fp32"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
+    assert client.get_metric_history(run.info.run_id, "top1") and "img_per_s" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert artifacts == {"model/weights.pt", "model/model.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
+    name, version = result.registered_model.split("/")
+    registered = client.get_model_version(name, version)
+    assert name == "visionnode-resnet152" and registered.run_id == result.mlflow_run_id
+
+
+# -- checkpoints: SIGTERM mid-epoch, resume from S3 with the same optimizer state ---------------------------
+
+
+def test_sigterm_mid_epoch_then_resume_from_s3(bucket: str, tiny_shards: Path, tmp_path: Path) -> None:
+    ckpt_uri = f"s3://{bucket}/checkpoints/run1"
+    summary = tmp_path / "preempted.json"
+    command = [sys.executable, "-m", "visionnode.components.train", "--shards", str(tiny_shards),
+               "--out", str(tmp_path / "model"), "--epochs", "2", "--batch-size", "8", "--arch", "resnet18",
+               "--res-schedule", "32:32", "--precision", "fp32", "--lr", "0.05", "--checkpoint-uri", ckpt_uri,
+               "--checkpoint-every", "2", "--json", str(summary)]
+    env = {**os.environ, "VISIONNODE_PROGRESS": "0", "MLFLOW_TRACKING_URI": ""}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    s3 = s3_client()
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and proc.poll() is None:
+        keys = s3.list_objects_v2(Bucket=bucket, Prefix="checkpoints/run1/").get("KeyCount", 0)
+        if keys:  # the first periodic checkpoint (step 2) exists: the run is mid-epoch 1
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == PREEMPTED_EXIT_CODE, output
+    assert "pre-empted" in output and "--resume auto" in output
+
+    preempted = json.loads(summary.read_text())
+    step = preempted["steps"]
+    saved = load_checkpoint(preempted["checkpoint"])
+    assert preempted["status"] == "preempted" and step >= 2 and saved["step"] == step
+    assert saved["epoch"] == 0 and 0 < saved["batch_in_epoch"] < 12, "SIGTERM was meant to land mid-epoch"
+    assert CheckpointStore(ckpt_uri).latest() == preempted["checkpoint"]
+
+    resumed = train(small_config(tiny_shards, tmp_path / "model", checkpoint_uri=ckpt_uri, resume="auto",
+                                 max_steps=step + 1))
+    assert resumed.resumed_from == preempted["checkpoint"] and resumed.resumed_step == step
+    assert resumed.steps == step + 1 and resumed.steps_this_run == 1
+    after = load_checkpoint(resumed.checkpoint)
+    assert after["batch_in_epoch"] == saved["batch_in_epoch"] + 1 and after["scheduler"]["last_epoch"] == step + 1
+
+    # Same optimizer state: torch's Nesterov SGD gives  p_k - p_k+1 = lr_k (buf_k+1 - m buf_k + m buf_k+1).
+    # It holds only if the resumed run started from the checkpoint's momentum buffers (fresh ones give
+    # p_k - p_k+1 = lr (1 + m) buf_k+1 instead).
+    m, lr = 0.9, saved["optimizer"]["param_groups"][0]["lr"]
+    for name in ("fc.weight", "layer4.1.conv2.weight", "layer4.1.bn2.weight"):
+        index = _optimizer_index(name)
+        buf_k = saved["optimizer"]["state"][index]["momentum_buffer"]
+        buf_next = after["optimizer"]["state"][index]["momentum_buffer"]
+        expected = lr * (buf_next - m * buf_k + m * buf_next)
+        actual = saved["model"][name] - after["model"][name]
+        torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-6)
+        assert not torch.allclose(actual, lr * (1 + m) * buf_next, rtol=1e-3, atol=1e-6)
+
+
+def _optimizer_index(name: str) -> int:
+    """Optimizer state is keyed by position over the param groups (build_optimizer's grouping)."""
+    model = build_resnet(18, 6)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in parameter_groups(model, 1e-4) for p in group["params"]]
+    return order.index(name)
+
+
+# -- torchrun: two CPU processes (gloo) agree on the weights ----------------------------------------------
+
+
+def test_torchrun_two_processes_agree(tiny_shards: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "ddp.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "visionnode.components.train", "--shards", str(tiny_shards), "--out", str(tmp_path / "model"),
+               "--epochs", "1", "--batch-size", "4", "--arch", "resnet18", "--res-schedule", "32:32",
+               "--precision", "fp32", "--max-steps", "2", "--workers", "1", "--resume", "never",
+               "--json", str(summary)]
+    env = {**os.environ, "VISIONNODE_PROGRESS": "0", "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["world_size"] == 2 and result["global_batch"] == 8 and result["steps"] == 2
+    fingerprints = result["replica_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    initial = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert set(initial) and not any(k.startswith("module.") for k in initial)
+
+
+# -- errors: one line, exit 2 ----------------------------------------------------------------------------
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tiny_shards: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), "--arch", "resnet18",
+            "--res-schedule", "32:32", "--precision", "fp32", "--batch-size", "8"]
+    missing = runner.invoke(app, base + ["--resume", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 2 and "Traceback" not in missing.output
+    assert "error:" in missing.output and "does not exist" in missing.output
+
+    corrupt = tmp_path / "ckpt" / "checkpoint-e0000-s000000002.pt"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 10)
+    (corrupt.parent / "latest.json").write_text(json.dumps({"checkpoint": corrupt.name}))
+    broken = runner.invoke(app, base + ["--checkpoint-uri", str(corrupt.parent)])
+    assert broken.exit_code == 2 and "corrupt" in broken.output and "Traceback" not in broken.output
+    assert len([line for line in broken.output.splitlines() if line.startswith("error:")]) == 1
+
+    torch.save({"just": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(IntegrityError, match="not a VisionNode training checkpoint"):
+        load_checkpoint(str(tmp_path / "other.pt"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "gone.pt"))
+
+
+def test_cli_user_errors(tiny_shards: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for flags, needle in ((["--res-schedule", "256:128"], "res-schedule"), (["--arch", "vgg16"], "architecture"),
+                          (["--precision", "fp16"], "CUDA")):
+        result = runner.invoke(app, ["train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), *flags])
+        assert result.exit_code == 2 and result.output.startswith("error:") and needle in result.output, result.output
+
+
+# -- the fixture other phases use ----------------------------------------------------------------------
+
+
+def test_tiny_model_fixture(tiny_model: Path, tiny_model_result) -> None:
+    metadata = ModelMetadata.load(tiny_model)
+    assert metadata.arch == "resnet18" and metadata.preprocessing.input_size == 64
+    assert tiny_model_result.status == "completed" and tiny_model_result.epochs_completed == 2
+    assert tiny_model_result.final_loss < tiny_model_result.initial_loss
+    model_keys = torch.load(tiny_model / "weights.pt", weights_only=True).keys()
+    assert "fc.weight" in model_keys and metadata.training["config"]["arch"] == "resnet18"
