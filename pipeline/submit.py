@@ -74,15 +74,9 @@ def _preflight(host: str) -> None:
         with urllib.request.urlopen(request, timeout=10):
             return
     except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise ServiceError(f"KFP at {host} rejected the request ({exc.code} {exc.reason})",
-                               f"set {TOKEN_ENV} to a valid token for this endpoint") from None
-        raise ServiceError(f"KFP at {host} answered {exc.code} {exc.reason} on its health endpoint",
-                           "check that --host is the KFP API (ml-pipeline-ui or the Istio gateway)") from None
+        raise _http_error(host, exc.code, exc.reason) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise ServiceError(f"KFP at {host} is unreachable ({getattr(exc, 'reason', exc)})",
-                           "check --host (e.g. http://localhost:8080 after "
-                           "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)") from None
+        raise _unreachable(host, getattr(exc, "reason", exc)) from None
 
 
 def _upload(client: Any, host: str, package: Path) -> tuple[str, str]:
@@ -111,12 +105,20 @@ def _call(host: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except ApiException as exc:
-        if exc.status in (401, 403):
-            raise ServiceError(f"KFP at {host} rejected the request ({exc.status} {exc.reason})",
-                               f"set {TOKEN_ENV} to a valid token for this endpoint") from None
-        raise ServiceError(f"KFP at {host} answered {exc.status} {exc.reason}",
-                           "check the host URL and the KFP server logs") from None
+        raise _http_error(host, exc.status, exc.reason) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise ServiceError(f"KFP at {host} is unreachable ({type(exc).__name__})",
-                           "check --host (e.g. http://localhost:8080 after `kubectl port-forward svc/ml-pipeline-ui`)"
-                           ) from None
+        raise _unreachable(host, type(exc).__name__) from None
+
+
+def _http_error(host: str, status: int, reason: object) -> ServiceError:
+    if status in (401, 403):
+        return ServiceError(f"KFP at {host} rejected the request ({status} {reason})",
+                            f"set {TOKEN_ENV} to a valid token for this endpoint")
+    return ServiceError(f"KFP at {host} answered {status} {reason}",
+                        "check that --host is the KFP API (ml-pipeline-ui or the Istio gateway) and its logs")
+
+
+def _unreachable(host: str, reason: object) -> ServiceError:
+    return ServiceError(f"KFP at {host} is unreachable ({reason})",
+                        "check --host (e.g. http://localhost:8080 after "
+                        "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)")
