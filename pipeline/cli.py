@@ -33,13 +33,7 @@ app = typer.Typer(
 )
 
 for module_name in COMMAND_MODULES:
-    try:  # TEMPORARY while phases are being written in parallel; made strict before release
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        continue
-    module.register(app)
+    importlib.import_module(module_name).register(app)
 
 
 def main() -> None:
