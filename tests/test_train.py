@@ -73,7 +73,10 @@ def test_progressive_resizing_and_schedule_parsing() -> None:
 
 def test_precision_resolution() -> None:
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+    from visionnode.components.train.precision import _cpuinfo_has
+
+    # bf16 on CPU only with AMX-BF16; AVX512-BF16 alone (this machine) measured slower than fp32.
+    assert resolve_precision("auto", cpu) == ("bf16" if _cpuinfo_has("amx_bf16") else "fp32")
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_precision("fp16", cpu)
@@ -169,8 +172,13 @@ def test_sigterm_mid_epoch_then_resume_from_s3(bucket: str, tiny_shards: Path, t
         buf_next = after["optimizer"]["state"][index]["momentum_buffer"]
         expected = lr * (buf_next - m * buf_k + m * buf_next)
         actual = saved["model"][name] - after["model"][name]
-        torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-6)
-        assert not torch.allclose(actual, lr * (1 + m) * buf_next, rtol=1e-3, atol=1e-6)
+        fresh = lr * (1 + m) * buf_next
+        # Updates are ~1e-7 on weights ~1e-2: float32 leaves a few % of noise in `actual`, so compare norms
+        # relative to the update's size (the fresh-buffer formula is off by lr*m*buf_k, tens of %).
+        scale = float(actual.norm())
+        assert scale > 0, name
+        right, wrong = float((actual - expected).norm()) / scale, float((actual - fresh).norm()) / scale
+        assert right < 0.1 and wrong > 3 * right, f"{name}: error {right:.3f} resumed vs {wrong:.3f} fresh"
 
 
 def _optimizer_index(name: str) -> int:
@@ -192,8 +200,20 @@ def test_torchrun_two_processes_agree(tiny_shards: Path, tmp_path: Path) -> None
                "--precision", "fp32", "--max-steps", "2", "--workers", "1", "--resume", "never",
                "--json", str(summary)]
     env = {**os.environ, "VISIONNODE_PROGRESS": "0", "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Own session: on a timeout or failure the whole group (torchrun + both DDP workers) is killed.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, start_new_session=True)
+    try:
+        output = proc.communicate(timeout=150)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate()[0]
+        pytest.fail(f"torchrun did not finish in 150 s:\n{output[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-6000:]
     result = json.loads(summary.read_text())
     assert result["world_size"] == 2 and result["global_batch"] == 8 and result["steps"] == 2
     fingerprints = result["replica_fingerprints"]
@@ -243,6 +263,11 @@ def test_tiny_model_fixture(tiny_model: Path, tiny_model_result) -> None:
     metadata = ModelMetadata.load(tiny_model)
     assert metadata.arch == "resnet18" and metadata.preprocessing.input_size == 64
     assert tiny_model_result.status == "completed" and tiny_model_result.epochs_completed == 2
-    assert tiny_model_result.final_loss < tiny_model_result.initial_loss
+    # Epoch means, not two single batches (one noisy batch each): the second epoch's loss is lower.
+    rows = [line.split(",") for line in (tiny_model / "train_log.csv").read_text().splitlines()[1:]]
+    by_epoch = {e: [float(r[2]) for r in rows if int(r[1]) == e] for e in (0, 1)}
+    assert all(by_epoch.values()), rows
+    mean = {e: sum(v) / len(v) for e, v in by_epoch.items()}
+    assert mean[1] < mean[0], f"tiny model did not learn: epoch mean losses {mean}"
     model_keys = torch.load(tiny_model / "weights.pt", weights_only=True).keys()
     assert "fc.weight" in model_keys and metadata.training["config"]["arch"] == "resnet18"

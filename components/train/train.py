@@ -167,20 +167,9 @@ def shard_files(directory: Path, manifest: ShardManifest, split: str) -> list[Pa
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """FFCV draws an epoch's order from (seed, epoch counter): pin the counter so a resumed epoch replays
-    the same sample order, and skipping the batches already done skips exactly those samples."""
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-        return
-    # ffcv_io.ShardLoader: its own epoch (shard order) plus one lazily built FFCV Loader per shard.
-    if hasattr(loader, "epoch"):
-        loader.epoch = epoch
-    make, loaders = getattr(loader, "_loader", None), getattr(loader, "_loaders", None)
-    if callable(make) and loaders is not None:
-        for index in range(len(loaders)):
-            make(index).next_epoch = epoch
-    elif hasattr(loader, "next_epoch"):  # a bare ffcv.loader.Loader
-        loader.next_epoch = epoch
+    """FFCV draws an epoch's order from (seed, epoch): pin it so a resumed epoch replays the same sample
+    order, and skipping the batches already done skips exactly those samples."""
+    loader.set_epoch(epoch)
 
 
 # -- the trainer -----------------------------------------------------------------------------------------
@@ -465,12 +454,14 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     if config.resume not in RESUME_MODES and not config.resume:
         raise ConfigError("--resume is empty", "use auto, never or a checkpoint path")
-    ctx = init_distributed()
-    try:
-        with StopSignal() as stop:
+    # The SIGTERM handler goes in first (main thread), before the process group, shard download and FFCV/numba
+    # threads exist: a pre-emption during set-up is then recorded too, never the default "die with -15".
+    with StopSignal() as stop:
+        ctx = init_distributed()
+        try:
             return _train(config, ctx, stop)
-    finally:
-        shutdown_distributed(ctx)
+        finally:
+            shutdown_distributed(ctx)
 
 
 def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResult:

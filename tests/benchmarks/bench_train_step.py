@@ -68,7 +68,7 @@ def main() -> None:
         modes.append(Mode("bf16 + channels_last + compile", "bf16", True, True))
     print(f"ResNet-152 train step (fwd+bwd+SGD), {args.batch}x3x{args.resolution}x{args.resolution}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_fast_bf16()}")
+          f"{torch.backends.cpu.get_cpu_capability()}, AMX-BF16 (auto picks bf16) {cpu_has_fast_bf16()}")
     steps = {m.name: make_step(m, args.batch, args.resolution, args.classes) for m in modes}
     for name, step in steps.items():
         started = time.perf_counter()
