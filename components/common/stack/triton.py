@@ -148,6 +148,9 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         f"--grpc-address={LOOPBACK}", f"--grpc-port={grpc_port}",
         f"--metrics-address={LOOPBACK}", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+        # Server readiness means "the server answers", not "every model ever loaded is ready": one failed model
+        # load (which deploy reports with Triton's own message) must not make the whole service look down.
+        "--strict-readiness=false",
     ]
     ports = [PortSpec(http_port, "HTTP", "--triton-http-port"), PortSpec(grpc_port, "gRPC", "--triton-grpc-port"),
              PortSpec(metrics_port, "metrics", "--triton-metrics-port")]
