@@ -83,6 +83,7 @@ def test_compiled_yaml_is_reproducible(tmp_path: Path) -> None:
     second = compile_pipeline(tmp_path / "b.yaml").read_bytes()
     assert first == second
     assert "AWS_SECRET_ACCESS_KEY: " not in first.decode()  # only secret *references*, never values
+    assert "pip install" not in first.decode()  # our images ship kfp: no network needed at step start-up
 
 
 def test_cli_compile_writes_yaml(tmp_path: Path) -> None:

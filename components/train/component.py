@@ -1,12 +1,11 @@
 """KFP v2 component: train ResNet-152 on the remote shards and hand on the Model."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from visionnode.components.common.kfp_support import component_image
+from visionnode.components.common.kfp_support import phase_component
 
 
-@dsl.component(base_image=component_image("train"))
+@phase_component("train")
 def train_op(
     remote_shards: Input[Dataset],
     model: Output[Model],

@@ -1,12 +1,11 @@
 """KFP v2 component: upload shards to S3 and hand on the remote manifest."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from visionnode.components.common.kfp_support import component_image
+from visionnode.components.common.kfp_support import phase_component
 
 
-@dsl.component(base_image=component_image("transfer"))
+@phase_component("transfer")
 def transfer_op(
     shards: Input[Dataset],
     remote_shards: Output[Dataset],

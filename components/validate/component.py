@@ -1,11 +1,11 @@
 """KFP v2 adapter for validate: raw images in, Markdown report and Metrics out; failed gate = failed step."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
-from visionnode.components.common.kfp_support import component_image
+
+from visionnode.components.common.kfp_support import phase_component
 
 
-@dsl.component(base_image=component_image("validate"))
+@phase_component("validate")
 def validate_op(
     data: Input[Dataset],
     report: Output[Markdown],
