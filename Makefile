@@ -12,4 +12,4 @@ demo: install
 	$(VENV)/bin/visionnode pipeline run --local $(DEMO_ARGS)
 
 test: install
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	VENV=$(VENV) bash scripts/run_tests.sh $(PYTEST_ARGS)
