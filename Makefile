@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install demo test bench-help
+.PHONY: install demo test
 
 install:
 	bash scripts/install.sh
