@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from visionnode.components.common.errors import ServiceError
 from visionnode.components.common.stack import LocalStack, StackConfig
 from visionnode.components.common.stack.process import free_port
 from visionnode.components.common.storage import s3_client
@@ -31,6 +32,20 @@ def free_stack_config(state_dir: Path) -> StackConfig:
                        triton_metrics_port=free_port(), startup_timeout_s=180.0, die_with_parent=True)
 
 
+def _start_on_free_ports(state_dir: Path, attempts: int = 3) -> LocalStack:
+    """Free ports are picked before the servers bind them; if another process takes one in between (seen in CI
+    as "port ... is already in use"), pick a fresh set. `up` starts nothing before all ports are checked."""
+    for attempt in range(attempts):
+        local_stack = LocalStack(free_stack_config(state_dir))
+        try:
+            local_stack.up()
+            return local_stack
+        except ServiceError as exc:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     saved = {name: os.environ.get(name) for name in STACK_ENV}
@@ -40,9 +55,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     os.environ["AWS_SECRET_ACCESS_KEY"] = secrets.token_urlsafe(24)
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
     os.environ.pop("VISIONNODE_MLFLOW_URI", None)  # would outrank MLFLOW_TRACKING_URI
-    local_stack = LocalStack(free_stack_config(state_dir))
+    local_stack = _start_on_free_ports(state_dir)
     try:
-        local_stack.up()
         endpoints = local_stack.endpoints
         os.environ["VISIONNODE_S3_ENDPOINT"] = endpoints.s3_endpoint or ""
         os.environ["MLFLOW_TRACKING_URI"] = endpoints.mlflow_uri or ""
