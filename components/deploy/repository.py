@@ -41,7 +41,7 @@ class ServingConfig:
     max_queue_size: int = 64              # requests beyond this are rejected at once (overload)
     instances: int = 1
     ov_performance_hint: str = "THROUGHPUT"
-    ov_num_streams: str = ""              # "" lets OpenVINO pick for the hint
+    ov_num_streams: str = ""              # "": one stream per 4 cores of the serving machine
     ov_threads: int = 0                   # 0 lets OpenVINO use every core
 
     def validate(self) -> None:

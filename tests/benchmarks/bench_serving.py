@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--concurrency", default="1,4,8,12,16")
+    parser.add_argument("--concurrency", default="1,2,3,4,8,16")
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--preferred", default="4,8")
@@ -147,7 +147,7 @@ def main() -> int:
         finally:
             stack.down()
 
-    print(f"\nResNet-152 INT8 on Triton (python backend + OpenVINO {args.hint}, streams={args.streams or 'auto'}), "
+    print(f"\nResNet-152 INT8 on Triton (python backend + OpenVINO {args.hint}, streams={args.streams or '1 per 4 cores'}), "
           f"max_batch {args.max_batch}, preferred {args.preferred}, delay {args.delay_us} us, "
           f"{args.instances} instance(s); {os.cpu_count()} cores shared with the load generator; random weights")
     print(f"deploy: version {deployed.model_version} loaded in {deployed.load_s:.1f} s (total {deploy_s:.1f} s), "
