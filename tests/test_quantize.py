@@ -69,10 +69,13 @@ def test_quantize_writes_int8_ir_and_metadata_deploy_can_read(int8_model: Path,
     assert meta.accuracy["int8_top1"] == acc.int8_top1 and meta.accuracy["quality_gate_passed"] == 1.0
     assert abs(acc.top1_drop_pts - (acc.fp32_top1 - acc.int8_top1)) < 1e-9
     assert acc.top1_agreement >= 80.0, acc
+    assert acc.median_margin > 0 and acc.flip_max_margin >= 0
+    assert (acc.flip_max_margin == 0) == (acc.top1_agreement == 100.0), acc
     # No "beats chance" check: the 2-epoch tiny model sits near chance on 24 val images (flaky); INT8 fidelity
     # on a trained model is measured by the demo and bench_quantize.py.
     report = json.loads((int8_model / "quantize_report.json").read_text())
     assert report["accuracy"]["top1_agreement"] == acc.top1_agreement
+    assert meta.accuracy["flip_max_margin"] == acc.flip_max_margin
 
 
 def test_size_memory_and_speed_are_measured_for_all_engines(int8_model: Path,

@@ -24,6 +24,13 @@ class AccuracyReport:
     top1_agreement: float     # share of images where FP32 and INT8 predict the same class
     top1_drop_pts: float
     top5_k: int = 5           # k actually used (min(5, classes))
+    median_margin: float = 0.0  # FP32 logit gap between its first and second class, median over images
+    flip_max_margin: float = 0.0  # the largest such gap among images where INT8 answers differently
+
+    @property
+    def flips_are_near_ties(self) -> bool:
+        """Every disagreement is an image FP32 itself barely decided (gap under a tenth of the median)."""
+        return self.flip_max_margin < 0.1 * self.median_margin
 
     @property
     def points_per_image(self) -> float:
@@ -33,7 +40,8 @@ class AccuracyReport:
     def as_metrics(self) -> dict[str, float]:
         return {"fp32_top1": self.fp32_top1, "fp32_top5": self.fp32_top5, "int8_top1": self.int8_top1,
                 "int8_top5": self.int8_top5, "top1_agreement": self.top1_agreement,
-                "top1_drop_pts": self.top1_drop_pts, "eval_images": float(self.images)}
+                "top1_drop_pts": self.top1_drop_pts, "eval_images": float(self.images),
+                "median_margin": self.median_margin, "flip_max_margin": self.flip_max_margin}
 
 
 class _Tally:
@@ -55,10 +63,16 @@ def compare_accuracy(fp32: Logits, int8: Logits, batches: Iterable[tuple[np.ndar
     k = min(5, num_classes)
     ref, quant = _Tally(k), _Tally(k)
     seen = agree = 0
+    margins: list[np.ndarray] = []
+    flip_margins: list[np.ndarray] = [np.zeros(0)]
     with progress_bar(total, "evaluating FP32 vs INT8") as advance:
         for images, labels in batches:
             labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-            agree += int((ref.add(fp32(images), labels) == quant.add(int8(images), labels)).sum())
+            reference = fp32(images)
+            same = ref.add(reference, labels) == quant.add(int8(images), labels)
+            agree += int(same.sum())
+            margins.append(top2_margin(reference))
+            flip_margins.append(margins[-1][~same])
             seen += len(labels)
             advance(len(labels))
     if seen == 0:
@@ -71,4 +85,14 @@ def compare_accuracy(fp32: Logits, int8: Logits, batches: Iterable[tuple[np.ndar
 
     return AccuracyReport(images=seen, fp32_top1=pct(ref.top1), fp32_top5=pct(ref.topk),
                           int8_top1=pct(quant.top1), int8_top5=pct(quant.topk), top1_agreement=pct(agree),
-                          top1_drop_pts=pct(ref.top1) - pct(quant.top1), top5_k=k)
+                          top1_drop_pts=pct(ref.top1) - pct(quant.top1), top5_k=k,
+                          median_margin=float(np.median(np.concatenate(margins))),
+                          flip_max_margin=float(np.concatenate(flip_margins).max(initial=0.0)))
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Per image: the gap between the largest and second-largest logit (how decided the answer is)."""
+    if logits.shape[1] < 2:
+        return np.full(len(logits), np.inf)
+    top2 = np.partition(logits, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]).astype(np.float64)
