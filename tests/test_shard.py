@@ -22,7 +22,8 @@ from tests.data_fixtures import MessyDataset
 from tests.shard_fixtures import TINY_IMAGES_PER_SHARD, TINY_MAX_RESOLUTION
 from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.ffcv_io import train_loader, uint8_batches, val_loader
+from visionnode.components.common.ffcv_io import (IMAGE_FIELD, LABEL_FIELD, flip_normalize_op, normalize_op,
+                                                   train_loader, uint8_batches, val_loader)
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.shard.shard import JOURNAL_FILE, ShardConfig, ShardResult, shard_dataset
 from visionnode.pipeline.cli import app
@@ -169,6 +170,26 @@ def test_train_loader_yields_normalised_nchw_batches_and_resizes(tiny_shards: Pa
     assert images.shape == (8, 3, 48, 48)
 
 
+def test_fused_flip_normalize_equals_stock_normalize_flipped_or_not(tiny_shards: Path) -> None:
+    """The training pipeline's flip+normalise pass gives NormalizeImage's floats, mirrored for about half."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    def batches(operation):
+        decoder = CenterCropRGBImageDecoder((32, 32), ratio=1.0)
+        loader = Loader(str(tiny_shards / ShardManifest.load(tiny_shards).shards_for("train")[0].file), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL,
+                        pipelines={IMAGE_FIELD: [decoder, operation, ToTensor()], LABEL_FIELD: None})
+        return np.concatenate([images.numpy() for images, *_ in loader])
+
+    stock, fused = batches(normalize_op()), batches(flip_normalize_op())
+    assert fused.dtype == np.float32 and fused.shape == stock.shape
+    same = [np.array_equal(f, s) for f, s in zip(fused, stock)]
+    mirrored = [np.array_equal(f, s[:, ::-1]) for f, s in zip(fused, stock)]
+    assert all(a or b for a, b in zip(same, mirrored))
+    assert 0 < sum(m and not s for m, s in zip(mirrored, same)) < len(fused)
+
+
 def test_val_loader_and_uint8_batches_cover_val_in_order(tiny_shards: Path) -> None:
     manifest = ShardManifest.load(tiny_shards)
     paths = [tiny_shards / s.file for s in manifest.shards_for("val")]
@@ -249,3 +270,4 @@ def test_component_has_the_contract_signature() -> None:
     defaults = {name: spec.inputs[name].default for name in list(spec.inputs)[1:]}
     assert defaults == {"split": "both", "images_per_shard": 5000, "max_resolution": 256, "jpeg_quality": 90,
                         "workers": 2, "pipeline_run_id": ""}
+

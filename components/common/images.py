@@ -10,6 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
@@ -54,10 +55,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # CMYK, L, I;16, P, YCbCr ...
 
 
-def resize_max_side(img: Image.Image, max_side: int) -> Image.Image:
-    """Shrink so that the longer side is at most `max_side` (never enlarges)."""
-    if max(img.size) <= max_side:
-        return img
-    scale = max_side / max(img.size)
-    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+def resize_max_side(img: Image.Image | np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink so that the longer side is at most `max_side` (never enlarges); a uint8 HWC array.
+
+    OpenCV's INTER_AREA (pixel-area averaging), the filter FFCV's own RGBImageField writer shrinks with:
+    alias-free when shrinking, and a third of PIL bicubic's time at ImageNet sizes (500 px -> 256 px).
+    """
+    import cv2
+
+    array = np.asarray(img, dtype=np.uint8)
+    height, width = array.shape[:2]
+    if max(height, width) <= max_side:
+        return array
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA)

@@ -1,6 +1,6 @@
 """FFCV loader (ffcv_io.train_loader) vs torchvision ImageFolder + DataLoader, side by side.
 
-    .venv/bin/python tests/benchmarks/bench_ffcv_loader.py [--images 1000] [--resolution 224] [--workers 2]
+    .venv/bin/python tests/benchmarks/bench_ffcv_loader.py [--images 2000] [--resolution 224] [--workers 2]
 
 Same images, same output resolution, same augmentations (RandomResizedCrop + horizontal flip + normalise to
 float32 NCHW), same batch size and worker count. Two torchvision baselines:
@@ -8,6 +8,8 @@ float32 NCHW), same batch size and worker count. Two torchvision baselines:
   * "raw":    ImageFolder over the original photo-sized JPEGs (300-500 px) - what you read without sharding.
 Each loader runs `--epochs` epochs; the first is warm-up (FFCV JIT-compiles, DataLoader starts workers) and
 the figure is the median images/s of the others. Goal: FFCV >= 3x torchvision. Shared machine: expect noise.
+FFCV starts a Loader per shard each epoch (~0.1 s on 2 cores), so tiny datasets understate it: with 600 images
+(two 300-image shards) it measured 1,836 img/s, with 2,000 images 3,236 img/s.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def export_stored_jpegs(data: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="train images to generate (10 classes)")
+    parser.add_argument("--images", type=int, default=2000, help="train images to generate (10 classes; 2 shards)")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
