@@ -20,7 +20,6 @@ from visionnode.components.benchmark.loadgen import LevelPlan, RssSampler, Targe
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
 from visionnode.components.deploy.repository import JPEG_INPUT, ServingConfig, labels_text, tensor_model_config
-from visionnode.components.deploy.samples import encode_png
 from visionnode.pipeline.cli import app
 
 SIZE = 32

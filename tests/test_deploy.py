@@ -85,7 +85,7 @@ def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.
     assert f"s3://{bucket}/models" in result.published
     keys = {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket, Prefix="models")["Contents"]}
     v = result.model_version
-    assert {f"models/tiny_int8/config.pbtxt", f"models/tiny_int8/labels.txt", f"models/tiny_int8/{v}/model.xml",
+    assert {"models/tiny_int8/config.pbtxt", "models/tiny_int8/labels.txt", f"models/tiny_int8/{v}/model.xml",
             f"models/tiny_int8/{v}/model.py", f"models/tiny_int8_jpeg/{v}/model.py"} <= keys
     assert any(k.startswith("models-openvino/tiny_int8/") and k.endswith("config.pbtxt")
                for k in {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket)["Contents"]})

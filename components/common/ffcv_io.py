@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DataError
 from .jsonio import atomic_path
-from .model import IMAGENET_MEAN, IMAGENET_STD
+from .artifacts import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_FIELD = "image"
 LABEL_FIELD = "label"

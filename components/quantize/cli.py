@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..common.cli import emit_result, user_errors
-from .quantize import AccuracyGateError, QuantizeConfig, quantize_model
 
 
 @user_errors
@@ -32,6 +31,8 @@ def quantize_command(
 ) -> None:
     """Export to ONNX + OpenVINO IR (uint8 NHWC input, preprocessing folded in), quantize to INT8 with NNCF,
     report FP32 vs INT8 accuracy, size, memory and speed; fail when the top-1 drop exceeds the threshold."""
+    from .quantize import AccuracyGateError, QuantizeConfig, quantize_model  # imports torch: only when run
+
     config = QuantizeConfig(model_dir=model, shards=shards, out_dir=out,
                             calibration_images=calibration_images,
                             max_accuracy_drop=max_accuracy_drop, eval_images=eval_images, preset=preset,

@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from ..common.cli import emit_result, err_console, user_errors
-from .recipe import Recipe, parse_res_schedule
-from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
 
 
 @user_errors
@@ -41,6 +39,9 @@ def train_command(
 
     Exit codes: 0 done, 2 user error, 143 pre-empted by SIGTERM after writing a checkpoint (re-run resumes).
     """
+    from .recipe import Recipe, parse_res_schedule  # import torch: only when the command runs
+    from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
+
     res_start, res_end = parse_res_schedule(res_schedule)
     config = TrainConfig(
         shards=shards, out_dir=out, epochs=epochs, batch_size=batch_size, arch=arch, res_start=res_start,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from visionnode.components.common.cli import emit_result, user_errors
 
-from .validate import ValidateConfig, raise_for_gates, run_checks
+from .config import ValidateConfig
 
 DEFAULTS = ValidateConfig(data=Path("."))
 
@@ -45,6 +45,8 @@ def validate_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
 ) -> None:
     """Fail fast before sharding: does the loss fall, is ResNet-152 intact, is the loader the bottleneck?"""
+    from .validate import raise_for_gates, run_checks  # imports torch: only when the command runs
+
     config = ValidateConfig(
         data=data,
         subset=subset,

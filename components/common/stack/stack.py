@@ -13,7 +13,6 @@ out (`with_s3=False`, ...) when the user points the matching setting (env var) a
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
