@@ -157,13 +157,6 @@ def normalize_op() -> Any:
     return NormalizeImage(np.array(IMAGENET_MEAN) * 255, np.array(IMAGENET_STD) * 255, np.float32)
 
 
-def _lookup_table() -> np.ndarray:
-    """uint8 value -> normalised float32, per RGB channel: [256, 3], computed as NormalizeImage computes it."""
-    mean = np.array(IMAGENET_MEAN) * 255
-    std = np.array(IMAGENET_STD) * 255
-    return ((np.arange(256)[:, None] - mean[None, :]) / std[None, :]).astype(np.float32)
-
-
 def flip_normalize_op() -> Any:
     """Random horizontal flip (p = 0.5) and normalisation to float32 in one pass over each image.
 
@@ -179,7 +172,7 @@ def flip_normalize_op() -> Any:
 
     class FlipNormalize(Operation):
         def generate_code(self) -> Any:
-            table = _lookup_table()
+            table = normalize_op().lookup_table  # [256, 3]: uint8 value -> normalised float32 per channel
             my_range = Compiler.get_iterator()
 
             def flip_normalize(images, result, indices):

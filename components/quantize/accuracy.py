@@ -28,11 +28,6 @@ class AccuracyReport:
     flip_max_margin: float = 0.0  # the largest such gap among images where INT8 answers differently
 
     @property
-    def flips_are_near_ties(self) -> bool:
-        """Every disagreement is an image FP32 itself barely decided (gap under a tenth of the median)."""
-        return self.flip_max_margin < 0.1 * self.median_margin
-
-    @property
     def points_per_image(self) -> float:
         """How coarse the figures are: one image changes top-1 by this many points."""
         return 100.0 / self.images if self.images else float("nan")

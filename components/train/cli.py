@@ -39,7 +39,7 @@ def train_command(
 
     Exit codes: 0 done, 2 user error, 143 pre-empted by SIGTERM after writing a checkpoint (re-run resumes).
     """
-    from .recipe import Recipe, parse_res_schedule  # import torch: only when the command runs
+    from .recipe import Recipe, parse_res_schedule  # imports torch: only when the command runs
     from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
 
     res_start, res_end = parse_res_schedule(res_schedule)
