@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from visionnode.components.common.artifacts import InferenceMetadata, ModelMetadata, ShardManifest
 from visionnode.components.common.ffcv_io import uint8_batches
-from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME, load_trained_model, torch_logits
+from visionnode.components.quantize.export import (INPUT_NAME, OUTPUT_NAME, convert_to_openvino, export_onnx,
+                                                   load_trained_model, torch_logits)
 from visionnode.components.quantize.perf import ENGINES, compile_openvino, openvino_logits
-from visionnode.components.quantize.quantize import QuantizeResult
+from visionnode.components.quantize.quantize import QuantizeResult, quantize_openvino
 from visionnode.components.transfer.transfer import UploadConfig, upload_shards
 from visionnode.pipeline.cli import app
 
@@ -78,6 +79,33 @@ def test_quantize_writes_int8_ir_and_metadata_deploy_can_read(int8_model: Path,
     assert meta.accuracy["flip_max_margin"] == acc.flip_max_margin
 
 
+def _activations_quantized(model, op_type: str) -> tuple[int, int]:
+    """(`op_type` ops whose every activation input comes from a FakeQuantize, all `op_type` ops).
+
+    Activation inputs only: a Convolution's weights are stored as INT8 constants, not behind a FakeQuantize."""
+    ops = [op for op in model.get_ops() if op.get_type_name() == op_type]
+    ports = (0,) if op_type == "Convolution" else (0, 1)
+    quantized = [op for op in ops if all(
+        op.input(i).get_source_output().get_node().get_type_name() == "FakeQuantize" for i in ports)]
+    return len(quantized), len(ops)
+
+
+def test_residual_adds_stay_fp32_unless_asked_and_every_conv_runs_int8(int8_model: Path, tiny_model: Path,
+                                                                        tiny_shards: Path, tmp_path: Path) -> None:
+    shipped = ov.Core().read_model(str(int8_model / "model.xml"))
+    quantized, adds = _activations_quantized(shipped, "Add")
+    assert adds >= 8 and quantized == 0            # ResNet-18: 8 residual Adds, all FP32
+    quantized, convs = _activations_quantized(shipped, "Convolution")
+    assert convs >= 20 and quantized == convs      # every convolution still takes INT8 activations
+
+    trained = load_trained_model(tiny_model)
+    fp32 = convert_to_openvino(export_onnx(trained, tmp_path / "model.onnx"))
+    calibration = [image[None] for image in _val_images(tiny_shards, 8, trained.input_size)]
+    all_int8 = quantize_openvino(fp32, calibration, fast_bias_correction=True, int8_residual_adds=True)
+    quantized, adds = _activations_quantized(all_int8, "Add")
+    assert quantized >= 7, (quantized, adds)      # NNCF quantizes 7 of the 8 Adds' inputs (seen)
+
+
 def test_size_memory_and_speed_are_measured_for_all_engines(int8_model: Path,
                                                             quantized_tiny: QuantizeResult) -> None:
     perf = quantized_tiny.perf
@@ -130,5 +158,5 @@ def test_component_signature_matches_the_pipeline_contract() -> None:
 
     spec = quantize_op.component_spec
     assert set(spec.inputs) == {"model", "remote_shards", "calibration_images", "max_accuracy_drop",
-                                "pipeline_run_id"}
+                                "int8_residual_adds", "pipeline_run_id"}
     assert set(spec.outputs) == {"int8_model", "metrics"}

@@ -23,6 +23,8 @@ def quantize_command(
     preset: Annotated[str, typer.Option(help="NNCF preset: mixed (accuracy) or performance.")] = "mixed",
     fast_bias_correction: Annotated[bool, typer.Option(
         help="NNCF's fast bias correction (quicker calibration, usually a little less accurate).")] = False,
+    int8_residual_adds: Annotated[bool, typer.Option(
+        help="Quantize the residual Adds' inputs too: faster, but INT8 answers drift further from FP32.")] = False,
     measure: Annotated[bool, typer.Option(help="Measure size, RSS, latency and throughput.")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads for every engine in the measurements.")] = 2,
     perf_seconds: Annotated[float, typer.Option(help="Seconds per timing measurement.")] = 3.0,
@@ -36,7 +38,8 @@ def quantize_command(
     config = QuantizeConfig(model_dir=model, shards=shards, out_dir=out,
                             calibration_images=calibration_images,
                             max_accuracy_drop=max_accuracy_drop, eval_images=eval_images, preset=preset,
-                            fast_bias_correction=fast_bias_correction, measure=measure, threads=threads,
+                            fast_bias_correction=fast_bias_correction,
+                            int8_residual_adds=int8_residual_adds, measure=measure, threads=threads,
                             perf_seconds=perf_seconds, cache_dir=cache_dir)
     try:
         result = quantize_model(config)
