@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tests.serving_helpers import (make_small_openvino_model, optional_fixture, random_images, serve_models,
                                    write_sleep_model)
 from visionnode.components.benchmark.benchmark import BenchmarkConfig, benchmark, triton_pid
-from visionnode.components.benchmark.loadgen import LevelPlan, RssSampler, Target, run_level
+from visionnode.components.benchmark.loadgen import LevelPlan, RssSampler, Target, run_level, scrape_metrics
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
 from visionnode.components.deploy.repository import JPEG_INPUT, ServingConfig, labels_text, tensor_model_config
@@ -194,7 +194,11 @@ def test_overload_is_rejected_by_the_queue_policy_memory_stays_bounded_and_it_re
     # Still serving while it rejects the excess. Not asserted near capacity: the generator shares the 2 cores,
     # and on a busy machine goodput under a 3x flood was measured between 20% and 90% of capacity.
     assert flood.requests > 0 and flood.qps <= 1.2 * capacity, (capacity, flood)
-    assert flood.p99_ms <= 300 + 2 * 40 + 150, flood          # the queue timeout bounds what is served
+    # The queue timeout bounds what is served: Triton's own request-duration P99 (its summary over this fresh
+    # model's requests), not the client's, which also counts the load generator's lag on the shared cores.
+    served = scrape_metrics(endpoints.triton_metrics, "overload")
+    server_p99_ms = served["nv_inference_request_summary_us@0.99"] / 1e3
+    assert server_p99_ms <= 300 + 2 * 40 + 100, (server_p99_ms, flood)
     assert flood.triton_rss_mb is not None and flood.triton_rss_mb <= before_mb + 100, (before_mb, flood.triton_rss_mb)
     time.sleep(1.0)  # requests the flood left queued are answered or expire (queue timeout 0.3 s)
     calm = run_level(target, images, LevelPlan("closed", 1, duration_s=1.0, warmup_s=0.2))

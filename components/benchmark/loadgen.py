@@ -28,6 +28,7 @@ from visionnode.components.common.errors import ConfigError, ServiceError
 
 PROTOCOLS = ("grpc", "http")
 _METRIC_LINE = re.compile(r'^(nv_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+_QUANTILE_LABEL = re.compile(r'quantile="([0-9.]+)"')
 
 
 @dataclass
@@ -217,7 +218,8 @@ def _stats(window: _Window, mode: str, concurrency: int, rate: float | None) -> 
 
 # ---------------------------------------------------------------- Triton's metrics and memory
 def scrape_metrics(metrics_url: str | None, model: str) -> dict[str, float]:
-    """Triton's counters for `model` (summed over versions); {} when there is no metrics endpoint."""
+    """Triton's counters for `model` (summed over versions); {} when there is no metrics endpoint.
+    A summary's quantiles are keyed NAME@QUANTILE (e.g. nv_inference_request_summary_us@0.99)."""
     if not metrics_url:
         return {}
     url = metrics_url if metrics_url.startswith("http") else f"http://{metrics_url}/metrics"
@@ -230,7 +232,9 @@ def scrape_metrics(metrics_url: str | None, model: str) -> dict[str, float]:
     for line in text.splitlines():
         match = _METRIC_LINE.match(line.strip())
         if match and f'model="{model}"' in match.group(2):
-            totals[match.group(1)] = totals.get(match.group(1), 0.0) + float(match.group(3))
+            quantile = _QUANTILE_LABEL.search(match.group(2))
+            name = f"{match.group(1)}@{quantile.group(1)}" if quantile else match.group(1)
+            totals[name] = totals.get(name, 0.0) + float(match.group(3))
     return totals
 
 

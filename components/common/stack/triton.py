@@ -148,6 +148,8 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         f"--grpc-address={LOOPBACK}", f"--grpc-port={grpc_port}",
         f"--metrics-address={LOOPBACK}", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+        # Server-side latency percentiles (nv_inference_*_summary_us{quantile=...}) beside the cumulative sums.
+        "--metrics-config=summary_latencies=true",
         # Server readiness means "the server answers", not "every model ever loaded is ready": one failed model
         # load (which deploy reports with Triton's own message) must not make the whole service look down.
         "--strict-readiness=false",
