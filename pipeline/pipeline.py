@@ -62,7 +62,7 @@ def visionnode_pipeline(
     workers: int = 2,
     calibration_images: int = 300,
     max_accuracy_drop: float = 1.0,
-    int8_residual_adds: bool = False,
+    full_int8: bool = False,
     benchmark_protocol: str = "grpc",
     benchmark_concurrency: str = "1,2,4,8,16",
     benchmark_duration_s: float = 10.0,
@@ -95,7 +95,7 @@ def visionnode_pipeline(
 
     quantize = quantize_op(model=train.outputs["model"], remote_shards=transfer.outputs["remote_shards"],
                            calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                           int8_residual_adds=int8_residual_adds, pipeline_run_id=run_id)
+                           full_int8=full_int8, pipeline_run_id=run_id)
     _with_services(quantize, cpu="4", memory="8G")
 
     deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=model_repository,

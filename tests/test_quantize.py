@@ -79,31 +79,44 @@ def test_quantize_writes_int8_ir_and_metadata_deploy_can_read(int8_model: Path,
     assert meta.accuracy["flip_max_margin"] == acc.flip_max_margin
 
 
-def _activations_quantized(model, op_type: str) -> tuple[int, int]:
-    """(`op_type` ops whose every activation input comes from a FakeQuantize, all `op_type` ops).
+def _int8_fed(model, op_type: str, ports: tuple[int, ...]) -> set[str]:
+    """Names of the `op_type` ops whose activation inputs at `ports` all come from a FakeQuantize.
 
     Activation inputs only: a Convolution's weights are stored as INT8 constants, not behind a FakeQuantize."""
-    ops = [op for op in model.get_ops() if op.get_type_name() == op_type]
-    ports = (0,) if op_type == "Convolution" else (0, 1)
-    quantized = [op for op in ops if all(
-        op.input(i).get_source_output().get_node().get_type_name() == "FakeQuantize" for i in ports)]
-    return len(quantized), len(ops)
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == op_type and all(
+        op.input(i).get_source_output().get_node().get_type_name() == "FakeQuantize" for i in ports)}
 
 
-def test_residual_adds_stay_fp32_unless_asked_and_every_conv_runs_int8(int8_model: Path, tiny_model: Path,
-                                                                        tiny_shards: Path, tmp_path: Path) -> None:
+def _names(model, op_type: str) -> set[str]:
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == op_type}
+
+
+def _stored_weight_type(convolution):
+    """Element type of the Constant a Convolution's weights come from (through Convert/Multiply...)."""
+    node = convolution.input(1).get_source_output().get_node()
+    while node.get_type_name() != "Constant":
+        node = node.input(0).get_source_output().get_node()
+    return node.get_element_type()
+
+
+def test_adds_stem_and_projections_stay_fp32_unless_full_int8(int8_model: Path, tiny_model: Path,
+                                                              tiny_shards: Path, tmp_path: Path) -> None:
     shipped = ov.Core().read_model(str(int8_model / "model.xml"))
-    quantized, adds = _activations_quantized(shipped, "Add")
-    assert adds >= 8 and quantized == 0            # ResNet-18: 8 residual Adds, all FP32
-    quantized, convs = _activations_quantized(shipped, "Convolution")
-    assert convs >= 20 and quantized == convs      # every convolution still takes INT8 activations
+    adds, convs = _names(shipped, "Add"), _names(shipped, "Convolution")
+    assert len(adds) >= 8 and not _int8_fed(shipped, "Add", (0, 1))   # ResNet-18: 8 residual Adds, all FP32
+    fp32_convs = convs - _int8_fed(shipped, "Convolution", (0,))
+    stem = [name for name in fp32_convs if "/downsample/" not in name]
+    assert stem == ["/classifier/conv1/Conv/WithoutBiases"], fp32_convs
+    assert len(fp32_convs) == 4 and len(convs) == 20, fp32_convs   # ResNet-18: stem + 3 projections of 20
+    weight_types = {_stored_weight_type(op) for op in shipped.get_ops() if op.get_type_name() == "Convolution"}
+    assert weight_types == {ov.Type.i8}, weight_types   # the FP32-computing convolutions store INT8 weights too
 
     trained = load_trained_model(tiny_model)
     fp32 = convert_to_openvino(export_onnx(trained, tmp_path / "model.onnx"))
     calibration = [image[None] for image in _val_images(tiny_shards, 8, trained.input_size)]
-    all_int8 = quantize_openvino(fp32, calibration, fast_bias_correction=True, int8_residual_adds=True)
-    quantized, adds = _activations_quantized(all_int8, "Add")
-    assert quantized >= 7, (quantized, adds)      # NNCF quantizes 7 of the 8 Adds' inputs (seen)
+    full = quantize_openvino(fp32, calibration, fast_bias_correction=True, full_int8=True)
+    assert fp32_convs <= _int8_fed(full, "Convolution", (0,))   # stem and projections INT8 too
+    assert len(_int8_fed(full, "Add", (0, 1))) >= 7   # NNCF quantizes 7 of the 8 residual Adds' inputs (seen)
 
 
 def test_size_memory_and_speed_are_measured_for_all_engines(int8_model: Path,
@@ -158,5 +171,5 @@ def test_component_signature_matches_the_pipeline_contract() -> None:
 
     spec = quantize_op.component_spec
     assert set(spec.inputs) == {"model", "remote_shards", "calibration_images", "max_accuracy_drop",
-                                "int8_residual_adds", "pipeline_run_id"}
+                                "full_int8", "pipeline_run_id"}
     assert set(spec.outputs) == {"int8_model", "metrics"}

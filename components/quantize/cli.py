@@ -23,8 +23,9 @@ def quantize_command(
     preset: Annotated[str, typer.Option(help="NNCF preset: mixed (accuracy) or performance.")] = "mixed",
     fast_bias_correction: Annotated[bool, typer.Option(
         help="NNCF's fast bias correction (quicker calibration, usually a little less accurate).")] = False,
-    int8_residual_adds: Annotated[bool, typer.Option(
-        help="Quantize the residual Adds' inputs too: faster, but INT8 answers drift further from FP32.")] = False,
+    full_int8: Annotated[bool, typer.Option(
+        help="Quantize the residual Adds, the stem and the shortcut projections too (by default they stay "
+             "FP32): faster, but INT8 answers drift further from FP32.")] = False,
     measure: Annotated[bool, typer.Option(help="Measure size, RSS, latency and throughput.")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads for every engine in the measurements.")] = 2,
     perf_seconds: Annotated[float, typer.Option(help="Seconds per timing measurement.")] = 3.0,
@@ -39,7 +40,7 @@ def quantize_command(
                             calibration_images=calibration_images,
                             max_accuracy_drop=max_accuracy_drop, eval_images=eval_images, preset=preset,
                             fast_bias_correction=fast_bias_correction,
-                            int8_residual_adds=int8_residual_adds, measure=measure, threads=threads,
+                            full_int8=full_int8, measure=measure, threads=threads,
                             perf_seconds=perf_seconds, cache_dir=cache_dir)
     try:
         result = quantize_model(config)

@@ -64,7 +64,7 @@ class QuantizeConfig:
     batch_size: int = 32              # evaluation batch
     preset: str = "mixed"
     fast_bias_correction: bool = False
-    int8_residual_adds: bool = False  # also quantize the residual Adds' inputs (faster, less faithful)
+    full_int8: bool = False           # also quantize the Adds, stem and projections (faster, less faithful)
     measure: bool = True              # size/RSS/latency/throughput side by side
     threads: int = 2
     perf_batch: int = 8
@@ -113,7 +113,7 @@ def quantize_model(config: QuantizeConfig) -> QuantizeResult:
     with tracked_run("quantize", tags={"phase": "quantize", "arch": model.metadata.arch}) as tracker:
         tracker.log_params({"calibration_images": config.calibration_images, "preset": config.preset,
                             "fast_bias_correction": config.fast_bias_correction,
-                            "int8_residual_adds": config.int8_residual_adds, "threads": config.threads,
+                            "full_int8": config.full_int8, "threads": config.threads,
                             "max_accuracy_drop": config.max_accuracy_drop, "shards": config.shards,
                             "model_dir": str(config.model_dir)})
         result = _quantize(config, model, train_paths, val_paths, tracker)
@@ -160,7 +160,7 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
 
     calibration = load_calibration_images(train_paths, config.calibration_images, size)
     int8_model = quantize_openvino(fp32_model, calibration, config.preset, config.fast_bias_correction,
-                                   config.int8_residual_adds)
+                                   config.full_int8)
     calibrated_on = len(calibration)
     del calibration
     int8_xml = save_ir(int8_model, staging / IR_FILE)
@@ -204,20 +204,24 @@ def inference_metadata(model: TrainedModel, result: QuantizeResult) -> Inference
 
 
 def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "mixed",
-                      fast_bias_correction: bool = False, int8_residual_adds: bool = False):
+                      fast_bias_correction: bool = False, full_int8: bool = False):
     """NNCF post-training quantization (min-max statistics + bias correction), settings chosen for accuracy:
 
-    - the residual Adds stay FP32 (int8_residual_adds=False): NNCF's CPU scheme would put INT8 quantizers
-      on both inputs of each Add, rounding every bottleneck's output on the scale of the residual stream it
-      joins; ResNet-152 has 50 such Adds in a row and that noise piles up in the logits. Measured on a
-      train-phase ResNet-152 (bench_int8_agreement.py, 8 epochs, 600 val images): top-1 agreement with FP32
-      96.83 % -> 99.33 %, drop 0.17 -> 0.00 pt (relative logit error 7.7 % -> 3.0 % with fast bias
-      correction). Every convolution and the classifier still take INT8 inputs. The price is speed: INT8
-      throughput at batch 8 37.7 -> 27.8 img/s on 2 AVX-512 VNNI cores (bench_quantize.py), since the
-      residual stream is carried in FP32; int8_residual_adds=True buys it back.
+    - unless `full_int8`, three kinds of operation compute in floating point: the residual
+      Adds, the shortcut projections (the 1x1 `downsample` convolutions) and the stem convolution.
+      NNCF's CPU scheme would put INT8 quantizers on both inputs of each Add, rounding every bottleneck's
+      output on the scale of the residual stream it joins (ResNet-152 has 50 in a row); with the Adds in
+      FP32, the stream is still rounded where a projection takes it as input (once per stage), and the
+      stem's per-tensor grid does not line up with the three channels' normalised pixel grids. Measured on
+      a train-phase ResNet-152 (bench_int8_agreement.py, 24 epochs, 600 val images; median relative logit
+      error, then top-1 agreement with FP32): everything INT8 6.4 %, 94.67 %; Adds FP32 1.70 %, 98.67 %;
+      + projections 1.35 %, 98.50 %; + stem 0.88 %, 99.33 %; the same with the stem's and projections'
+      weights stored INT8 (_int8_weights_only) about 1.2 %, 99.33 %. All other convolutions (150 of 155
+      in ResNet-152) and the classifier take INT8 inputs. The price is speed (bench_quantize.py, README):
+      the residual stream is carried in floating point; full_int8=True buys it back.
     - preset MIXED: symmetric INT8 weights, *asymmetric* activations (the first convolution sees the
       normalised, signed image). With the Adds in FP32, PERFORMANCE (all symmetric) measured 98.50 %
-      agreement against MIXED's 99.33 % on the same model.
+      agreement against MIXED's 99.33 % on an 8-epoch model.
     - model_type left unset: ModelType.TRANSFORMER is for attention models; a CNN uses the default scheme.
     - fast_bias_correction=False: the full BiasCorrection re-computes each layer's output mean on the
       calibration set with the already-quantized layers upstream, which corrects the accumulated shift
@@ -227,14 +231,36 @@ def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "
     """
     import nncf
 
-    ignored = None if int8_residual_adds else nncf.IgnoredScope(types=["Add"], validate=False)
-    with _nncf_log_level(logging.WARNING):  # NNCF logs one INFO line per ignored Add: 50 for ResNet-152
-        return nncf.quantize(
+    fp32_convolutions = [] if full_int8 else fidelity_convolutions(fp32_model)
+    with _nncf_log_level(logging.WARNING):  # NNCF logs one INFO line per ignored operation: 55 for ResNet-152
+        quantized = nncf.quantize(
             fp32_model, nncf.Dataset(calibration),
             preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
             target_device=nncf.TargetDevice.CPU, subset_size=len(calibration),
-            fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
+            fast_bias_correction=fast_bias_correction,
+            ignored_scope=None if full_int8 else nncf.IgnoredScope(names=fp32_convolutions, types=["Add"],
+                                                                    validate=False),
         )
+        return _int8_weights_only(quantized, fp32_convolutions) if fp32_convolutions else quantized
+
+
+def _int8_weights_only(model, convolutions: list[str]):
+    """Store these FP32-computing convolutions' weights as INT8 too (NNCF weight compression: per output
+    channel, decompressed when the model is compiled): ResNet-152's projections hold 2.8 M weights, 8 MB
+    more on disk in FP32, which would break the 65 MB size budget."""
+    import nncf
+
+    others = [op.get_friendly_name() for op in model.get_ordered_ops()
+              if op.get_type_name() in ("Convolution", "MatMul") and op.get_friendly_name() not in convolutions]
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM,
+                                 ignored_scope=nncf.IgnoredScope(names=others, validate=False))
+
+
+def fidelity_convolutions(fp32_model) -> list[str]:
+    """The stem (the graph's first Convolution) and torchvision's shortcut projections (`downsample`)."""
+    convolutions = [op.get_friendly_name() for op in fp32_model.get_ordered_ops()
+                    if op.get_type_name() == "Convolution"]
+    return convolutions[:1] + [name for name in convolutions if "/downsample/" in name]
 
 
 @contextmanager

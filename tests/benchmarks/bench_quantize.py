@@ -87,8 +87,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="mixed", choices=("mixed", "performance"))
     parser.add_argument("--fast-bias-correction", action="store_true")
-    parser.add_argument("--int8-residual-adds", action="store_true",
-                        help="quantize the residual Adds' inputs too (the product default keeps them FP32)")
+    parser.add_argument("--full-int8", action="store_true",
+                        help="quantize the Adds, stem and projections too (the product default keeps them FP32)")
     args = parser.parse_args()
 
     steps: dict[str, float] = {}
@@ -106,7 +106,7 @@ def main() -> int:
         steps["export"] = time.perf_counter() - clock
         clock = time.perf_counter()
         int8 = quantize_openvino(fp32, [image[None] for image in calibration], args.preset,
-                                 args.fast_bias_correction, args.int8_residual_adds)
+                                 args.fast_bias_correction, args.full_int8)
         xml = save_ir(int8, work / "int8" / "model.xml")
         steps["quantize"] = time.perf_counter() - clock
 
@@ -124,7 +124,7 @@ def main() -> int:
         steps["measure"] = time.perf_counter() - clock
 
     print(f"\nResNet-152, {CLASSES} classes, {SIZE}x{SIZE}, {args.threads} threads, preset {args.preset}, "
-          f"fast_bias_correction={args.fast_bias_correction}, int8_residual_adds={args.int8_residual_adds}, "
+          f"fast_bias_correction={args.fast_bias_correction}, full_int8={args.full_int8}, "
           f"{args.calibration_images} calibration images "
           f"(random weights; shared machine: noisy)")
     print(f"{'engine':<16}{'latency b1 (ms)':>18}{'throughput b8 (img/s)':>24}{'vs PyTorch':>12}")

@@ -46,9 +46,9 @@ def _bench_quantize():
     return module
 
 
-def prepare_models(work: Path, calibration: int, int8_residual_adds: bool) -> tuple[Path, Path, np.ndarray]:
+def prepare_models(work: Path, calibration: int, full_int8: bool) -> tuple[Path, Path, np.ndarray]:
     """(fp32 train-output dir, int8 quantize-output dir, request images), cached in `work`."""
-    int8_name = "int8-all-adds" if int8_residual_adds else "int8-fp32-adds"
+    int8_name = "int8-full" if full_int8 else "int8-fidelity"
     fp32_dir, int8_dir, images_file = work / "fp32", work / int8_name, work / "images.npy"
     if (int8_dir / "model.json").is_file() and (fp32_dir / "model.json").is_file() and images_file.is_file():
         return fp32_dir, int8_dir, np.load(images_file)
@@ -66,7 +66,7 @@ def prepare_models(work: Path, calibration: int, int8_residual_adds: bool) -> tu
     model = load_trained_model(fp32_dir)
     fp32 = convert_to_openvino(export_onnx(model, int8_dir / "model.onnx"))
     int8 = quantize_openvino(fp32, [image[None] for image in images[:calibration]], "mixed",
-                             fast_bias_correction=True, int8_residual_adds=int8_residual_adds)
+                             fast_bias_correction=True, full_int8=full_int8)
     save_ir(int8, int8_dir / "model.xml")
     InferenceMetadata(arch=model.metadata.arch, precision="int8", input=model.input_spec(),
                       output=model.output_spec(), classes=model.metadata.classes,
@@ -115,11 +115,11 @@ def main() -> int:
     parser.add_argument("--streams", default="")
     parser.add_argument("--baseline-seconds", type=float, default=8.0)
     parser.add_argument("--report-dir", type=Path, default=None)
-    parser.add_argument("--int8-residual-adds", action="store_true", help="serve the faster, less faithful INT8")
+    parser.add_argument("--full-int8", action="store_true", help="serve the faster, less faithful INT8")
     args = parser.parse_args()
 
     clock = time.perf_counter()
-    fp32_dir, int8_dir, images = prepare_models(args.work, args.calibration_images, args.int8_residual_adds)
+    fp32_dir, int8_dir, images = prepare_models(args.work, args.calibration_images, args.full_int8)
     pool = SampleImages(np.ascontiguousarray(images), "synthetic JPEGs, centre-cropped 224 (bench_quantize)")
     prepare_s = time.perf_counter() - clock
 
