@@ -77,7 +77,8 @@ def test_benchmark_sweep_report_and_verdict(stack, deployed, request: pytest.Fix
     assert closed[1].mean_batch is not None and closed[1].mean_batch >= 1.0
     assert closed[0].triton_rss_mb and closed[0].triton_rss_mb > 50  # tritonserver + python stubs, sampled by PID
     assert 0.8 * 60 <= result.levels[2].qps <= 1.1 * 60  # open loop holds its schedule
-    assert result.best_level is not None and result.slo_met and result.verdict.startswith("SLO met")
+    levels = [(s.concurrency, round(s.qps, 1), round(s.p99_ms, 1), round(s.max_ms, 1)) for s in result.levels]
+    assert result.best_level is not None and result.slo_met and result.verdict.startswith("SLO met"), levels
     assert result.baselines.openvino_int8_ips > 0 and result.served_vs_openvino > 0
     assert result.baselines.pytorch_fp32_ips is None and "skipped" in result.baselines.notes[0]
     page = (tmp_path / "report.html").read_text()
