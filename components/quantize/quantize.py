@@ -232,14 +232,13 @@ def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "
     import nncf
 
     fp32_convolutions = [] if full_int8 else fidelity_convolutions(fp32_model)
+    ignored = nncf.IgnoredScope(names=fp32_convolutions, types=["Add"], validate=False) if fp32_convolutions else None
     with _nncf_log_level(logging.WARNING):  # NNCF logs one INFO line per ignored operation: 55 for ResNet-152
         quantized = nncf.quantize(
             fp32_model, nncf.Dataset(calibration),
             preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
             target_device=nncf.TargetDevice.CPU, subset_size=len(calibration),
-            fast_bias_correction=fast_bias_correction,
-            ignored_scope=None if full_int8 else nncf.IgnoredScope(names=fp32_convolutions, types=["Add"],
-                                                                    validate=False),
+            fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
         )
         return _int8_weights_only(quantized, fp32_convolutions) if fp32_convolutions else quantized
 
@@ -250,17 +249,20 @@ def _int8_weights_only(model, convolutions: list[str]):
     more on disk in FP32, which would break the 65 MB size budget."""
     import nncf
 
-    others = [op.get_friendly_name() for op in model.get_ordered_ops()
-              if op.get_type_name() in ("Convolution", "MatMul") and op.get_friendly_name() not in convolutions]
+    others = [name for name in _op_names(model, "Convolution", "MatMul") if name not in convolutions]
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM,
                                  ignored_scope=nncf.IgnoredScope(names=others, validate=False))
 
 
 def fidelity_convolutions(fp32_model) -> list[str]:
     """The stem (the graph's first Convolution) and torchvision's shortcut projections (`downsample`)."""
-    convolutions = [op.get_friendly_name() for op in fp32_model.get_ordered_ops()
-                    if op.get_type_name() == "Convolution"]
+    convolutions = _op_names(fp32_model, "Convolution")
     return convolutions[:1] + [name for name in convolutions if "/downsample/" in name]
+
+
+def _op_names(model, *op_types: str) -> list[str]:
+    """Friendly names of the model's `op_types` operations, in topological order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in op_types]
 
 
 @contextmanager
