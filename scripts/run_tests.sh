@@ -9,8 +9,6 @@ PYTHON=${VENV:-.venv}/bin/python
 if (($#)); then
   exec "$PYTHON" -m pytest "$@"
 fi
-# The install before this wrote GBs (torch, Triton); flush them now rather than while a latency test runs.
-sync
 failed=()
 for module in tests/test_*.py; do
   echo "==> $module"

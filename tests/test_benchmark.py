@@ -168,7 +168,7 @@ def test_a_thousand_bad_requests_get_clear_errors_and_the_server_keeps_serving(s
 def test_overload_is_rejected_by_the_queue_policy_memory_stays_bounded_and_it_recovers(stack, small_model: Path,
                                                                                         tmp_path: Path) -> None:
     # The product's generated config (queue policy included) around a model of known capacity:
-    # 40 ms per execute, batches of up to 2 -> 50 requests/s.
+    # 40 ms per execute, batches of up to 2, two instances -> 100 requests/s.
     meta = InferenceMetadata.load(small_model)
     serving = ServingConfig(max_batch_size=2, preferred_batch_sizes=[2], max_queue_delay_us=1000,
                             queue_timeout_us=300_000, max_queue_size=8)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from typer.testing import CliRunner
 
@@ -142,6 +143,24 @@ def test_new_version_replaces_the_old_without_failing_requests(stack, small_mode
     assert failures == [] and answered > 20
     assert client.is_model_ready("swap", str(second.model_version))
     assert not client.is_model_ready("swap", str(first.model_version))  # latest-1 policy unloaded it
+
+
+def test_sequential_requests_are_never_left_in_the_batchers_queue(stack, small_model: Path) -> None:
+    # With one model instance, Triton 2.51 wakes its dynamic batcher for a new request only when the instance
+    # already waits for work: a request that lands in the short gap after the previous response waits for the
+    # batcher's 500 ms idle timeout (~1 in 250 sequential requests here). The default config must not do that.
+    served = deploy(DeployConfig(model_dir=small_model, model_name="no_stall", check_images=2))
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    tensor = grpcclient.InferInput("images", [1, 32, 32, 3], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    latencies_ms = []
+    end = time.perf_counter() + 8.0
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        client.infer("no_stall", [tensor])
+        latencies_ms.append((time.perf_counter() - start) * 1000)
+    stalled = [round(ms) for ms in latencies_ms if ms > 300]
+    assert len(latencies_ms) > 500 and stalled == [], (len(latencies_ms), stalled)
 
 
 def test_failed_load_reports_tritons_message_and_keeps_the_old_version(stack, small_model: Path) -> None:

@@ -2,7 +2,7 @@
 against raw OpenVINO INT8 in-process (the ceiling) and PyTorch eager FP32, all on the same images in one run.
 
     .venv/bin/python tests/benchmarks/bench_serving.py [--duration 10] [--concurrency 1,2,4,8,12,16]
-        [--max-batch 16] [--preferred 4,8] [--delay-us 3000] [--instances 1] [--streams ""]
+        [--max-batch 16] [--preferred 4,8] [--delay-us 3000] [--instances 2] [--streams ""]
 
 Weights are random (ImageNet is not downloadable here): bench_quantize's ResNet-152 (BatchNorm statistics
 re-estimated on synthetic images), quantized with the quantize phase's NNCF settings on 64 synthetic images
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--preferred", default="4,8")
     parser.add_argument("--delay-us", type=int, default=3000)
-    parser.add_argument("--instances", type=int, default=1)
+    parser.add_argument("--instances", type=int, default=ServingConfig.instances)
     parser.add_argument("--hint", default="THROUGHPUT")
     parser.add_argument("--streams", default="")
     parser.add_argument("--baseline-seconds", type=float, default=8.0)
