@@ -30,8 +30,8 @@ def deploy_command(
     max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batching max queue delay (µs).")] = 3000,
     queue_timeout_ms: Annotated[float, typer.Option(help="Queued requests older than this are rejected.")] = 2000.0,
     max_queue_size: Annotated[int, typer.Option(help="Requests queued beyond this are rejected at once.")] = 64,
-    instances: Annotated[int, typer.Option(
-        help="Model instances (KIND_CPU); one alone stalls some requests ~500 ms in Triton's batcher.")] = 2,
+    instances: Annotated[int, typer.Option(help="Model instances (KIND_CPU); one alone stalls some requests "
+                                                "~500 ms in Triton's batcher.")] = ServingConfig.instances,
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for Triton to load the model.")] = 600.0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:

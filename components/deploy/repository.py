@@ -39,10 +39,10 @@ class ServingConfig:
     max_queue_delay_us: int = 3_000
     queue_timeout_us: int = 2_000_000     # a request waiting longer than this is rejected
     max_queue_size: int = 64              # requests beyond this are rejected at once (overload)
-    # Two instances, not one: Triton 2.51 wakes its dynamic batcher for a new request only while an instance
-    # waits for work, so with one instance a request that lands just after the previous response waits out the
-    # batcher's 500 ms idle timeout (measured: 5 of ~1,300 sequential requests, 64 of 2,400 at concurrency 8;
-    # none with two; tests/test_deploy.py checks it).
+    # Two instances, not one: Triton 2.51 seems to wake its dynamic batcher for a new request only while an
+    # instance waits for work (our reading of its source), so with one instance a request that lands just after
+    # the previous response waits out the batcher's 500 ms idle timeout (measured: 5 of ~1,300 sequential
+    # requests, 64 of 2,400 at concurrency 8; none with two; tests/test_deploy.py checks it).
     instances: int = 2
     ov_performance_hint: str = "THROUGHPUT"
     ov_num_streams: str = ""              # "": one stream per 4 cores of the serving machine
