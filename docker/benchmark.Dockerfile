@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `benchmark` component: Triton QPS and P50/P95/P99 over gRPC/HTTP, SLO verdict, HTML report.
 # Entrypoint = the component's CLI:  docker run visionnode/benchmark:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

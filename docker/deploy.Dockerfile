@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `deploy` component: Triton model repository (python backend running OpenVINO): upload, load, check.
 # Entrypoint = the component's CLI:  docker run visionnode/deploy:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `quantize` component: ONNX + OpenVINO IR export and NNCF INT8 quantization with an accuracy gate.
 # Entrypoint = the component's CLI:  docker run visionnode/quantize:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `shard` component: FFCV .beton shards with a checksummed manifest.json.
 # Entrypoint = the component's CLI:  docker run visionnode/shard:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `train` component: ResNet-152 training: mixed precision, checkpoints + resume in S3, DDP under torchrun.
 # Entrypoint = the component's CLI:  docker run visionnode/train:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

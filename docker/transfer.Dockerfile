@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `transfer` component: parallel, sha256-verified, resumable shard upload/fetch to S3.
 # Entrypoint = the component's CLI:  docker run visionnode/transfer:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

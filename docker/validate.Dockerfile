@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VisionNode-152 `validate` component: smoke-train on a data subset (loss must fall) and the ResNet-152 integrity check.
 # Entrypoint = the component's CLI:  docker run visionnode/validate:<version> --help
 # In a KFP pipeline the component's generated command replaces the entrypoint; the image only has to hold

@@ -59,6 +59,12 @@ def run_command(
         help="ImageNet-layout root (train/, val/). Default: a generated 10-class demo dataset.")] = None,
     param: ParamOption = None,
     param_file: ParamFileOption = None,
+    runner: Annotated[str, typer.Option(
+        help="subprocess: every step in this Python environment; docker: every step in its own phase image "
+             "(uid 10001, read-only root; build them with `make images`).")] = "subprocess",
+    triton_container: Annotated[Optional[bool], typer.Option(
+        "--triton-container/--no-triton-container",
+        help="Serve from the visionnode/triton-openvino image (default: with --runner docker).")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
     """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary."""
@@ -67,7 +73,9 @@ def run_command(
     if not local:
         raise ConfigError("only local runs are started from here",
                           "add --local, or use `visionnode pipeline submit --host URL` for a cluster")
-    result = run_local(LocalRunConfig(data=data, params=_params(param, param_file)))
+    container_triton = runner == "docker" if triton_container is None else triton_container
+    result = run_local(LocalRunConfig(data=data, params=_params(param, param_file), runner=runner,
+                                      triton_container=container_triton))
     _print_summary(result)
     emit_result(result.summary | {"wall_seconds": round(result.wall_seconds, 1), "run_dir": str(result.run_dir),
                                   "mlflow_run": result.mlflow_run_url}, json_path, "pipeline run")

@@ -2,8 +2,12 @@
 
 Steps: start (or reuse) the embedded S3/MLflow/Triton stack, generate the demo dataset unless `--data` is given,
 export the service endpoints into the environment the components inherit, open the MLflow parent run that every
-phase nests under, run the pipeline with kfp.local's SubprocessRunner, then read each task's metrics back from
-its `executor_output.json` into one summary.
+phase nests under, run the pipeline with kfp.local, then read each task's metrics back from its
+`executor_output.json` into one summary.
+
+Two runners: `subprocess` (kfp.local.SubprocessRunner: every task in this Python environment, the default) and
+`docker` (kfp.local.DockerRunner: every task in its phase's image, as uid 10001 with a read-only root, host
+networking to the embedded stack on 127.0.0.1, the dataset mounted read-only at its own path).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionnode.components.common import containers
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
-from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, state_dir
+from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
 
@@ -40,11 +45,16 @@ DEMO_PARAMS: dict[str, Any] = {
 }
 
 
+RUNNERS = ("subprocess", "docker")
+
+
 @dataclass
 class LocalRunConfig:
     data: Path | None = None                      # ImageNet-layout dir; None -> the generated demo dataset
     params: dict[str, Any] = field(default_factory=dict)  # pipeline parameter overrides (`--param k=v`)
     work_dir: Path | None = None                  # where kfp.local keeps run outputs; default: state dir
+    runner: str = "subprocess"                    # "subprocess" or "docker" (RUNNERS)
+    triton_container: bool = False                # serve from the triton-openvino image (docker runner's default)
 
 
 @dataclass
@@ -60,14 +70,26 @@ class LocalRunResult:
 
 def run_local(config: LocalRunConfig) -> LocalRunResult:
     started = time.perf_counter()
-    endpoints = _start_stack()
+    if config.runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {config.runner!r}", f"use one of: {', '.join(RUNNERS)}")
+    if config.data is not None:
+        _check_dataset(config.data)
+    pipeline_root = (config.work_dir or state_dir() / "pipeline-runs").resolve()
+    if config.runner == "docker":
+        _check_docker(pipeline_root, config.data)
+    endpoints = _start_stack(config.triton_container)
     data = _dataset(config.data)
     params = _pipeline_params(data, config)
-    pipeline_root = (config.work_dir or state_dir() / "pipeline-runs").resolve()
-    with _service_environment(endpoints), tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data}) as parent:
+    with (service_env := _service_environment(endpoints)), \
+            tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data}) as parent:
         os.environ[PARENT_RUN_ENV] = parent.run_id or ""
         parent.log_params(params)
-        run_dir = _run_pipeline(params, pipeline_root)
+        if config.runner == "docker":
+            environment = {k: os.environ[k] for k in [*service_env.values, PARENT_RUN_ENV] if k in os.environ}
+            runner = _docker_runner(environment, data, pipeline_root)
+        else:
+            runner = _subprocess_runner()
+        run_dir = _run_pipeline(params, pipeline_root, runner)
         task_metrics = read_task_metrics(run_dir)
         summary = summarize(task_metrics)
         parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
@@ -75,22 +97,39 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
     return LocalRunResult(run_dir, time.perf_counter() - started, data, params, summary, task_metrics, url)
 
 
-def _start_stack() -> Endpoints:
+def _start_stack(triton_container: bool) -> Endpoints:
     """Start (or keep) the embedded services, except those the environment points at an external endpoint."""
     from visionnode.components.common.stack.stack import LocalStack, StackConfig
 
     external = {name: any(os.environ.get(var) for var in env_vars) for name, env_vars in EXTERNAL_ENV.items()}
     stack = LocalStack(StackConfig(with_s3=not external["s3"], with_mlflow=not external["mlflow"],
-                                   with_triton=not external["triton"]))
+                                   with_triton=not external["triton"], triton_container=triton_container))
     stack.up()
     return stack.endpoints
 
 
+def _check_dataset(data: Path) -> None:
+    if not (data / "train").is_dir():
+        raise DataError(f"{data} has no train/ folder",
+                        "point --data at an ImageNet-layout root (train/<wnid>/*.JPEG, val/...)")
+
+
+def _check_docker(pipeline_root: Path, data: Path | None) -> None:
+    """Before anything starts: an engine, the seven phase images, and paths the images' uid can reach."""
+    client = containers.docker_client()
+    containers.require_images(client, containers.PHASES)
+    client.close()
+    for path, what in ((pipeline_root, "the pipeline root"), (data or state_dir(), "the dataset")):
+        blocked = containers.unreachable_ancestor(path)
+        if blocked is not None:
+            raise ConfigError(f"the task containers (uid {containers.IMAGE_USER.split(':')[0]}) cannot reach "
+                              f"{what} {path}: {blocked} is not searchable by other users",
+                              "set VISIONNODE_STATE_DIR (and --data) to a directory outside it, e.g. "
+                              "/var/tmp/visionnode, or chmod o+x it")
+
+
 def _dataset(data: Path | None) -> Path:
     if data is not None:
-        if not (data / "train").is_dir():
-            raise DataError(f"{data} has no train/ folder",
-                            "point --data at an ImageNet-layout root (train/<wnid>/*.JPEG, val/...)")
         return data.resolve()
     root = state_dir() / "demo-data" / f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
     if not (root / "LOC_synset_mapping.txt").is_file():
@@ -114,16 +153,7 @@ class _service_environment:
     """Export endpoints and S3 credentials for the component subprocesses; restore the environment after."""
 
     def __init__(self, endpoints: Endpoints) -> None:
-        values = {
-            "VISIONNODE_S3_ENDPOINT": endpoints.s3_endpoint, "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
-            "VISIONNODE_TRITON_HTTP": endpoints.triton_http, "VISIONNODE_TRITON_GRPC": endpoints.triton_grpc,
-            "VISIONNODE_TRITON_METRICS": endpoints.triton_metrics,
-            "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository,
-        }
-        credentials = resolve_s3_credentials()
-        if credentials:
-            values.update(credentials.as_env())
-        self.values = {k: v for k, v in values.items() if v}
+        self.values = service_env(endpoints, resolve_s3_credentials())
         self.saved: dict[str, str | None] = {}
 
     def __enter__(self) -> None:
@@ -138,19 +168,34 @@ class _service_environment:
                 os.environ[key] = value
 
 
-def _run_pipeline(params: dict[str, Any], pipeline_root: Path) -> Path:
+def _subprocess_runner() -> Any:
+    from kfp import local
+
+    # Expected here, so not worth a warning per task: the SubprocessRunner runs our (non-Python-named)
+    # component images' code in this very environment, which has visionnode installed.
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+    return local.SubprocessRunner(use_venv=False)
+
+
+def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path) -> Any:
+    """Each task in its phase's image, run as the manifests run it; kfp.local mounts the pipeline root itself."""
+    from kfp import local
+
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    pipeline_root.chmod(0o1777)  # kfp.local creates it as this user; the tasks write their outputs as uid 10001
+    return local.DockerRunner(**containers.container_run_args(environment, mounts=[(data, data, True)]))
+
+
+def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any) -> Path:
     from kfp import local
 
     from .pipeline import visionnode_pipeline
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
-    # Expected here, so not worth a warning per task: kfp.local ignores resources/accelerators/display names and
-    # runs our (non-Python-named) component images' code in this very environment, which has visionnode installed.
+    # Expected here, so not worth a warning per task: kfp.local ignores resources/accelerators/display names.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=False)
+    local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=False)
     visionnode_pipeline(**params)
     new_dirs = sorted(set(pipeline_root.iterdir()) - before)
     if not new_dirs:

@@ -25,18 +25,19 @@ STACK_ENV = ("VISIONNODE_STATE_DIR", "VISIONNODE_S3_ENDPOINT", "AWS_ACCESS_KEY_I
              "VISIONNODE_TRITON_METRICS", "VISIONNODE_TRITON_REPOSITORY", "AWS_DEFAULT_REGION")
 
 
-def free_stack_config(state_dir: Path) -> StackConfig:
+def free_stack_config(state_dir: Path, triton_container: bool = False) -> StackConfig:
     """A full stack on ports nobody holds right now (the kernel's pick for port 0)."""
     return StackConfig(state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(),
                        triton_http_port=free_port(), triton_grpc_port=free_port(),
-                       triton_metrics_port=free_port(), startup_timeout_s=180.0, die_with_parent=True)
+                       triton_metrics_port=free_port(), startup_timeout_s=180.0, die_with_parent=True,
+                       triton_container=triton_container)
 
 
-def _start_on_free_ports(state_dir: Path, attempts: int = 3) -> LocalStack:
+def _start_on_free_ports(state_dir: Path, triton_container: bool = False, attempts: int = 3) -> LocalStack:
     """Free ports are picked before the servers bind them; if another process takes one in between (seen in CI
     as "port ... is already in use"), pick a fresh set. `up` starts nothing before all ports are checked."""
     for attempt in range(attempts):
-        local_stack = LocalStack(free_stack_config(state_dir))
+        local_stack = LocalStack(free_stack_config(state_dir, triton_container))
         try:
             local_stack.up()
             return local_stack
@@ -48,14 +49,18 @@ def _start_on_free_ports(state_dir: Path, attempts: int = 3) -> LocalStack:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    yield from stack_session(tmp_path_factory.mktemp("stack"))
+
+
+def stack_session(state_dir: Path, triton_container: bool = False) -> Iterator[LocalStack]:
+    """Start a stack in `state_dir`, point the environment at it, and stop it (and restore the env) after."""
     saved = {name: os.environ.get(name) for name in STACK_ENV}
-    state_dir = tmp_path_factory.mktemp("stack")
     os.environ["VISIONNODE_STATE_DIR"] = str(state_dir)
     os.environ["AWS_ACCESS_KEY_ID"] = "vntest" + secrets.token_hex(6)
     os.environ["AWS_SECRET_ACCESS_KEY"] = secrets.token_urlsafe(24)
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
     os.environ.pop("VISIONNODE_MLFLOW_URI", None)  # would outrank MLFLOW_TRACKING_URI
-    local_stack = _start_on_free_ports(state_dir)
+    local_stack = _start_on_free_ports(state_dir, triton_container)
     try:
         endpoints = local_stack.endpoints
         os.environ["VISIONNODE_S3_ENDPOINT"] = endpoints.s3_endpoint or ""

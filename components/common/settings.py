@@ -68,6 +68,19 @@ class Endpoints:
         return cls(**known)
 
 
+def service_env(endpoints: Endpoints, credentials: "S3Credentials | None") -> dict[str, str]:
+    """The variables a phase reads its services from (what a container or a subprocess is given)."""
+    values = {
+        "VISIONNODE_S3_ENDPOINT": endpoints.s3_endpoint, "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
+        "VISIONNODE_TRITON_HTTP": endpoints.triton_http, "VISIONNODE_TRITON_GRPC": endpoints.triton_grpc,
+        "VISIONNODE_TRITON_METRICS": endpoints.triton_metrics,
+        "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository, "AWS_DEFAULT_REGION": endpoints.s3_region,
+    }
+    if credentials:
+        values.update(credentials.as_env())
+    return {k: v for k, v in values.items() if v}
+
+
 def save_endpoints(endpoints: Endpoints, directory: Path | None = None) -> Path:
     from .jsonio import write_json
 

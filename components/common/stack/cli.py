@@ -9,9 +9,12 @@ import typer
 from rich.table import Table
 
 from ..cli import out_console, user_errors
-from ..jsonio import to_jsonable, write_json
-from ..settings import state_dir as default_state_dir
+from ..jsonio import atomic_path, to_jsonable, write_json
+from ..errors import ConfigError
+from ..settings import resolve_endpoints, resolve_s3_credentials, service_env, state_dir as default_state_dir
+from .process import LOOPBACK, ensure_ports_free
 from .stack import LocalStack, ServiceStatus, StackConfig
+from .triton import exec_triton, triton_spec
 
 stack_app = typer.Typer(
     help="The embedded local stack: SeaweedFS S3, an MLflow server and Triton, bound to 127.0.0.1. "
@@ -44,6 +47,9 @@ def up_command(
     triton_repository: Annotated[Optional[str], typer.Option(
         help="Triton's model repository: a local dir or s3://host:port/bucket/prefix (default: "
              "s3://<S3 host:port>/visionnode/triton-models, or STATE_DIR/triton/models without S3).")] = None,
+    triton_container: Annotated[bool, typer.Option(
+        "--triton-container", help="Run Triton from the visionnode/triton-openvino image (host network, uid "
+                                   "10001, read-only root; build it with `make images`).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to become healthy.")] = 120.0,
     json_path: JsonPath = None,
 ) -> None:
@@ -51,7 +57,8 @@ def up_command(
     config = StackConfig(state_dir=state_dir or default_state_dir(), s3_port=s3_port, mlflow_port=mlflow_port,
                          triton_http_port=triton_http_port, triton_grpc_port=triton_grpc_port,
                          triton_metrics_port=triton_metrics_port, with_s3=s3, with_mlflow=mlflow,
-                         with_triton=triton, triton_repository=triton_repository, startup_timeout_s=timeout)
+                         with_triton=triton, triton_repository=triton_repository, triton_container=triton_container,
+                         startup_timeout_s=timeout)
     stack = LocalStack(config)
     _show(stack.up(), "stack up", json_path)
     endpoints = stack.endpoints
@@ -75,6 +82,43 @@ def status_command(state_dir: StateDir = None, json_path: JsonPath = None) -> No
 def down_command(state_dir: StateDir = None, json_path: JsonPath = None) -> None:
     """Stop exactly the server PIDs recorded by `up` (SIGTERM, then SIGKILL) and remove stack.json. Data is kept."""
     _show(LocalStack(StackConfig(state_dir=state_dir or default_state_dir())).down(), "stack down", json_path)
+
+
+@stack_app.command("env-file")
+@user_errors
+def env_file_command(
+    out: Annotated[Path, typer.Argument(help="Where to write the KEY=VALUE lines (mode 0600).")],
+    state_dir: StateDir = None,
+) -> None:
+    """Write the stack's endpoints and S3 credentials as an env file for `docker run --env-file` (never printed)."""
+    directory = state_dir or default_state_dir()
+    values = service_env(resolve_endpoints(directory), resolve_s3_credentials(directory))
+    if not values:
+        raise ConfigError("no stack endpoints to write", "start the stack first: visionnode stack up")
+    with atomic_path(out) as tmp:
+        tmp.chmod(0o600)  # before the secret is in it
+        tmp.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    out_console.print(f"{len(values)} variables written to {out} (mode 0600)", highlight=False, soft_wrap=True)
+
+
+@stack_app.command("triton")
+@user_errors
+def triton_command(
+    repository: Annotated[str, typer.Option(
+        envvar="VISIONNODE_TRITON_REPOSITORY",
+        help="Model repository: a local dir or s3://host:port/bucket/prefix (S3 credentials from AWS_*).")],
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    address: Annotated[str, typer.Option(help="Address every port binds (0.0.0.0 in a Kubernetes pod).")] = LOOPBACK,
+) -> None:
+    """Run Triton in the foreground with explicit model control: the triton-openvino image's entrypoint."""
+    spec = triton_spec(default_state_dir(), http_port, grpc_port, metrics_port, repository,
+                       resolve_s3_credentials(), resolve_endpoints().s3_region, address=address)
+    ensure_ports_free("triton", spec.ports, LOOPBACK if address == "0.0.0.0" else address)
+    out_console.print(f"tritonserver on {address} (HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}), "
+                      f"models from {repository}", highlight=False, soft_wrap=True)
+    exec_triton(spec)
 
 
 def _show(statuses: list[ServiceStatus], title: str, json_path: Path | None) -> None:

@@ -132,6 +132,12 @@ class Pending:
     is_healthy: Callable[[], bool]
     log_file: Path
     started_at: float = field(default_factory=time.monotonic)
+    refresh_log: Callable[[], None] | None = None  # brings log_file up to date (a container's output)
+
+    def last_log_line(self) -> str:
+        if self.refresh_log is not None:
+            self.refresh_log()
+        return last_log_line(self.log_file)
 
 
 def wait_until_healthy(pending: Sequence[Pending], timeout_s: float) -> dict[str, float]:
@@ -147,14 +153,15 @@ def wait_until_healthy(pending: Sequence[Pending], timeout_s: float) -> dict[str
             if item.name in ready:
                 continue
             if not is_running(item.record):
-                raise ServiceError(f"{item.name} exited during start-up: {last_log_line(item.log_file)}",
+                raise ServiceError(f"{item.name} exited during start-up: {item.last_log_line()}",
                                    f"see {item.log_file}")
             if item.is_healthy():
                 ready[item.name] = round(time.monotonic() - item.started_at, 2)
         if len(ready) < len(pending):
             if time.monotonic() > deadline:
-                late = ", ".join(p.name for p in pending if p.name not in ready)
-                raise ServiceError(f"{late} did not become healthy within {timeout_s:.0f} s",
+                late = [p for p in pending if p.name not in ready]
+                raise ServiceError(f"{', '.join(p.name for p in late)} did not become healthy within "
+                                   f"{timeout_s:.0f} s (last log line: {late[0].last_log_line()})",
                                    f"see the logs in {pending[0].log_file.parent}")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.3)

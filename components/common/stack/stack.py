@@ -16,7 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import psutil
+
+from .. import containers
 from ..errors import ServiceError
+from ..jsonio import atomic_write_text
 from ..settings import (ENDPOINTS_FILE, Endpoints, S3Credentials, ensure_local_credentials, resolve_endpoints,
                         resolve_s3_credentials, save_endpoints, state_dir as default_state_dir)
 from . import process
@@ -27,6 +31,8 @@ from .service import ServiceSpec
 from .triton import REPOSITORY_BUCKET, REPOSITORY_PREFIX, triton_s3_uri, triton_spec
 
 SERVICE_ORDER = ("s3", "mlflow", "triton")
+# What a service container gets of the environment: the S3 credentials and region, nothing else.
+CONTAINER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
 
 @dataclass
@@ -43,6 +49,8 @@ class StackConfig:
     # None: the embedded S3 (s3://127.0.0.1:<port>/visionnode/triton-models), or state_dir/triton/models
     # when there is no S3 at all. Otherwise a local dir or a Triton-style s3:// URI.
     triton_repository: str | None = None
+    # Triton from the visionnode/triton-openvino image (docker/build.sh) instead of the pytriton binary here.
+    triton_container: bool = False
     startup_timeout_s: float = 120.0
     # Servers get SIGTERM when the starting process dies (for test sessions; the CLI leaves them running).
     die_with_parent: bool = False
@@ -114,6 +122,8 @@ class LocalStack:
         for name in reversed(SERVICE_ORDER):
             record = process.read_record(self._pid_file(name))
             pid = process.stop(self._pid_file(name))
+            if record is not None and "container" in record.extra:
+                _remove_service_container(record.extra["container"], self._log_file(name))
             if record is not None and (still_open := process.wait_ports_closed(record.ports)):
                 problems.append(f"{name} (PID {record.pid}) stopped but ports {still_open} still listen")
             results.append(ServiceStatus(name, running=False, healthy=False, pid=pid,
@@ -171,6 +181,8 @@ class LocalStack:
         return specs
 
     def _spawn(self, spec: ServiceSpec) -> process.Pending:
+        if spec.name == "triton" and self.config.triton_container:
+            return self._spawn_container(spec)
         if spec.before_start:
             spec.before_start()
         record = process.spawn(spec.argv, spec.env, spec.log_file(self.state_dir), spec.pid_file(self.state_dir),
@@ -178,6 +190,27 @@ class LocalStack:
                                health_url=spec.health_url, extra=spec.extra,
                                die_with_parent=self.config.die_with_parent)
         return process.Pending(spec.name, record, lambda: _healthy(record), spec.log_file(self.state_dir))
+
+    def _spawn_container(self, spec: ServiceSpec) -> process.Pending:
+        """Triton in its own container (host network, uid 10001, read-only root); its main PID is recorded."""
+        client = containers.docker_client()
+        image = containers.require_images(client, ["triton-openvino"])[0]
+        if spec.before_start:
+            spec.before_start()
+        name = f"visionnode-triton-{self.config.triton_http_port}"
+        ports = {p.role: p.port for p in spec.ports}
+        args = ["--repository", spec.extra["repository"], "--http-port", str(ports["HTTP"]),
+                "--grpc-port", str(ports["gRPC"]), "--metrics-port", str(ports["metrics"])]
+        environment = {k: v for k, v in spec.env.items() if k in CONTAINER_ENV}
+        container = containers.start_container(client, containers.ContainerSpec(image, args, name, environment))
+        pid = containers.main_pid(container)
+        record = ProcessRecord(pid=pid, create_time=psutil.Process(pid).create_time(), argv=[image, *args],
+                               ports=list(ports.values()), url=spec.url, health_url=spec.health_url,
+                               extra={**spec.extra, "container": name})
+        atomic_write_text(spec.pid_file(self.state_dir), record.to_json())
+        log_file = spec.log_file(self.state_dir)
+        return process.Pending(spec.name, record, lambda: _healthy(record), log_file,
+                               refresh_log=lambda: containers.copy_logs(client, name, log_file))
 
     def _await(self, spec: ServiceSpec, pending: process.Pending) -> ServiceStatus:
         ready_s = process.wait_until_healthy([pending], self.config.startup_timeout_s)
@@ -217,6 +250,13 @@ class LocalStack:
 
     def _log_file(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
+
+
+def _remove_service_container(name: str, log_file: Path) -> None:
+    """After its main process was stopped: keep the container's output in the stack's log, then remove it."""
+    client = containers.docker_client()
+    containers.copy_logs(client, name, log_file)
+    containers.remove_container(client, name)
 
 
 def _healthy(record: ProcessRecord) -> bool:

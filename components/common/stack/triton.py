@@ -133,7 +133,8 @@ def ensure_repository(repository: TritonRepository, credentials: S3Credentials |
 
 
 def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: int, repository: str,
-                credentials: S3Credentials | None = None, region: str = DEFAULT_REGION) -> ServiceSpec:
+                credentials: S3Credentials | None = None, region: str = DEFAULT_REGION,
+                address: str = LOOPBACK) -> ServiceSpec:
     dist = tritonserver_dist()
     home = state_dir / "triton"
     repo = parse_triton_repository(repository)
@@ -144,9 +145,9 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         "--model-control-mode=explicit",
         f"--backend-directory={backends}",
         f"--cache-directory={dist / 'caches'}",
-        f"--http-address={LOOPBACK}", f"--http-port={http_port}",
-        f"--grpc-address={LOOPBACK}", f"--grpc-port={grpc_port}",
-        f"--metrics-address={LOOPBACK}", f"--metrics-port={metrics_port}",
+        f"--http-address={address}", f"--http-port={http_port}",
+        f"--grpc-address={address}", f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
         # Server-side latency percentiles (nv_inference_*_summary_us{quantile=...}) beside the cumulative sums.
         "--metrics-config=summary_latencies=true",
@@ -161,9 +162,17 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         prepare_backends(dist, backends)
         ensure_repository(repo, credentials, region)
 
+    host = LOOPBACK if address in ("0.0.0.0", "") else address  # where this machine reaches it
     return ServiceSpec(
         name="triton", argv=argv, env=server_env(dist, repo, credentials, region), ports=ports,
-        url=f"{LOOPBACK}:{http_port}", health_url=f"http://{LOOPBACK}:{http_port}/v2/health/ready",
-        extra={"grpc": f"{LOOPBACK}:{grpc_port}", "metrics": f"{LOOPBACK}:{metrics_port}", "repository": repo.uri},
+        url=f"{host}:{http_port}", health_url=f"http://{host}:{http_port}/v2/health/ready",
+        extra={"grpc": f"{host}:{grpc_port}", "metrics": f"{host}:{metrics_port}", "repository": repo.uri},
         cwd=home, before_start=before_start,
     )
+
+
+def exec_triton(spec: ServiceSpec) -> None:
+    """Replace this process with tritonserver (the Triton image's entrypoint: Triton is PID 1 and gets SIGTERM)."""
+    if spec.before_start:
+        spec.before_start()
+    os.execve(spec.argv[0], spec.argv, spec.env)
