@@ -183,7 +183,10 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     pipeline_root.chmod(0o1777)  # kfp.local creates it as this user; the tasks write their outputs as uid 10001
-    return local.DockerRunner(**containers.container_run_args(environment, mounts=[(data, data, True)]))
+    run_args = containers.container_run_args(environment, mounts=[(data, data, True)])
+    # The task's command replaces the image's entrypoint, as Kubernetes' `command` does in a cluster
+    # ([""] is the engine's spelling of "no entrypoint"; the SDK's `command` alone would only replace CMD).
+    return local.DockerRunner(entrypoint=[""], **run_args)
 
 
 def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any) -> Path:

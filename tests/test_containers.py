@@ -121,7 +121,7 @@ def test_every_image_runs_its_cli_as_uid_10001_with_a_read_only_root(client, ima
         assert config["User"] == containers.IMAGE_USER, f"{tag} runs as {config['User']!r}"
         assert not any(key.startswith(("AWS_", "MLFLOW_TRACKING")) for key in
                        (e.split("=", 1)[0] for e in config.get("Env") or [])), f"{tag} carries credentials"
-        status, output = _run(client, tag, ["--help"])
+        status, output = _run(client, tag, ["visionnode", "--help"] if name == "base" else ["--help"])
         assert status == 0, f"{tag}: {output[-2000:]}"
         assert "Usage" in output, output
         if name in containers.PHASES:
@@ -214,11 +214,15 @@ def test_transfer_upload_in_its_container_to_the_embedded_s3(client, images, con
                           mounts=[(shards, shards, True), (out, out, False)], environment=_service_env())
     assert status == 0, output[-3000:]
     summary = json.loads((out / "upload.json").read_text())
-    local_files = sorted(p.name for p in shards.iterdir() if p.is_file())
+    local_files = sorted(p.name for p in shards.glob("*.beton"))
     listed = s3_client().list_objects_v2(Bucket=bucket, Prefix="shards/")["Contents"]
     remote = {obj["Key"].rsplit("/", 1)[1]: obj["Size"] for obj in listed}
     for name in local_files:
         assert remote.get(name) == (shards / name).stat().st_size, name
+    remote_manifest = json.loads(s3_client().get_object(Bucket=bucket, Key="shards/manifest.json")["Body"].read())
+    local_manifest = json.loads((shards / "manifest.json").read_text())
+    assert ({s["file"]: s["sha256"] for s in remote_manifest["shards"]}
+            == {s["file"]: s["sha256"] for s in local_manifest["shards"]})
     assert summary["objects"] >= len(local_files)
     assert "AWS_SECRET_ACCESS_KEY" not in output and _service_env()["AWS_SECRET_ACCESS_KEY"] not in output
 
