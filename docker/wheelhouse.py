@@ -68,7 +68,7 @@ def fetch_missing(directory: Path, lock: dict[str, str]) -> None:
     missing = [f"{name}=={version}" for name, version in lock.items() if (name, version) not in present]
     if not missing:
         return
-    print(f"==> wheelhouse: fetching or building {len(missing)} of {len(lock)} wheels", flush=True)
+    print(f"==> wheelhouse: fetching or building {len(missing)} of {len(lock)} wheels", file=sys.stderr, flush=True)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--progress-bar", "off",
                              "--wheel-dir", str(directory), *missing], capture_output=True, text=True)
     if result.returncode != 0:

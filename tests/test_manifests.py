@@ -415,8 +415,10 @@ def test_triton_serves_from_minio_with_probes_and_three_ports(rendered):
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     args = container["args"]
-    assert args[0] == "tritonserver" and "--model-control-mode=explicit" in args
-    repository = next(a for a in args if a.startswith("--model-repository=")).split("=", 1)[1]
+    assert "command" not in container, "the image's entrypoint (visionnode stack triton) runs tritonserver"
+    assert "--address=0.0.0.0" in args, "in a pod the Service reaches Triton on the pod's address"
+    _assert_triton_command_accepts(args)
+    repository = next(a for a in args if a.startswith("--repository=")).split("=", 1)[1]
     assert re.fullmatch(rf"s3://minio\.{NAMESPACE}\.svc\.cluster\.local:9000/[a-z0-9.-]+/.+", repository)
     env = env_of(container)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -424,6 +426,18 @@ def test_triton_serves_from_minio_with_probes_and_three_ports(rendered):
     volumes = {v["name"]: v for v in triton["spec"]["template"]["spec"]["volumes"]}
     shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
     assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory", "python backend shared memory"
+
+
+def _assert_triton_command_accepts(args: list[str]) -> None:
+    """Every manifest arg is an option of the image's entrypoint command, `visionnode stack triton`."""
+    from typer.main import get_command
+
+    from visionnode.pipeline.cli import app
+
+    triton = get_command(app).commands["stack"].commands["triton"]  # type: ignore[attr-defined]
+    options = {opt for param in triton.params for opt in param.opts}
+    for arg in args:
+        assert arg.split("=", 1)[0] in options, f"`visionnode stack triton` has no option {arg}"
 
 
 def test_bucket_job_creates_what_the_services_read(rendered):
@@ -474,7 +488,7 @@ def test_pipeline_params_point_at_the_deployed_services(rendered, params_file: P
     params = yaml.safe_load(params_file.read_text())
     overlay = "production" if "production" in params_file.parts else "local"
     triton = one(rendered[overlay], "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
-    repository = next(a for a in triton["args"] if a.startswith("--model-repository=")).split("=", 1)[1]
+    repository = next(a for a in triton["args"] if a.startswith("--repository=")).split("=", 1)[1]
     assert params["model_repository"] == repository, "deploy must write where Triton reads"
     assert params["triton_http"] == f"triton.{NAMESPACE}.svc.cluster.local:8000"
     assert params["triton_grpc"] == f"triton.{NAMESPACE}.svc.cluster.local:8001"
