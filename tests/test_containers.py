@@ -101,8 +101,9 @@ def _writable_out(shared_dir: Path, name: str) -> Path:
 def _run(client, image: str, args: list[str], mounts=(), environment=None, timeout_s: float = 600) -> tuple[int, str]:
     """`docker run --rm --network host --user 10001 --read-only --tmpfs /tmp IMAGE ARGS` through the SDK."""
     spec = containers.ContainerSpec(image, args, name="", environment=environment or {}, mounts=mounts)
-    container = client.containers.run(image, args, detach=True, **spec.run_args())
+    container = client.containers.create(image, args, **spec.run_args())
     try:
+        container.start()
         status = container.wait(timeout=timeout_s)["StatusCode"]
         return status, container.logs().decode(errors="replace")
     finally:
@@ -128,8 +129,8 @@ def test_every_image_runs_its_cli_as_uid_10001_with_a_read_only_root(client, ima
             assert f"visionnode {name}" in output, output
     status, output = _run(client, images["shard"], [], environment={})
     assert status == 0 and "Usage" in output  # CMD ["--help"]: a bare `docker run` prints the help
-    who = client.containers.run(images["base"], ["id", "-u"], remove=True, read_only=True)
-    assert who.decode().strip() == UID
+    status, who = _run(client, images["base"], ["id", "-u"])
+    assert status == 0 and who.strip() == UID
 
 
 def test_phase_images_share_the_base_layers(client, images: dict[str, str]) -> None:
@@ -169,8 +170,9 @@ def test_killed_shard_container_fails_and_a_rerun_resumes(client, images, datase
     mounts = [(dataset, dataset, True), (out, out, False)]
     spec = containers.ContainerSpec(images["shard"], args, name="", environment={"VISIONNODE_PROGRESS": "0"},
                                     mounts=mounts)
-    container = client.containers.run(images["shard"], args, detach=True, **spec.run_args())
+    container = client.containers.create(images["shard"], args, **spec.run_args())
     try:
+        container.start()
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and _journaled(out / "shards") < 2:
             time.sleep(0.05)
@@ -304,6 +306,18 @@ def test_whole_dag_with_the_docker_runner(container_stack, images, dataset: Path
     assert outputs and all(p.stat().st_uid == 10001 for p in outputs), "tasks ran as another uid"
     assert result.task_metrics["shard"]["images_written"] == 6 * (16 + 4)
     assert result.summary["qps"] > 0 and result.mlflow_run_url
+
+
+def test_stack_down_stops_the_triton_container_and_keeps_its_log(client, container_stack: LocalStack) -> None:
+    import docker
+
+    name = f"visionnode-triton-{container_stack.config.triton_http_port}"
+    pid = client.containers.get(name).attrs["State"]["Pid"]
+    container_stack.down()
+    assert not Path(f"/proc/{pid}").exists(), "Triton's main process still runs"
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(name)
+    assert "successfully loaded" in (container_stack.state_dir / "logs" / "triton.log").read_text()
 
 
 # ----------------------------------------------------------------------------------- bad input and faults

@@ -107,7 +107,7 @@ class LocalStack:
                 statuses[item.name] = self._started_status(specs[item.name], item.record, ready_s[item.name])
         except BaseException:
             for name in reversed(list(launched)):  # leave nothing half-up that this call started
-                process.stop(self._pid_file(name))
+                self._stop(name)
             raise
         save_endpoints(self.endpoints, self.state_dir)
         return [statuses[n] for n in SERVICE_ORDER if n in statuses]
@@ -121,9 +121,7 @@ class LocalStack:
         problems = []
         for name in reversed(SERVICE_ORDER):
             record = process.read_record(self._pid_file(name))
-            pid = process.stop(self._pid_file(name))
-            if record is not None and "container" in record.extra:
-                _remove_service_container(record.extra["container"], self._log_file(name))
+            pid = self._stop(name)
             if record is not None and (still_open := process.wait_ports_closed(record.ports)):
                 problems.append(f"{name} (PID {record.pid}) stopped but ports {still_open} still listen")
             results.append(ServiceStatus(name, running=False, healthy=False, pid=pid,
@@ -191,6 +189,16 @@ class LocalStack:
                                die_with_parent=self.config.die_with_parent)
         return process.Pending(spec.name, record, lambda: _healthy(record), spec.log_file(self.state_dir))
 
+    def _stop(self, name: str) -> int | None:
+        """Stop a service by its recorded PID; a service container is then removed (its output kept in the log)."""
+        record = process.read_record(self._pid_file(name))
+        pid = process.stop(self._pid_file(name))
+        if record is not None and "container" in record.extra:
+            client = containers.docker_client()
+            containers.copy_logs(client, record.extra["container"], self._log_file(name))
+            containers.remove_container(client, record.extra["container"])
+        return pid
+
     def _spawn_container(self, spec: ServiceSpec) -> process.Pending:
         """Triton in its own container (host network, uid 10001, read-only root); its main PID is recorded."""
         client = containers.docker_client()
@@ -250,13 +258,6 @@ class LocalStack:
 
     def _log_file(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
-
-
-def _remove_service_container(name: str, log_file: Path) -> None:
-    """After its main process was stopped: keep the container's output in the stack's log, then remove it."""
-    client = containers.docker_client()
-    containers.copy_logs(client, name, log_file)
-    containers.remove_container(client, name)
 
 
 def _healthy(record: ProcessRecord) -> bool:
