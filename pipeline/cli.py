@@ -32,6 +32,22 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from visionnode.components.common.kfp_support import project_version
+
+        typer.echo(f"visionnode {project_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """VisionNode-152: ResNet-152 on ImageNet-1K as a Kubeflow pipeline or locally."""
+
+
 for module_name in COMMAND_MODULES:
     importlib.import_module(module_name).register(app)
 

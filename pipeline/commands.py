@@ -9,7 +9,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from visionnode.components.common.cli import emit_result, out_console, user_errors
+from visionnode.components.common.cli import JsonOption, emit_result, out_console, user_errors
 from visionnode.components.common.errors import ConfigError
 
 pipeline_app = typer.Typer(help="The KFP pipeline: compile it, submit it to a cluster, or run it locally.",
@@ -41,7 +41,7 @@ def submit_command(
     param_file: ParamFileOption = None,
     run_name: Annotated[Optional[str], typer.Option(help="Run name (default: pipeline name + version).")] = None,
     namespace: Annotated[Optional[str], typer.Option(help="Kubeflow profile namespace (multi-user KFP).")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Upload the pipeline (a new version when it changed), create a run and print its URL."""
     from .submit import SubmitConfig, submit_pipeline
@@ -65,7 +65,7 @@ def run_command(
     triton_container: Annotated[Optional[bool], typer.Option(
         "--triton-container/--no-triton-container",
         help="Serve from the visionnode/triton-openvino image (default: with --runner docker).")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary."""
     from .local_run import LocalRunConfig, run_local
@@ -89,7 +89,13 @@ def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
     if param_file is not None:
         if not param_file.is_file():
             raise ConfigError(f"parameter file {param_file} does not exist", "check the path")
-        loaded = yaml.safe_load(param_file.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(param_file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{param_file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+                              "write one `name: value` per line") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{param_file} is not a mapping of name: value", "see manifests/ for an example")
         from_file = parse_params([f"{k}={v}" for k, v in loaded.items()], types)

@@ -67,6 +67,12 @@ def _client(config: SubmitConfig) -> Any:
 
 def _preflight(host: str) -> None:
     """One quick health probe, because kfp.Client retries its own probe for ~25 s before giving up."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(host)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"--host {host!r} is not a URL", "give the KFP API endpoint as http(s)://host:port, "
+                                                           "e.g. http://localhost:8080")
     request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz")
     if os.environ.get(TOKEN_ENV):
         request.add_header("Authorization", f"Bearer {os.environ[TOKEN_ENV]}")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 from visionnode.pipeline.cli import app
 from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.kfp_support import project_version
 
 runner = CliRunner()
 PHASES = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
@@ -139,6 +144,51 @@ def test_submit_rejected_auth_is_a_clear_error() -> None:
         server.shutdown()
     line = _one_line_error(result)
     assert "rejected" in line or "401" in line
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "visionnode"), *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "VISIONNODE_PROGRESS": "0"})
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "unwritable-out", "unwritable-yaml", "synth-unwritable",
+                                  "host-not-a-url", "malformed-param-file"])
+def test_path_and_input_mistakes_are_one_line_errors(case: str, synth_dataset: Path, tmp_path: Path) -> None:
+    """The real CLI in a subprocess: exit 2, one `error:` line naming the path or value, nothing written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me\n")
+    bad_yaml = tmp_path / "params.yaml"
+    bad_yaml.write_text("epochs: [1,\n")
+    argv, named = {
+        "out-is-a-file": (["shard", "--data", str(synth_dataset), "--out", str(a_file)], str(a_file)),
+        "unwritable-out": (["shard", "--data", str(synth_dataset), "--out", "/proc/vn-out"], "/proc/vn-out"),
+        "unwritable-yaml": (["pipeline", "compile", "/proc/vn.yaml"], "/proc/vn.yaml"),
+        "synth-unwritable": (["data", "synth", "/proc/vn-data"], "/proc/vn-data"),
+        "host-not-a-url": (["pipeline", "submit", "--host", "notaurl", "-p", "data_uri=s3://d/i"], "notaurl"),
+        "malformed-param-file": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param-file",
+                                  str(bad_yaml)], "line 2"),
+    }[case]
+    done = _cli(*argv)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(errors) == 1 and named in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert a_file.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "params.yaml"], "something was half-written"
+
+
+def test_json_dash_writes_the_summary_to_standard_output(tmp_path: Path) -> None:
+    done = _cli("data", "synth", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "2",
+                "--val-per-class", "1", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # nothing but the JSON on stdout
+    assert summary["train_images"] == 4 and summary["val_images"] == 2
+    assert not (Path.cwd() / "-").exists() and "train_images" in done.stderr  # the table went to stderr
+
+
+def test_version_option() -> None:
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"visionnode {project_version()}"
 
 
 def test_run_without_local_is_a_clear_error() -> None:

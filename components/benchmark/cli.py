@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from rich.console import Console
 from rich.table import Table
 
-from ..common.cli import emit_result, err_console, out_console, user_errors
-from ..common.jsonio import to_jsonable, write_json
+from ..common.cli import JsonOption, emit_result, err_console, json_to_stdout, out_console, user_errors
+from ..common.jsonio import to_jsonable
 from .benchmark import BenchmarkConfig, benchmark, parse_levels
 
 
@@ -33,7 +34,7 @@ def benchmark_command(
         help="Train output for the PyTorch eager FP32 baseline (skipped when absent).")] = None,
     baselines: Annotated[bool, typer.Option(help="Measure the in-process baselines.")] = True,
     metrics_url: Annotated[str, typer.Option(help="Triton metrics HOST:PORT (default: settings).")] = "",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
 ) -> None:
     """Load-test a Triton model (closed-loop sweep, optional open loop) with baselines and an SLO verdict."""
@@ -46,14 +47,11 @@ def benchmark_command(
     summary = to_jsonable(result)
     for level in summary["levels"]:
         level.pop("latencies_ms", None)  # raw samples belong in the report's histogram, not the summary
-    print_levels(result)
-    emit_result({k: v for k, v in summary.items() if k != "levels"}, None, "benchmark")
-    if json_path is not None:
-        write_json(json_path, summary)
-        err_console.print(f"summary written to {json_path}")
+    print_levels(result, err_console if json_to_stdout(json_path) else out_console)
+    emit_result({k: v for k, v in summary.items() if k != "levels"}, json_path, "benchmark", summary=summary)
 
 
-def print_levels(result) -> None:
+def print_levels(result, console: Console) -> None:
     table = Table(title=f"{result.model} over {result.protocol}", title_justify="left")
     for head in ("mode", "conc.", "rate", "ok", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms", "batch",
                  "RSS MB"):
@@ -63,7 +61,7 @@ def print_levels(result) -> None:
                  _num(s.p50_ms), _num(s.p95_ms), _num(s.p99_ms), _num(s.max_ms), _num(s.mean_batch, 2),
                  _num(s.triton_rss_mb, 0)]
         table.add_row(*cells, style="green" if i == result.best_level else None)
-    out_console.print(table)
+    console.print(table)
 
 
 def _num(value, digits: int = 1) -> str:

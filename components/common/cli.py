@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +16,8 @@ from .errors import VisionNodeError
 from .jsonio import to_jsonable, write_json
 
 F = TypeVar("F", bound=Callable[..., Any])
+JsonOption = Annotated[Optional[Path], typer.Option(
+    "--json", help="Write the summary as JSON to this file (- for standard output, tables then go to stderr).")]
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -28,6 +32,15 @@ def user_errors(fn: F) -> F:
         except VisionNodeError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            # A path the user gave that cannot be used: missing parent, wrong kind, no permission, disk full.
+            path = _user_path(exc.filename)
+            err_console.print(f"[bold red]error:[/] cannot use {path}: {exc.strerror} (check that the path and "
+                              "its parent exist, are what the option asks for, and are writable)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
@@ -35,16 +48,42 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def emit_result(result: Any, json_path: Path | None, title: str) -> None:
+def _user_path(filename: str | bytes | int) -> str:
+    """The path as the user wrote it, not our temporary name beside it (`.out.json.1a2b.partial`)."""
+    path = Path(str(filename))
+    name = path.name
+    if name.endswith(".partial"):
+        name = name[: -len(".partial")]
+        if name.startswith("."):  # atomic_path's `.{name}.{random}.partial`
+            name = name[1:].rsplit(".", 1)[0]
+    return str(path.with_name(name))
+
+
+def emit_result(result: Any, json_path: Path | None, title: str, summary: Any = None) -> None:
     """Print a result object as a two-column table and, when asked, write it as JSON."""
     data = to_jsonable(result)
     table = Table(title=title, show_header=False, title_justify="left")
     for key, value in _flatten(data):
         table.add_row(key, _format(value))
-    out_console.print(table)
-    if json_path is not None:
-        write_json(json_path, data)
-        err_console.print(f"summary written to {json_path}")
+    (err_console if json_to_stdout(json_path) else out_console).print(table)
+    write_summary(json_path, data if summary is None else summary)
+
+
+def json_to_stdout(json_path: Path | None) -> bool:
+    """`--json -`: the JSON summary is standard output (and the tables go to standard error)."""
+    return json_path is not None and str(json_path) == "-"
+
+
+def write_summary(json_path: Path | None, data: Any) -> None:
+    """The `--json` summary: to the file (written atomically) or, for `-`, to standard output."""
+    if json_path is None:
+        return
+    if json_to_stdout(json_path):
+        sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return
+    write_json(json_path, data)
+    err_console.print(f"summary written to {json_path}", highlight=False, soft_wrap=True)
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import emit_result, user_errors
+from .cli import JsonOption, emit_result, user_errors
 from .synth import SynthConfig, synthesize_dataset
 
 data_app = typer.Typer(help="Datasets: generate a synthetic ImageNet-layout dataset.", no_args_is_help=True)
@@ -24,7 +24,7 @@ def synth_command(
     min_side: Annotated[int, typer.Option(help="Smallest image side in pixels.")] = 96,
     max_side: Annotated[int, typer.Option(help="Largest image side in pixels.")] = 256,
     flat_val: Annotated[bool, typer.Option(help="Write val/ flat with LOC_val_solution.csv.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Write a deterministic ImageNet-layout dataset of JPEGs with a learnable class signal."""
     config = SynthConfig(classes, train_per_class, val_per_class, seed, min_side, max_side, flat_val)

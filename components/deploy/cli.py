@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import emit_result, user_errors
+from ..common.cli import JsonOption, emit_result, user_errors
 from .deploy import DEFAULT_MODEL_NAME, DeployConfig, deploy
 from .repository import ServingConfig
 
@@ -33,7 +33,7 @@ def deploy_command(
     instances: Annotated[int, typer.Option(help="Model instances (KIND_CPU); one alone stalls some requests "
                                                 "~500 ms in Triton's batcher.")] = ServingConfig.instances,
     load_timeout: Annotated[float, typer.Option(help="Seconds to wait for Triton to load the model.")] = 600.0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Serve the INT8 model on Triton (python backend + OpenVINO), load it without downtime, check answers."""
     serving = ServingConfig(max_batch_size=max_batch_size, preferred_batch_sizes=_ints(preferred_batch),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import emit_result, user_errors
+from ..common.cli import JsonOption, emit_result, user_errors
 
 
 @user_errors
@@ -30,7 +30,7 @@ def quantize_command(
     threads: Annotated[int, typer.Option(help="CPU threads for every engine in the measurements.")] = 2,
     perf_seconds: Annotated[float, typer.Option(help="Seconds per timing measurement.")] = 3.0,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Where remote shards are fetched to.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Export to ONNX + OpenVINO IR (uint8 NHWC input, preprocessing folded in), quantize to INT8 with NNCF,
     report FP32 vs INT8 accuracy, size, memory and speed; fail when the top-1 drop exceeds the threshold."""

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import emit_result, user_errors
+from ..common.cli import JsonOption, emit_result, user_errors
 from .shard import SPLIT_CHOICES, ShardConfig, shard_dataset
 
 
@@ -22,7 +22,7 @@ def shard_command(
     workers: Annotated[int, typer.Option(help="Decode/encode processes; read-back threads.")] = 2,
     readback: Annotated[bool, typer.Option(help="Read the shards back once with the FFCV loader and report "
                                                 "its images/s.")] = True,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
     config = ShardConfig(data=data, out=out, split=split, images_per_shard=images_per_shard,

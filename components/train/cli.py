@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import emit_result, err_console, user_errors
+from ..common.cli import JsonOption, emit_result, err_console, user_errors
 
 
 @user_errors
@@ -32,7 +32,7 @@ def train_command(
     schedule: Annotated[str, typer.Option(help="LR decay after warm-up: cosine|step.")] = "cosine",
     log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Train ResNet-152 (or another depth) on FFCV shards: SGD+Nesterov, label smoothing, warm-up + cosine,
     mixed precision, checkpoints with resume; the same command runs as one process or under torchrun.

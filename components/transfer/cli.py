@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import emit_result, user_errors
+from ..common.cli import JsonOption, emit_result, user_errors
 from .transfer import FetchConfig, UploadConfig, fetch_shards, upload_shards
 
 transfer_app = typer.Typer(help="Move shards to and from S3: parallel, verified, resumable.",
@@ -15,7 +15,6 @@ transfer_app = typer.Typer(help="Move shards to and from S3: parallel, verified,
 
 Concurrency = Annotated[int, typer.Option(help="Parallel requests (multipart parts and objects together).")]
 PartSize = Annotated[int, typer.Option("--part-size", help="Multipart part size in MiB (at least 5).")]
-JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Write the summary as JSON.")]
 
 
 @transfer_app.command("upload")
@@ -27,7 +26,7 @@ def upload_command(
     part_size: PartSize = 16,
     create_bucket: Annotated[bool, typer.Option(help="Create the bucket when it does not exist.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the remote manifest.json here.")] = None,
-    json_path: JsonPath = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Upload shards; re-running skips objects already present and verified."""
     config = UploadConfig(shards_dir, destination, concurrency, part_size, create_bucket, out)
@@ -41,7 +40,7 @@ def fetch_command(
     cache_dir: Annotated[Path, typer.Argument(help="Local dir for the shards (FFCV needs local files).")],
     concurrency: Concurrency = 16,
     part_size: PartSize = 16,
-    json_path: JsonPath = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Download shards with ranged parallel GETs, each sha256-checked; verified files are skipped."""
     emit_result(fetch_shards(FetchConfig(source, cache_dir, concurrency, part_size)), json_path, "transfer fetch")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from visionnode.components.common.cli import emit_result, user_errors
+from visionnode.components.common.cli import JsonOption, emit_result, user_errors
 
 from .config import ValidateConfig
 
@@ -42,7 +42,7 @@ def validate_command(
     report: Annotated[
         Path | None, typer.Option(help="Write the Markdown report here (PNG beside it).")
     ] = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")] = None,
+    json_path: JsonOption = None,
 ) -> None:
     """Fail fast before sharding: does the loss fall, is ResNet-152 intact, is the loader the bottleneck?"""
     from .validate import raise_for_gates, run_checks  # imports torch: only when the command runs

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..cli import out_console, user_errors
-from ..jsonio import atomic_path, to_jsonable, write_json
+from ..cli import err_console, json_to_stdout, out_console, user_errors, write_summary
+from ..jsonio import atomic_path, to_jsonable
 from ..errors import ConfigError
 from ..settings import resolve_endpoints, resolve_s3_credentials, service_env, state_dir as default_state_dir
 from .process import LOOPBACK, ensure_ports_free
@@ -129,11 +129,11 @@ def _show(statuses: list[ServiceStatus], title: str, json_path: Path | None) -> 
         healthy = "[green]yes[/]" if s.healthy else ("[red]no[/]" if s.running else "stopped")
         table.add_row(s.name, healthy, str(s.pid or "-"), s.url or "-", s.action or "-",
                       f"{s.startup_s:.1f}" if s.startup_s is not None else "-")
-    out_console.print(table)
+    console = err_console if json_to_stdout(json_path) else out_console
+    console.print(table)
     if statuses:
-        out_console.print(f"logs: {Path(statuses[0].log).parent}", highlight=False, soft_wrap=True)
-    if json_path is not None:
-        write_json(json_path, {"services": to_jsonable(statuses)})
+        console.print(f"logs: {Path(statuses[0].log).parent}", highlight=False, soft_wrap=True)
+    write_summary(json_path, {"services": to_jsonable(statuses)})
 
 
 def register(app: typer.Typer) -> None:
