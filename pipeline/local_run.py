@@ -180,6 +180,10 @@ def _subprocess_runner() -> Any:
 def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path) -> Any:
     """Each task in its phase's image, run as the manifests run it; kfp.local mounts the pipeline root itself."""
     from kfp import local
+    from kfp.local import docker_task_handler
+
+    # kfp.local's task handler calls this module-level function; ours reads the exit code before removal.
+    docker_task_handler.run_docker_container = containers.run_task_container
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     pipeline_root.chmod(0o1777)  # kfp.local creates it as this user; the tasks write their outputs as uid 10001

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,18 +294,46 @@ def test_benchmark_in_its_container_against_the_triton_container(client, images,
     assert (out / "report.html").stat().st_size > 10_000
 
 
-def test_whole_dag_with_the_docker_runner(container_stack, images, dataset: Path, shared_dir: Path) -> None:
+def test_whole_dag_with_the_docker_runner_after_a_killed_task(client, container_stack, images, dataset: Path,
+                                                              shared_dir: Path) -> None:
+    """A task container killed mid-run fails its step by name; the re-run completes, its transfer step reusing
+    every object the first run uploaded (what the subprocess runner does too)."""
+    from visionnode.components.common.errors import VisionNodeError
     from visionnode.pipeline.local_run import TASK_ORDER, LocalRunConfig, run_local
 
     params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
               "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
               "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
               "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
-    result = run_local(LocalRunConfig(data=dataset, params=params, work_dir=shared_dir / "runs", runner="docker"))
+    config = LocalRunConfig(data=dataset, params=params, work_dir=shared_dir / "runs", runner="docker")
+    killed: list[str] = []
+    done = threading.Event()
+
+    def kill_the_train_task() -> None:
+        while not done.is_set() and not killed:
+            for container in client.containers.list(filters={"ancestor": images["train"]}):
+                time.sleep(3)  # mid-run: past start-up, into the step
+                container.kill()
+                killed.append(container.name)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_train_task, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(VisionNodeError, match="stopped at step 'train'"):
+            run_local(config)
+    finally:
+        done.set()
+        killer.join(timeout=30)
+    assert killed, "the train task never ran"
+
+    result = run_local(config)
     assert set(result.task_metrics) == set(TASK_ORDER)
     outputs = [p for p in result.run_dir.rglob("*") if p.is_file() and p.name != "executor_output.json"]
     assert outputs and all(p.stat().st_uid == 10001 for p in outputs), "tasks ran as another uid"
     assert result.task_metrics["shard"]["images_written"] == 6 * (16 + 4)
+    transfer = result.task_metrics["transfer"]
+    assert transfer["objects_transferred"] == 0 and transfer["objects_skipped"] > 0, transfer
     assert result.summary["qps"] > 0 and result.mlflow_run_url
 
 

@@ -95,6 +95,29 @@ def unreachable_ancestor(path: Path) -> Path | None:
     return None
 
 
+def run_task_container(client: Any, image: str, command: list[str], volumes: dict[str, Any],
+                       **run_args: Any) -> int:
+    """One pipeline task in its container: stream its output, return its real exit code, then remove it.
+
+    Replaces kfp.local's own `run_docker_container`, which runs with auto_remove and reads the exit code after
+    the log stream ends: a container killed from outside is often removed by then, and kfp counts the
+    missing container as success. Here the container is removed only after its status is read.
+    """
+    run_args.pop("auto_remove", None)
+    container = client.containers.create(image, command, volumes=volumes, **run_args)
+    try:
+        container.start()
+        for chunk in container.logs(stream=True, follow=True):
+            print(chunk.decode(errors="replace"), end="", flush=True)
+        status = int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+    if status != 0:
+        killed = " (killed)" if status == 137 else ""
+        print(f"task container {image} exited with status {status}{killed}", flush=True)
+    return status
+
+
 def start_container(client: Any, spec: ContainerSpec) -> Any:
     """Start `spec` detached (a stopped container of the same name from an earlier run is removed first)."""
     import docker

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..settings import resolve_endpoints, resolve_s3_credentials, service_env, state_dir as default_state_dir
 from .process import LOOPBACK, ensure_ports_free
 from .stack import LocalStack, ServiceStatus, StackConfig
-from .triton import exec_triton, triton_spec
+from .triton import exec_triton, local_address, triton_spec
 
 stack_app = typer.Typer(
     help="The embedded local stack: SeaweedFS S3, an MLflow server and Triton, bound to 127.0.0.1. "
@@ -110,12 +110,13 @@ def triton_command(
     http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
-    address: Annotated[str, typer.Option(help="Address every port binds (0.0.0.0 in a Kubernetes pod).")] = LOOPBACK,
+    address: Annotated[str, typer.Option(
+        help="Address every port binds; in a Kubernetes pod, all interfaces (the manifest sets it).")] = LOOPBACK,
 ) -> None:
     """Run Triton in the foreground with explicit model control: the triton-openvino image's entrypoint."""
     spec = triton_spec(default_state_dir(), http_port, grpc_port, metrics_port, repository,
                        resolve_s3_credentials(), resolve_endpoints().s3_region, address=address)
-    ensure_ports_free("triton", spec.ports, LOOPBACK if address == "0.0.0.0" else address)
+    ensure_ports_free("triton", spec.ports, local_address(address))
     out_console.print(f"tritonserver on {address} (HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}), "
                       f"models from {repository}", highlight=False, soft_wrap=True)
     exec_triton(spec)

@@ -162,13 +162,23 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         prepare_backends(dist, backends)
         ensure_repository(repo, credentials, region)
 
-    host = LOOPBACK if address in ("0.0.0.0", "") else address  # where this machine reaches it
+    host = local_address(address)
     return ServiceSpec(
         name="triton", argv=argv, env=server_env(dist, repo, credentials, region), ports=ports,
         url=f"{host}:{http_port}", health_url=f"http://{host}:{http_port}/v2/health/ready",
         extra={"grpc": f"{host}:{grpc_port}", "metrics": f"{host}:{metrics_port}", "repository": repo.uri},
         cwd=home, before_start=before_start,
     )
+
+
+def local_address(address: str) -> str:
+    """Where this machine reaches a server bound to `address`: loopback for the wildcard (all interfaces)."""
+    import ipaddress
+
+    try:
+        return LOOPBACK if ipaddress.ip_address(address).is_unspecified else address
+    except ValueError:  # a host name
+        return address
 
 
 def exec_triton(spec: ServiceSpec) -> None:
