@@ -31,7 +31,7 @@ from .pipeline import PIPELINE_NAME
 # A service named by one of these variables is external: the local run does not start an embedded one.
 EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
                 "triton": ("VISIONNODE_TRITON_HTTP",)}
-TASK_ORDER = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
+TASK_ORDER = containers.PHASES  # the DAG's steps, each in its phase's image
 
 # Small enough for 2 CPU cores in minutes, large enough that every phase does real work.
 DEMO_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=0, min_side=64, max_side=128)
