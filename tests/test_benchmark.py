@@ -192,9 +192,12 @@ def test_overload_is_rejected_by_the_queue_policy_memory_stays_bounded_and_it_re
     assert "Exceeds maximum queue size" in kinds or "Request timeout expired" in kinds, flood.error_kinds
     assert not [k for k in flood.error_kinds
                 if "Exceeds maximum queue size" not in k and "Request timeout expired" not in k], flood.error_kinds
-    # Still serving while it rejects the excess. Not asserted near capacity: the generator shares the 2 cores,
-    # and on a busy machine goodput under a 3x flood was measured between 20% and 90% of capacity.
-    assert flood.requests > 0 and flood.qps <= 1.2 * capacity, (capacity, flood)
+    # Still serving while it rejects the excess, and never more than the model can physically serve. Not
+    # asserted near capacity: the generator shares the 2 cores, and on a busy machine goodput under a 3x flood
+    # was measured between 20% and 90% of capacity. The bound is the design capacity, not the closed-loop
+    # measurement above, which a busy machine can push below what the flood then gets served.
+    design_capacity = serving.instances * serving.max_batch_size / 0.040
+    assert flood.requests > 0 and flood.qps <= 1.1 * design_capacity, (capacity, flood)
     # The queue timeout bounds what is served: Triton's own request-duration P99 (its summary over this fresh
     # model's requests), not the client's, which also counts the load generator's lag on the shared cores.
     served = scrape_metrics(endpoints.triton_metrics, "overload")

@@ -49,6 +49,22 @@ def test_s3_put_get_list_with_boto3_and_minio(bucket: str) -> None:
     assert listed_boto == listed_minio == ["a/boto.bin", "a/minio.bin"]
 
 
+def test_many_buckets_each_take_writes(stack: LocalStack) -> None:
+    # Each bucket is a SeaweedFS collection that grows its own volumes on the first write; the volume count
+    # must not depend on the disk space free when the server started (with 14 GB free it ran out before 60).
+    client = s3_client()
+    names = [f"many-{os.getpid()}-{i}" for i in range(60)]
+    try:
+        for name in names:
+            client.create_bucket(Bucket=name)
+            client.put_object(Bucket=name, Key="x", Body=b"written")
+        assert [client.get_object(Bucket=n, Key="x")["Body"].read() for n in names] == [b"written"] * len(names)
+    finally:
+        for name in names:
+            client.delete_object(Bucket=name, Key="x")
+            client.delete_bucket(Bucket=name)
+
+
 def test_stack_buckets_exist_and_bucket_fixture_is_empty(stack: LocalStack, bucket: str) -> None:
     names = {b["Name"] for b in s3_client().list_buckets()["Buckets"]}
     assert {"visionnode", "mlflow", bucket} <= names

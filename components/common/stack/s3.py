@@ -17,6 +17,11 @@ from .process import LOOPBACK, PortSpec, child_env, free_port
 from .service import ServiceSpec, venv_executable
 
 STACK_BUCKETS = ("visionnode", "mlflow")
+# Left at 0, weed sizes its volume count from the disk space free at start: every bucket is a collection that
+# grows several volumes on its first write, so on a nearly full disk a new bucket soon fails with "no
+# free volumes left". Volumes are not preallocated, so a fixed count costs nothing until written; a full disk
+# still fails writes loudly.
+MAX_VOLUMES = 1000
 # Roles of the internal ports weed mini opens besides the S3 port, as `-<flag>` names.
 INTERNAL_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                        "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")
@@ -32,7 +37,7 @@ def s3_spec(state_dir: Path, port: int, credentials: S3Credentials,
         f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
         f"-s3.port={port}", *(f"-{flag}={value}" for flag, value in internal.items()),
         "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false",
+        "-master.telemetry=false", f"-volume.max={MAX_VOLUMES}",
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them in the state dir.
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
         f"-bucket={','.join(buckets)}",
