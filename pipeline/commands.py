@@ -7,9 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 import yaml
-from rich.table import Table
-
-from visionnode.components.common.cli import JsonOption, emit_result, out_console, user_errors
+from visionnode.components.common.cli import JsonOption, emit_result, err_console, out_console, user_errors
 from visionnode.components.common.errors import ConfigError
 
 pipeline_app = typer.Typer(help="The KFP pipeline: compile it, submit it to a cluster, or run it locally.",
@@ -75,10 +73,15 @@ def run_command(
                           "add --local, or use `visionnode pipeline submit --host URL` for a cluster")
     container_triton = runner == "docker" if triton_container is None else triton_container
     result = run_local(LocalRunConfig(data=data, params=_params(param, param_file), runner=runner,
-                                      triton_container=container_triton))
-    _print_summary(result)
-    emit_result(result.summary | {"wall_seconds": round(result.wall_seconds, 1), "run_dir": str(result.run_dir),
-                                  "mlflow_run": result.mlflow_run_url}, json_path, "pipeline run")
+                                      triton_container=container_triton, on_step=_print_step))
+    headline = result.summary | {"wall_seconds": round(result.wall_seconds, 1), "run_dir": str(result.run_dir),
+                                 "logs": str(result.log_dir), "mlflow_run": result.mlflow_run_url}
+    # Every step's metrics are in the JSON summary (and MLflow); the terminal gets the headline figures.
+    emit_result(headline, json_path, "pipeline run", summary=headline | {"steps": result.task_metrics})
+
+
+def _print_step(line: str) -> None:
+    err_console.print(line, highlight=False, soft_wrap=True)
 
 
 def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
@@ -100,20 +103,6 @@ def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
             raise ConfigError(f"{param_file} is not a mapping of name: value", "see manifests/ for an example")
         from_file = parse_params([f"{k}={v}" for k, v in loaded.items()], types)
     return from_file | parse_params(pairs or [], types)
-
-
-def _print_summary(result: Any) -> None:
-    table = Table(title="metrics per step", title_justify="left")
-    table.add_column("step")
-    table.add_column("metrics")
-    for task, metrics in result.task_metrics.items():
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, (int, float, str)))
-        table.add_row(task, shown)
-    out_console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:,.4g}" if isinstance(value, float) else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,10 +12,12 @@ networking to the embedded stack on 127.0.0.1, the dataset mounted read-only at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
 
 from .pipeline import PIPELINE_NAME
+from .step_log import StepEvent, StepLog
 
 # A service named by one of these variables is external: the local run does not start an embedded one.
 EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
@@ -55,11 +58,13 @@ class LocalRunConfig:
     work_dir: Path | None = None                  # where kfp.local keeps run outputs; default: state dir
     runner: str = "subprocess"                    # "subprocess" or "docker" (RUNNERS)
     triton_container: bool = False                # serve from the triton-openvino image (docker runner's default)
+    on_step: Callable[[str], None] = print        # receives one line per step as it starts and ends
 
 
 @dataclass
 class LocalRunResult:
     run_dir: Path
+    log_dir: Path
     wall_seconds: float
     data: Path
     params: dict[str, Any]
@@ -89,12 +94,12 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
             runner = _docker_runner(environment, data, pipeline_root)
         else:
             runner = _subprocess_runner()
-        run_dir = _run_pipeline(params, pipeline_root, runner)
+        run_dir, log_dir = _run_pipeline(params, pipeline_root, runner, config.on_step)
         task_metrics = read_task_metrics(run_dir)
         summary = summarize(task_metrics)
         parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         url = parent.run_url
-    return LocalRunResult(run_dir, time.perf_counter() - started, data, params, summary, task_metrics, url)
+    return LocalRunResult(run_dir, log_dir, time.perf_counter() - started, data, params, summary, task_metrics, url)
 
 
 def _start_stack(triton_container: bool) -> Endpoints:
@@ -193,27 +198,79 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
     return local.DockerRunner(entrypoint=[""], **run_args)
 
 
-def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any) -> Path:
+def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any,
+                  on_step: Callable[[str], None]) -> tuple[Path, Path]:
+    """Run the DAG with kfp.local; its output goes to one log file per step, one line per step to `on_step`."""
     from kfp import local
 
     from .pipeline import visionnode_pipeline
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
+    # Beside the pipeline root, not in it: a new directory in the root is how the run directory is found.
+    log_dir = pipeline_root.parent / f"{pipeline_root.name}-logs" / time.strftime("%Y%m%d-%H%M%S")
     # Expected here, so not worth a warning per task: kfp.local ignores resources/accelerators/display names.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=False)
-    visionnode_pipeline(**params)
-    new_dirs = sorted(set(pipeline_root.iterdir()) - before)
-    if not new_dirs:
-        raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root}")
-    run_dir = new_dirs[-1]
+    reporter = _StepReporter(lambda: _newest_dir(pipeline_root, before), on_step)
+    with contextlib.closing(StepLog(log_dir, reporter)) as step_log, contextlib.redirect_stdout(step_log):
+        visionnode_pipeline(**params)
+    run_dir = _newest_dir(pipeline_root, before)
+    if run_dir is None:
+        raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root} and {log_dir}")
     failed = [t for t in TASK_ORDER if _task_dir(run_dir, t) is None
               or not (_task_dir(run_dir, t) / "executor_output.json").is_file()]
     if failed:
-        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r} (see its log above)",
-                              f"outputs of the steps that ran are under {run_dir}")
-    return run_dir
+        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}",
+                              f"its log is {log_dir / f'{failed[0]}.log'}; outputs of the steps that ran are "
+                              f"under {run_dir}")
+    return run_dir, log_dir
+
+
+def _newest_dir(pipeline_root: Path, before: set[Path]) -> Path | None:
+    new_dirs = sorted(set(pipeline_root.iterdir()) - before)
+    return new_dirs[-1] if new_dirs else None
+
+
+# The figure a step's end line shows: (metric name, label, format) from the step's metrics artifact.
+KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "validate": (("loss_first", "loss", "{:.3g}"), ("loss_last", "->", "{:.3g}")),
+    "shard": (("images_written", "images", "{:,.0f}"),),
+    "transfer": (("mb_per_s", "MB/s", "{:.1f}"),),
+    "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}")),
+    "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement", "{:.3f}")),
+    "deploy": (("load_s", "loaded in s", "{:.1f}"),),
+    "benchmark": (("best_qps", "QPS", "{:.0f}"), ("best_p99_ms", "P99 ms", "{:.0f}")),
+}
+
+
+def key_figure(step: str, metrics: dict[str, Any]) -> str:
+    parts = [f"{label} {fmt.format(metrics[name])}" for name, label, fmt in KEY_FIGURES.get(step, ())
+             if isinstance(metrics.get(name), (int, float))]
+    return "  ".join(parts)
+
+
+class _StepReporter:
+    """Turns step events into one line each: `train  done   212 s  top-1 % 27.1  log: ...`."""
+
+    def __init__(self, run_dir: Callable[[], Path | None], on_step: Callable[[str], None]) -> None:
+        self.run_dir = run_dir
+        self.on_step = on_step
+        self.started: dict[str, float] = {}
+
+    def __call__(self, event: StepEvent) -> None:
+        if event.kind == "started":
+            self.started[event.step] = time.perf_counter()
+            self.on_step(f"{event.step:<9} started")
+            return
+        seconds = time.perf_counter() - self.started.get(event.step, time.perf_counter())
+        if event.kind == "retrying":
+            self.on_step(f"{event.step:<9} failed  {seconds:5.0f} s  retrying ({event.status})  log: {event.log}")
+            return
+        word = "done" if event.status == "SUCCESS" else "FAILED"
+        run_dir = self.run_dir()
+        figure = key_figure(event.step, read_task_metrics(run_dir).get(event.step, {})) if run_dir else ""
+        self.on_step(f"{event.step:<9} {word:<6} {seconds:5.0f} s  {figure}  log: {event.log}")
 
 
 def _task_dir(run_dir: Path, task: str) -> Path | None:
@@ -244,6 +301,7 @@ def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The headline figures of a run, picked from each phase's metrics by name."""
     headline = {
         "validate_loss_first": ("validate", "loss_first"), "validate_loss_last": ("validate", "loss_last"),
+        "suggested_lr": ("validate", "suggested_lr"), "train_peak_lr": ("train", "peak_lr"),
         "shard_images": ("shard", "images_written"), "transfer_MBps": ("transfer", "mb_per_s"),
         "train_loss": ("train", "final_loss"), "train_top1": ("train", "top1"), "train_top5": ("train", "top5"),
         "fp32_top1": ("quantize", "fp32_top1"), "int8_top1": ("quantize", "int8_top1"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -296,7 +295,7 @@ def test_benchmark_in_its_container_against_the_triton_container(client, images,
 
 
 def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, container_stack, images, dataset: Path,
-                                                                    shared_dir: Path, capfd) -> None:
+                                                                    shared_dir: Path) -> None:
     """The seven tasks in their images. The train task's container is killed mid-run: the task fails (exit 137,
     named), the pipeline's retry policy runs it again and the run completes. A second run reuses every object
     the first uploaded (transfer skips them), as with the subprocess runner."""
@@ -306,7 +305,9 @@ def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, cont
               "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
               "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
               "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
-    config = LocalRunConfig(data=dataset, params=params, work_dir=shared_dir / "runs", runner="docker")
+    steps: list[str] = []
+    config = LocalRunConfig(data=dataset, params=params, work_dir=shared_dir / "runs", runner="docker",
+                            on_step=steps.append)
     train_containers: set[str] = set()
     killed: list[str] = []
     done = threading.Event()
@@ -328,10 +329,12 @@ def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, cont
     finally:
         done.set()
         killer.join(timeout=30)
-    log = re.sub(r"\x1b\[[0-9;]*m", "", "".join(capfd.readouterr()))
+    log = (first.log_dir / "train.log").read_text()
     assert killed and len(train_containers) >= 2, "the killed train task was not run again"
     assert "task container visionnode/train" in log and "exited with status 137 (killed)" in log
     assert "Task 'train-op' finished with status FAILURE" in log
+    train_lines = [line.split()[1] for line in steps if line.startswith("train ")]
+    assert train_lines == ["started", "FAILED", "started", "done"], steps
     assert set(first.task_metrics) == set(TASK_ORDER) and first.summary["qps"] > 0
 
     second = run_local(config)

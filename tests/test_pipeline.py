@@ -196,16 +196,34 @@ def test_run_without_local_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_local_run_of_the_whole_dag_on_tiny_data(stack, synth_dataset: Path, tmp_path: Path) -> None:
-    from visionnode.pipeline.local_run import LocalRunConfig, run_local
-
+def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset: Path, tmp_path: Path) -> None:
+    """The real CLI with its output in a pipe, as `make demo | tee` shows it: a line per step as it starts and
+    ends, KFP's executor JSON in the step logs only, the summary uncut, every step's metrics in the JSON."""
     params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
               "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
               "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
               "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
-    result = run_local(LocalRunConfig(data=synth_dataset, params=params, work_dir=tmp_path / "runs"))
-    assert set(result.task_metrics) == set(PHASES)
+    summary_path = tmp_path / "run.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    env["VISIONNODE_STATE_DIR"] = str(tmp_path / "state")
+    done = subprocess.run([str(Path(sys.executable).parent / "visionnode"), "pipeline", "run", "--local",
+                           "--data", str(synth_dataset), *[f"-p{k}={v}" for k, v in params.items()],
+                           "--json", str(summary_path)], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = (done.stdout + done.stderr).splitlines()
+    steps = [line.split() for line in done.stderr.splitlines() if line.split() and line.split()[0] in PHASES]
+    assert [(s[0], s[1]) for s in steps] == [(p, w) for p in PHASES for w in ("started", "done")], done.stderr
+    assert len(shown) < 60 and "executor_input" not in done.stdout + done.stderr, "\n".join(shown)
+    assert not [line for line in shown if "…" in line], "a cut line in the output"
+
+    summary = json.loads(summary_path.read_text())
+    assert set(summary["steps"]) == set(PHASES) and all(summary["steps"][p] for p in PHASES), summary["steps"]
+    assert summary["qps"] > 0 and summary["p99_ms"] > 0
+    assert summary["mlflow_run"].startswith("http://127.0.0.1:")
+    logs = Path(summary["logs"])
     for phase in PHASES:
-        assert result.task_metrics[phase], f"{phase} logged no metrics"
-    assert result.summary["qps"] > 0 and result.summary["p99_ms"] > 0
-    assert result.mlflow_run_url and result.mlflow_run_url.startswith("http://127.0.0.1:")
+        log = (logs / f"{phase}.log").read_text()
+        assert f"Executing task '{phase}-op'" in log and "executor_input" in log, phase
+        assert str(logs / f"{phase}.log") in done.stderr, f"the {phase} line does not say where its log is"
+    train_line = next(s for s in steps if s[:2] == ["train", "done"])
+    assert "top-1" in " ".join(train_line), train_line

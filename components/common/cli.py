@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from rich.table import Table
 
@@ -18,8 +20,21 @@ from .jsonio import to_jsonable, write_json
 F = TypeVar("F", bound=Callable[..., Any])
 JsonOption = Annotated[Optional[Path], typer.Option(
     "--json", help="Write the summary as JSON to this file (- for standard output, tables then go to stderr).")]
-err_console = Console(stderr=True)
-out_console = Console()
+# Rich draws 80 columns when not writing to a terminal, which cuts option names in `--help | less` and
+# paths in tables; a pipe gets a page this wide unless COLUMNS (or typer's TERMINAL_WIDTH) says otherwise.
+PIPE_WIDTH = 120
+
+
+def pipe_width(stream: Any) -> int | None:
+    """PIPE_WIDTH for a stream that is not a terminal and no width set by the user; None lets Rich decide."""
+    if os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH") or stream.isatty():
+        return None
+    return PIPE_WIDTH
+
+
+typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or pipe_width(sys.stdout)
+err_console = Console(stderr=True, width=pipe_width(sys.stderr))
+out_console = Console(width=pipe_width(sys.stdout))
 
 
 def user_errors(fn: F) -> F:
@@ -63,8 +78,10 @@ def emit_result(result: Any, json_path: Path | None, title: str, summary: Any = 
     """Print a result object as a two-column table and, when asked, write it as JSON."""
     data = to_jsonable(result)
     table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # long paths wrap instead of being cut with "…"
     for key, value in _flatten(data):
-        table.add_row(key, _format(value))
+        table.add_row(key, human_value(value))
     (err_console if json_to_stdout(json_path) else out_console).print(table)
     write_summary(json_path, data if summary is None else summary)
 
@@ -95,10 +112,23 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), data)]
 
 
-def _format(value: Any) -> str:
+LIST_SHOWN = 8
+
+
+def human_value(value: Any) -> str:
+    """A table cell as people write it: no Python reprs (None, True, [...], {...})."""
+    if value is None or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.4g}"
-    if isinstance(value, list) and len(value) > 8:
-        return f"[{len(value)} items]"
+    if isinstance(value, list):
+        if any(isinstance(item, (dict, list)) for item in value):
+            return f"{len(value)} entries (in the --json summary)"
+        shown = ", ".join(human_value(item) for item in value[:LIST_SHOWN])
+        return shown if len(value) <= LIST_SHOWN else f"{shown}, ... ({len(value)} in all)"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={human_value(v)}" for k, v in value.items())
     return str(value)
 

@@ -1,0 +1,92 @@
+"""What a local run shows while kfp.local works: one line per step as it starts and ends, the rest in files.
+
+kfp.local prints everything (each task's executor input, the component's own output, its outputs) with
+`print` and the root logger on standard output. While the DAG runs, `StepLog` stands in for `sys.stdout`:
+it writes each step's lines to `<log_dir>/<step>.log` (kfp.local's own framing to `pipeline.log`) and
+reports a step's start, end and retries, recognised by kfp.local's messages, to a callback.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([\w-]+)'")
+FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+RETRYING = re.compile(r"Task '?([\w-]+)'? failed \(attempt (\d+)/(\d+)\)")
+PIPELINE_LOG = "pipeline"
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: str            # the phase name (kfp.local's task name without `-op`)
+    kind: str            # "started", "finished" or "retrying"
+    status: str = ""     # SUCCESS / FAILURE for "finished"; "attempt N/M" for "retrying"
+    log: Path | None = None
+
+
+def step_name(task: str) -> str:
+    return task.removesuffix("-op")
+
+
+class StepLog(io.TextIOBase):
+    """A text stream that files kfp.local's output per step and reports step events to `on_event`."""
+
+    def __init__(self, log_dir: Path, on_event: Callable[[StepEvent], None]) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.on_event = on_event
+        self._pending = ""
+        self._files: dict[str, TextIO] = {}
+        self._current = PIPELINE_LOG
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            self._line(ANSI_ESCAPE.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        for handle in self._files.values():
+            handle.flush()
+
+    def close(self) -> None:
+        if self._pending:
+            self._line(ANSI_ESCAPE.sub("", self._pending))
+            self._pending = ""
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+        super().close()
+
+    def log_path(self, step: str) -> Path:
+        return self.log_dir / f"{step}.log"
+
+    def _line(self, line: str) -> None:
+        if started := STARTED.search(line):
+            self._current = step_name(started[1])
+            self.on_event(StepEvent(self._current, "started", log=self.log_path(self._current)))
+        self._file(self._current).write(line + "\n")
+        if finished := FINISHED.search(line):
+            step = step_name(finished[1])
+            self._file(step).flush()
+            self.on_event(StepEvent(step, "finished", finished[2], self.log_path(step)))
+            self._current = PIPELINE_LOG
+        elif retrying := RETRYING.search(line):
+            step = step_name(retrying[1])
+            self.on_event(StepEvent(step, "retrying", f"attempt {retrying[2]}/{retrying[3]}", self.log_path(step)))
+
+    def _file(self, step: str) -> TextIO:
+        if step not in self._files:
+            self._files[step] = self.log_path(step).open("a", encoding="utf-8")
+        return self._files[step]
