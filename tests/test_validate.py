@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 from visionnode.components.common.errors import QualityGateError
 from visionnode.components.common.imagenet import open_imagenet
+from visionnode.components.common.lr_range import LRRangeConfig, lr_range_test, preserved_state
 from visionnode.components.common.model import RESNET152_PARAMETERS
 from visionnode.components.validate.validate import (
     ValidateConfig,
@@ -23,6 +25,7 @@ from visionnode.components.validate.validate import (
     run_checks,
     smoke_train,
     summarize_profile,
+    summary_metrics,
 )
 
 # Small enough for ~10 s on 2 idle cores, large enough that the 96-image synthetic set is over-fitted
@@ -94,6 +97,61 @@ def test_loss_curve_verdicts_name_a_cause(losses: list[float], trend: str, words
     smoke = judge_loss_curve(losses, config, num_classes=6, images=32, seconds=1.0)
     assert smoke.trend == trend and (smoke.passed == (trend == "falling"))
     assert words in smoke.diagnosis
+
+
+def _loss_curve(fall_at: float, rise_at: float, peak: float) -> Callable[[float], float]:
+    """A noiseless LR range-test loss: flat 2.0, falls to 0.5 around `fall_at`, climbs to `peak` above `rise_at`."""
+
+    def loss(lr: float) -> float:
+        falling = 2.0 - 1.5 / (1 + math.exp(-4 * math.log10(lr / fall_at)))
+        return falling + (peak - 0.5) * min(1.0, max(0.0, math.log10(lr / rise_at)))
+
+    return loss
+
+
+def test_lr_range_test_suggests_where_the_loss_falls_fastest() -> None:
+    result = lr_range_test(_loss_curve(fall_at=0.01, rise_at=0.3, peak=1.0), LRRangeConfig(steps=40))
+    assert 0.005 < result.suggested_lr < 0.02 and not result.clamped
+    assert result.suggested_lr < result.min_loss_lr
+    assert result.smoothed[0] == pytest.approx(result.losses[0])  # bias-corrected: no pull towards 0
+
+
+@pytest.mark.parametrize("peak, stops", [(1.9, False), (2.1, True)])
+def test_lr_range_test_stops_once_the_loss_exceeds_four_times_its_best(peak: float, stops: bool) -> None:
+    # the best smoothed loss is about 0.5: a climb to 1.9 stays below 4x, one to 2.1 passes it
+    result = lr_range_test(_loss_curve(fall_at=0.003, rise_at=0.05, peak=peak),
+                           LRRangeConfig(steps=40, smoothing=0.0))
+    assert result.diverged is stops
+    assert (len(result.lrs) < 40) is stops
+
+
+def test_lr_range_suggestion_is_clamped_to_the_band() -> None:
+    result = lr_range_test(_loss_curve(fall_at=2e-4, rise_at=0.01, peak=1.0), LRRangeConfig(steps=40))
+    assert result.steepest_lr < 1e-3 and result.suggested_lr == 1e-3 and result.clamped
+
+
+def test_preserved_state_restores_weights_and_batchnorm_statistics() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with preserved_state(model):
+        torch.optim.SGD(model.parameters(), lr=1.0).zero_grad()
+        model(torch.randn(4, 3, 8, 8)).sum().backward()
+        torch.optim.SGD(model.parameters(), lr=1.0).step()
+        assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lr_range_test_in_validate_outputs_a_suggestion_plot_and_metrics(validated: ValidateResult) -> None:
+    lr_range = validated.lr_range
+    assert lr_range is not None and len(lr_range.lrs) >= 8
+    assert 1e-3 <= lr_range.suggested_lr <= 1.0 and lr_range.seconds > 0
+    metrics = summary_metrics(validated)
+    assert metrics["suggested_lr"] == lr_range.suggested_lr and metrics["lr_range_seconds"] == lr_range.seconds
+    plot = Path(validated.lr_range_plot)
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == Path(validated.report).parent
+    report = Path(validated.report).read_text()
+    assert "## 4. Learning-rate range test" in report and f"Suggested LR: {lr_range.suggested_lr:.3g}" in report
+    assert report.count("](data:image/png;base64,") == 2
 
 
 def test_architecture_check_passes_on_real_resnet152(validated: ValidateResult) -> None:
@@ -261,7 +319,8 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
     artifacts = {
         a.path for folder in ("plots", "report") for a in client.list_artifacts(result.mlflow_run_id, folder)
     }
-    assert artifacts == {"plots/report_loss.png", "report/report.md"}
+    assert artifacts == {"plots/report_loss.png", "plots/report_lr_range.png", "report/report.md"}
+    assert run.data.metrics["suggested_lr"] == result.lr_range.suggested_lr
     logged = json.loads(
         Path(
             client.download_artifacts(result.mlflow_run_id, "validate_result.json", str(tmp_path))
@@ -279,6 +338,7 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
         ),
         (["--data", ".", "--steps", "1"], "error: --steps 1 is too few"),
         (["--data", ".", "--arch", "vgg16"], "error: unknown architecture 'vgg16'"),
+        (["--data", ".", "--lr-range-steps", "3"], "error: --lr-range-steps 3 is too few"),
     ],
 )
 def test_cli_user_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
@@ -298,7 +358,8 @@ def test_component_exposes_the_contract_signature(tmp_path: Path) -> None:
     path = tmp_path / "validate.yaml"
     compiler.Compiler().compile(validate_op, str(path))
     spec = validate_op.component_spec
-    assert set(spec.inputs) == {"data", "subset", "image_size", "steps", "pipeline_run_id"}
-    assert set(spec.outputs) == {"report", "metrics"}
+    assert set(spec.inputs) == {"data", "subset", "image_size", "steps", "lr_range_steps", "pipeline_run_id"}
+    assert set(spec.outputs) == {"report", "metrics", "suggested_lr"}
+    assert spec.outputs["suggested_lr"].type == "Float"
     assert spec.inputs["subset"].default == 256 and spec.inputs["steps"].default == 30
     assert path.stat().st_size > 0

@@ -36,6 +36,9 @@ def validate_command(
     profile_batches: Annotated[
         int, typer.Option(help="Batches timed per profile stage.")
     ] = DEFAULTS.profile_batches,
+    lr_range_steps: Annotated[
+        int, typer.Option(help="Steps of the LR range test (train's SGD recipe); 0 skips it.")
+    ] = DEFAULTS.lr_range_steps,
     seed: Annotated[
         int, typer.Option(help="Seed for the subset, the model and batch order.")
     ] = DEFAULTS.seed,
@@ -60,6 +63,7 @@ def validate_command(
         workers=workers,
         profile_arch=profile_arch,
         profile_batches=profile_batches,
+        lr_range_steps=lr_range_steps,
         seed=seed,
         report=report,
     )

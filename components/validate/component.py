@@ -1,5 +1,7 @@
 """KFP v2 adapter for validate: raw images in, Markdown report and Metrics out; failed gate = failed step."""
 
+from typing import NamedTuple
+
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
 from visionnode.components.common.kfp_support import phase_component
@@ -13,8 +15,9 @@ def validate_op(
     subset: int = 256,
     image_size: int = 64,
     steps: int = 30,
+    lr_range_steps: int = 40,
     pipeline_run_id: str = "",
-) -> None:
+) -> NamedTuple("ValidateOutputs", [("suggested_lr", float)]):
     """Smoke-train on a subset of the raw images, check ResNet-152's integrity and profile the input pipeline.
 
     Args:
@@ -25,14 +28,18 @@ def validate_op(
         metrics: Scalars: passed (1/0), images_used, images_skipped, loss_first, loss_last,
             loss_relative_drop,
             resnet152_parameters, gradient_problems, data_images_per_s, compute_images_per_s,
-            combined_images_per_s, bottleneck_ratio, wall_seconds.
+            combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR range test also suggested_lr,
+            lr_range_steepest_lr, lr_range_min_loss_lr, lr_range_seconds.
         subset: Images sampled (seeded) from the train split and over-fitted by the smoke training.
         image_size: Square input side in pixels for smoke training and the profile.
         steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
+        lr_range_steps: Steps of the learning-rate range test (train's SGD recipe on the smoke subset); 0 skips
+            it.
         pipeline_run_id: The KFP run id; nests this step's MLflow run under the pipeline's parent run.
 
     Returns:
-        Nothing; the outputs are the artifacts above. The step fails (QualityGateError) when the loss does not
+        suggested_lr: the range test's peak LR for train (0.0 when skipped); train takes it when its `lr` is 0.
+        The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
     """
     from pathlib import Path
@@ -49,10 +56,17 @@ def validate_op(
     report_path = Path(report.path)
     result = run_checks(
         ValidateConfig(
-            data=Path(data.path), subset=subset, image_size=image_size, steps=steps, report=report_path
+            data=Path(data.path),
+            subset=subset,
+            image_size=image_size,
+            steps=steps,
+            lr_range_steps=lr_range_steps,
+            report=report_path,
         )
     )
     for name, value in summary_metrics(result).items():
         metrics.log_metric(name, value)
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)
+    outputs = NamedTuple("ValidateOutputs", [("suggested_lr", float)])
+    return outputs(result.lr_range.suggested_lr if result.lr_range is not None else 0.0)

@@ -1,0 +1,157 @@
+"""Learning-rate range test (Smith 2017, "Cyclical Learning Rates"; fastai's `lr_find`).
+
+Train a few dozen steps while the learning rate grows exponentially from `min_lr` to `max_lr`, smooth the
+loss (exponential moving average with bias correction), stop once it diverges (smoothed loss above
+`diverge_factor` x its best), and suggest the learning rate where the smoothed loss falls fastest per
+decade of LR (measured over half a decade), before its minimum. The suggestion is clamped to `band`: on a few dozen noisy steps the
+steepest point can land on a flat stretch at either end.
+
+The caller owns model, data and optimizer: `lr_range_test` only drives a `step(lr) -> loss` callable, so
+validate (a fresh smoke-training model on in-memory batches) and train (the real model on shard batches,
+weights restored afterwards with `preserved_state`) share the same procedure.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # importable without torch: the CLIs build their defaults from LRRangeConfig at start-up
+    from torch import nn
+
+
+@dataclass
+class LRRangeConfig:
+    steps: int = 40              # optimizer steps at most (stops earlier when the loss diverges)
+    min_lr: float = 1e-4
+    max_lr: float = 1.0
+    smoothing: float = 0.8       # EMA beta; fastai's 0.98 suits its 100 steps, here the lag would be 1+ decade
+    diverge_factor: float = 4.0  # stop when the smoothed loss exceeds this x the best smoothed loss
+    band_low: float = 1e-3       # the suggestion is clamped to [band_low, band_high]
+    band_high: float = 1.0
+
+    def checked(self) -> LRRangeConfig:
+        if self.steps < 8:
+            raise ConfigError(f"--lr-range-steps {self.steps} is too few for an LR range test",
+                              "use at least 8 (default 40), or 0 to skip the test")
+        if not 0 < self.min_lr < self.max_lr or not 0 < self.band_low <= self.band_high:
+            raise ConfigError(f"LR range {self.min_lr:g}..{self.max_lr:g} (band {self.band_low:g}.."
+                              f"{self.band_high:g}) is invalid", "use 0 < min_lr < max_lr and 0 < low <= high")
+        if not 0 <= self.smoothing < 1 or self.diverge_factor <= 1:
+            raise ConfigError("LR range smoothing or divergence factor is out of range",
+                              "use 0 <= smoothing < 1 and diverge_factor > 1")
+        return self
+
+
+@dataclass
+class LRRangeResult:
+    lrs: list[float]             # the LR of each step run
+    losses: list[float]          # raw loss of each step
+    smoothed: list[float]        # bias-corrected EMA of `losses`
+    steepest_lr: float           # where the smoothed loss falls fastest (before its minimum)
+    min_loss_lr: float           # where the smoothed loss is lowest
+    suggested_lr: float          # steepest_lr clamped to the band
+    clamped: bool
+    diverged: bool               # stopped early because the loss blew up
+    seconds: float
+
+
+def exponential_lrs(config: LRRangeConfig) -> list[float]:
+    ratio = (config.max_lr / config.min_lr) ** (1 / (config.steps - 1))
+    return [config.min_lr * ratio**i for i in range(config.steps)]
+
+
+def smooth(losses: list[float], beta: float) -> list[float]:
+    """Exponential moving average with bias correction (no pull towards 0 in the first steps)."""
+    average, out = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        out.append(average / (1 - beta**i))
+    return out
+
+
+def steepest_descent_lr(lrs: list[float], smoothed: list[float], window_decades: float = 0.5,
+                        skip: int = 3) -> float:
+    """The LR where the smoothed loss falls fastest per decade of LR, looking only up to its minimum.
+
+    The slope is taken over `window_decades` of LR (a one-step difference of a few dozen noisy steps picks
+    noise), ignoring the first `skip` steps (the bias-corrected average still rests on one or two losses).
+    Returns the geometric middle of the steepest window; the first LR when the loss never falls.
+    """
+    end = min(range(len(smoothed)), key=smoothed.__getitem__)
+    decades_per_step = math.log10(lrs[1] / lrs[0])
+    width = max(1, round(window_decades / decades_per_step))
+    starts = range(min(skip, max(0, end - width)), end - width + 1)
+    if not starts:
+        return lrs[0]
+    best = min(starts, key=lambda i: smoothed[i + width] - smoothed[i])
+    return math.sqrt(lrs[best] * lrs[best + width])
+
+
+def lr_range_test(step: Callable[[float], float], config: LRRangeConfig,
+                  advance: Callable[[int], None] | None = None) -> LRRangeResult:
+    """Call `step(lr)` (one optimizer step at that LR, returning the loss) at exponentially growing LRs."""
+    config.checked()
+    started = time.perf_counter()
+    lrs: list[float] = []
+    losses: list[float] = []
+    diverged = False
+    for lr in exponential_lrs(config):
+        loss = step(lr)
+        if not math.isfinite(loss):
+            diverged = True
+            break
+        lrs.append(lr)
+        losses.append(loss)
+        if advance is not None:
+            advance(1)
+        smoothed = smooth(losses, config.smoothing)
+        if smoothed[-1] > config.diverge_factor * min(smoothed):
+            diverged = True
+            break
+    if len(losses) < 2:
+        raise ConfigError(f"the LR range test diverged at its first steps (lr {config.min_lr:g})",
+                          "check the data and model; the loss is not finite at the smallest LR")
+    smoothed = smooth(losses, config.smoothing)
+    steepest = steepest_descent_lr(lrs, smoothed)
+    suggested = min(max(steepest, config.band_low), config.band_high)
+    return LRRangeResult(
+        lrs=lrs, losses=losses, smoothed=smoothed, steepest_lr=steepest,
+        min_loss_lr=lrs[min(range(len(smoothed)), key=smoothed.__getitem__)], suggested_lr=suggested,
+        clamped=suggested != steepest, diverged=diverged, seconds=time.perf_counter() - started)
+
+
+@contextmanager
+def preserved_state(module: nn.Module) -> Iterator[None]:
+    """Restore the module's parameters and buffers (BN running stats) on exit: the test must not train it."""
+    saved = copy.deepcopy(module.state_dict())
+    try:
+        yield
+    finally:
+        module.load_state_dict(saved)
+
+
+def lr_range_figure(result: LRRangeResult, title: str):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    figure = Figure(figsize=(6.4, 3.6))
+    axes = figure.add_subplot()
+    axes.plot(result.lrs, result.losses, color="tab:blue", alpha=0.35, label="loss per step")
+    axes.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed (EMA)")
+    axes.axvline(result.suggested_lr, color="tab:red", linestyle="--",
+                 label=f"suggested {result.suggested_lr:.3g}" + (" (clamped)" if result.clamped else ""))
+    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"min loss {result.min_loss_lr:.3g}")
+    axes.set_xscale("log")
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
