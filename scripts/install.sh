@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything VisionNode-152 needs on a fresh Debian 12 machine: the Debian packages FFCV builds
 # against (and rclone, iproute2, iptables, ethtool for the long-haul transfer benchmark), then a virtual
-# environment in .venv with the project and its test extras. Safe to re-run: it only installs what is missing.
+# environment in .venv with the project and its test extras. chromium: the tests open the MLflow UI in it.
+# Safe to re-run: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config build-essential rclone iproute2 iptables ethtool)
+APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config build-essential rclone iproute2 iptables ethtool chromium)
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 

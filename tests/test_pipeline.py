@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.browser import rendered_text
 from visionnode.pipeline.cli import app
 from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
 from visionnode.components.common.errors import ConfigError
@@ -64,6 +65,21 @@ def test_parameter_defaults_and_types(spec: dict) -> None:
     assert params["target_p99_ms"]["defaultValue"] == 150.0
     types = parameter_types(spec)
     assert types["epochs"] is int and types["lr"] is float and types["data_uri"] is str
+
+
+def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec: dict) -> None:
+    train_inputs = _tasks(spec)["train-op"]["inputs"]["parameters"]
+    assert train_inputs["suggested_lr"]["taskOutputParameter"] == {"producerTask": "validate-op",
+                                                                   "outputParameterKey": "suggested_lr"}
+    for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs"):
+        assert train_inputs[name]["componentInputParameter"] == name
+    validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
+    assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["lr"]["defaultValue"] == 0.0  # 0 = auto: validate's range-test suggestion
+    assert params["crop_min_scale"]["defaultValue"] == 0.08 and params["flip"]["defaultValue"] is True
+    assert params["init_weights"]["defaultValue"] == "" and params["head_epochs"]["defaultValue"] == 0
+    assert params["validate_lr_range_steps"]["defaultValue"] == 40
 
 
 def test_cluster_settings_secrets_retries_caching_resources(spec: dict) -> None:
@@ -219,6 +235,9 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     summary = json.loads(summary_path.read_text())
     assert set(summary["steps"]) == set(PHASES) and all(summary["steps"][p] for p in PHASES), summary["steps"]
     assert summary["qps"] > 0 and summary["p99_ms"] > 0
+    # lr 0 (the default): train ran with the LR validate's range test suggested
+    assert 1e-3 <= summary["suggested_lr"] <= 1.0
+    assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
     assert summary["mlflow_run"].startswith("http://127.0.0.1:")
     logs = Path(summary["logs"])
     for phase in PHASES:
@@ -227,3 +246,13 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
         assert str(logs / f"{phase}.log") in done.stderr, f"the {phase} line does not say where its log is"
     train_line = next(s for s in steps if s[:2] == ["train", "done"])
     assert "top-1" in " ".join(train_line), train_line
+
+    # The run link we print, opened in a real browser: the model-training view, the pipeline's parent run
+    # with every phase as a child run; the registry lists the trained model.
+    parent_page = rendered_text(summary["mlflow_run"])
+    assert "visionnode-152-local" in parent_page and "Child runs" in parent_page, parent_page[:2000]
+    children = parent_page.split("Child runs", 1)[1][:400]
+    assert all(phase in children for phase in PHASES), children
+    assert "Evaluation runs" not in parent_page and "Model registry" in parent_page  # not the GenAI view
+    mlflow_root = summary["mlflow_run"].split("/#/", 1)[0]
+    assert "visionnode-resnet18" in rendered_text(f"{mlflow_root}/#/models")

@@ -20,8 +20,11 @@ from visionnode.components.common.model import build_resnet
 from visionnode.components.common.storage import s3_client
 from visionnode.components.train.checkpoint import CheckpointStore, load_checkpoint
 from visionnode.components.train.precision import resolve_precision
-from visionnode.components.train.recipe import (Recipe, build_optimizer, lr_factor, parameter_groups,
-                                                parse_res_schedule, resolution_for_epoch)
+from visionnode.components.common.ffcv_io import Augmentation, train_loader
+from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.shard.shard import ShardConfig, shard_dataset
+from visionnode.components.train.recipe import (Recipe, build_optimizer, lr_factor, parameter_groups, parse_lr,
+                                                parse_res_schedule, resolution_for_epoch, resolve_lr)
 from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, train
 from visionnode.pipeline.cli import app
 
@@ -115,12 +118,21 @@ def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path,
     assert run.data.params["arch"] == "resnet152" and run.data.params["precision_resolved"] == "fp32"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     assert client.get_metric_history(run.info.run_id, "top1") and "img_per_s" in run.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert artifacts == {"model/weights.pt", "model/model.json"}
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+
+    # The registered version is an MLflow 3 logged model of this run holding the very weights written here.
     name, version = result.registered_model.split("/")
     registered = client.get_model_version(name, version)
     assert name == "visionnode-resnet152" and registered.run_id == result.mlflow_run_id
+    assert registered.source.startswith("models:/m-"), registered.source
+    logged = client.get_logged_model(registered.source.removeprefix("models:/"))
+    assert logged.source_run_id == result.mlflow_run_id and str(logged.status) == "READY"
+    assert {a.path for a in client.list_logged_model_artifacts(logged.model_id)} == {"weights.pt", "model.json"}
+    fetched = mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/weights.pt", dst_path=str(tmp_path))
+    assert Path(fetched).read_bytes() == (out / "weights.pt").read_bytes()
+    assert {m.key for m in logged.metrics or []} >= {"top1", "top5"}
 
 
 # -- checkpoints: SIGTERM mid-epoch, resume from S3 with the same optimizer state ---------------------------
@@ -254,6 +266,122 @@ def test_cli_user_errors(tiny_shards: Path, tmp_path: Path) -> None:
                           (["--precision", "fp16"], "CUDA")):
         result = runner.invoke(app, ["train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), *flags])
         assert result.exit_code == 2 and result.output.startswith("error:") and needle in result.output, result.output
+
+
+# -- learning rate: given, batch rule or range test -----------------------------------------------------
+
+
+def test_lr_flag_and_the_pipeline_rule_a_given_lr_wins() -> None:
+    assert parse_lr("auto") == (True, 0.0) and parse_lr("AUTO") == (True, 0.0)
+    assert parse_lr("0.05") == (False, 0.05) and parse_lr("0") == (False, 0.0)
+    for bad in ("-0.1", "fast", "nan"):
+        with pytest.raises(ConfigError, match="--lr"):
+            parse_lr(bad)
+    assert resolve_lr(0.05, suggested_lr=0.3) == 0.05   # the user's LR wins
+    assert resolve_lr(0.0, suggested_lr=0.3) == 0.3     # 0 = auto: validate's suggestion
+    assert resolve_lr(0.0, suggested_lr=0.0) == 0.0     # no suggestion: the batch rule (Recipe.lr 0)
+
+
+def test_lr_auto_trains_with_the_range_test_suggestion(tiny_shards: Path, tmp_path: Path) -> None:
+    summary = tmp_path / "auto.json"
+    result = CliRunner().invoke(app, [
+        "train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), "--arch", "resnet18",
+        "--res-schedule", "32:32", "--precision", "fp32", "--batch-size", "8", "--epochs", "1", "--workers", "1",
+        "--max-steps", "2", "--resume", "never", "--lr", "auto", "--lr-range-steps", "12", "--json", str(summary)])
+    assert result.exit_code == 0, result.output
+    done = json.loads(summary.read_text())
+    lr_range = done["lr_range"]
+    assert 1e-3 <= lr_range["suggested_lr"] <= 1.0 and 2 <= len(lr_range["lrs"]) <= 12
+    assert done["peak_lr"] == lr_range["suggested_lr"]
+    saved = load_checkpoint(done["checkpoint"])
+    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(lr_range["suggested_lr"])
+    assert (tmp_path / "m" / "lr_range.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_lr_auto_and_a_given_lr_exclude_each_other(tiny_shards: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exclude each other"):
+        small_config(tiny_shards, tmp_path, auto_lr=True).validate()  # small_config gives lr 0.05
+
+
+# -- augmentation strength -------------------------------------------------------------------------------
+
+
+def _two_passes_differ(shards: Path, augmentation: Augmentation) -> float:
+    """Mean |difference| between two passes over the same epoch (same sample order): only augmentation differs."""
+    files = sorted(str(p) for p in shards.glob("train-*.beton"))
+    loader = train_loader(files, batch_size=8, resolution=32, workers=1, seed=0, augmentation=augmentation)
+    passes = []
+    for _ in range(2):
+        loader.set_epoch(0)
+        passes.append(torch.cat([images.clone() for images, _ in loader]))
+    return float((passes[0] - passes[1]).abs().mean())
+
+
+def test_crop_scale_and_flip_set_how_much_two_passes_differ(tiny_shards: Path) -> None:
+    imagenet = _two_passes_differ(tiny_shards, Augmentation())
+    gentle = _two_passes_differ(tiny_shards, Augmentation(min_scale=1.0, flip=False))
+    assert imagenet > 0.3 and gentle < 0.1 * imagenet, (imagenet, gentle)
+
+
+def test_augmentation_flags_are_checked(tiny_shards: Path, tmp_path: Path) -> None:
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="--crop-min-scale"):
+            small_config(tiny_shards, tmp_path, crop_min_scale=bad).validate()
+    small_config(tiny_shards, tmp_path, crop_min_scale=1.0, flip=False).validate()
+
+
+# -- fine-tuning from a weights file ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second generated dataset with another class count (4, tiny_shards has 6), as shards."""
+    root = tmp_path_factory.mktemp("other")
+    synthesize_dataset(root / "data", SynthConfig(classes=4, train_per_class=16, val_per_class=4, seed=11,
+                                                  min_side=64, max_side=96))
+    return shard_dataset(ShardConfig(data=root / "data", out=root / "shards", images_per_shard=64,
+                                     max_resolution=64, workers=2, readback=False)).out
+
+
+def _backbone(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    parameters = {name for name, _ in build_resnet(18, 4).named_parameters()}
+    return {k: v for k, v in weights.items() if k in parameters and not k.startswith("fc.")}
+
+
+@pytest.mark.parametrize("head_epochs", [1, 0])
+def test_fine_tune_our_own_weights_on_other_classes(bucket: str, tiny_model: Path, other_shards: Path,
+                                                    tmp_path: Path, head_epochs: int) -> None:
+    """The 6-class tiny model, fetched from S3, fine-tuned on 4 classes: the head is replaced; with one head-only
+    warm-up epoch out of one the backbone stays exactly as loaded, without it the backbone trains."""
+    source = torch.load(tiny_model / "weights.pt", weights_only=True)
+    s3_client().upload_file(str(tiny_model / "weights.pt"), bucket, "pretrained/weights.pt")
+    out = tmp_path / "ft"
+    result = train(small_config(other_shards, out, epochs=1, init_weights=f"s3://{bucket}/pretrained/weights.pt",
+                                head_epochs=head_epochs))
+    assert result.init_weights.head_replaced and result.init_weights.source_classes == 6
+    tuned = torch.load(out / "weights.pt", weights_only=True)
+    assert tuned["fc.weight"].shape == (4, 512) and source["fc.weight"].shape == (6, 512)
+    unchanged = [k for k, v in _backbone(tuned).items() if torch.equal(v, source[k])]
+    if head_epochs:
+        assert unchanged == list(_backbone(tuned)), "the backbone trained during the head-only epoch"
+    else:
+        assert not unchanged, f"backbone tensors never trained: {unchanged[:3]}"
+
+
+def test_init_weights_that_do_not_fit_are_one_line_errors(tiny_model: Path, other_shards: Path,
+                                                          tmp_path: Path) -> None:
+    torch.save(build_resnet(34, 4).state_dict(), tmp_path / "resnet34.pt")
+    torch.save({"model": "not tensors"}, tmp_path / "junk.pt")
+    base = ["train", "--shards", str(other_shards), "--out", str(tmp_path / "m"), "--arch", "resnet18",
+            "--res-schedule", "32:32", "--precision", "fp32", "--batch-size", "8", "--resume", "never"]
+    for flags, needle in ((["--init-weights", str(tmp_path / "resnet34.pt")], "do not fit resnet18"),
+                          (["--init-weights", str(tmp_path / "junk.pt")], "not a state dict"),
+                          (["--init-weights", str(tmp_path / "gone.pt")], "does not exist"),
+                          (["--head-epochs", "1"], "--init-weights")):
+        result = CliRunner().invoke(app, base + flags)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output
+        assert "Traceback" not in result.output
 
 
 # -- the fixture other phases use ----------------------------------------------------------------------

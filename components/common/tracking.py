@@ -20,6 +20,11 @@ DEFAULT_EXPERIMENT = "visionnode"
 PARENT_RUN_ENV = "VISIONNODE_PARENT_RUN_ID"
 PIPELINE_RUN_ENV = "VISIONNODE_PIPELINE_RUN_ID"
 PIPELINE_RUN_TAG = "visionnode.pipeline_run_id"
+# MLflow 3's UI opens an experiment without this tag on its GenAI ("Evaluations") view. In 3.17 a browser that
+# never chose a view still starts in the GenAI one whatever the tag says, so the links we print also ask for
+# the model-training view.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 
 
 class Tracker:
@@ -40,7 +45,8 @@ class Tracker:
         import mlflow
 
         run = mlflow.get_run(self.run_id)
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{self.run_id}" \
+            f"?{TRAINING_VIEW_QUERY}"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if self.enabled:
@@ -114,10 +120,13 @@ def tracked_run(
 
 def _set_experiment(mlflow: Any, experiment: str, uri: str) -> None:
     try:
-        mlflow.set_experiment(experiment)
+        found = mlflow.set_experiment(experiment)
     except Exception as exc:  # MLflow raises many types for an unreachable server
         raise ServiceError(f"MLflow at {uri} did not answer ({type(exc).__name__})",
                            "start it with `visionnode stack up` or unset MLFLOW_TRACKING_URI") from None
+    key, kind = EXPERIMENT_KIND_TAG
+    if key not in found.tags:  # a kind the user chose in the UI stays
+        mlflow.set_experiment_tag(key, kind)
 
 
 def _pipeline_parent_run(mlflow: Any, experiment: str) -> str | None:

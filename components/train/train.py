@@ -416,7 +416,7 @@ def plot_loss_curve(trainer: Trainer) -> Path | None:
 
 
 def register_model(trainer: Trainer) -> str | None:
-    """Log weights.pt + model.json under `model/` and register them as a new model version."""
+    """Log weights.pt + model.json as an MLflow 3 logged model of this run and register it as a new version."""
     tracker = trainer.tracker
     if not tracker.enabled:
         return None
@@ -424,17 +424,23 @@ def register_model(trainer: Trainer) -> str | None:
     from mlflow.exceptions import MlflowException
 
     out = Path(trainer.config.out_dir)
-    tracker.log_artifact(out / WEIGHTS_FILE, artifact_path="model")
-    tracker.log_artifact(out / MODEL_METADATA_FILE, artifact_path="model")
-    client = mlflow.MlflowClient()
     name = trainer.config.model_name
+    metrics = {k: v for k, v in trainer.last_metrics.items() if isinstance(v, (int, float))}
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=tracker.run_id, model_type="image-classifier",
+                                            params={"arch": trainer.config.arch})
+    client = mlflow.MlflowClient()
+    for file_name in (WEIGHTS_FILE, MODEL_METADATA_FILE):
+        client.log_model_artifact(logged.model_id, str(out / file_name))
+    if metrics:
+        mlflow.log_metrics(metrics, model_id=logged.model_id, run_id=tracker.run_id)
+    mlflow.finalize_logged_model(logged.model_id, "READY")
     try:
         client.create_registered_model(name, description="VisionNode ResNet classifier (weights.pt + model.json)")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise
-    source = f"{mlflow.get_run(tracker.run_id).info.artifact_uri.rstrip('/')}/model"
-    version = client.create_model_version(name, source=source, run_id=tracker.run_id,
+    version = client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=tracker.run_id,
+                                          model_id=logged.model_id,
                                           tags={"top1": str(trainer.last_metrics.get("top1", ""))})
     return f"{name}/{version.version}"
 
