@@ -207,3 +207,45 @@ def test_overload_is_rejected_by_the_queue_policy_memory_stays_bounded_and_it_re
     time.sleep(1.0)  # requests the flood left queued are answered or expire (queue timeout 0.3 s)
     calm = run_level(target, images, LevelPlan("closed", 1, duration_s=1.0, warmup_s=0.2))
     assert calm.errors == 0 and calm.requests >= 15 and calm.p99_ms < 100, (calm.error_kinds, calm)
+
+
+def _listeners_that_never_answer() -> tuple[list, int]:
+    """Two sockets on consecutive loopback ports (HTTP, then gRPC as Triton lays them out) that accept
+    connections (the kernel's backlog does) and never send a byte."""
+    import socket
+
+    for _ in range(50):
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        second = socket.socket()
+        try:
+            second.bind(("127.0.0.1", first.getsockname()[1] + 1))
+        except OSError:
+            first.close()
+            second.close()
+            continue
+        for listener in (first, second):
+            listener.listen(16)
+        return [first, second], first.getsockname()[1]
+    pytest.fail("no two consecutive free loopback ports")
+
+
+def test_triton_url_alone_derives_http_says_so_and_a_silent_endpoint_is_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    listeners, http_port = _listeners_that_never_answer()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONNODE_TRITON")}
+    env["VISIONNODE_STATE_DIR"] = str(tmp_path)  # no stack.json to fall back on
+    try:
+        done = subprocess.run([str(Path(sys.executable).parent / "visionnode"), "benchmark", "--model", "m",
+                               "--triton-url", f"127.0.0.1:{http_port + 1}", "--no-baselines"],
+                              capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        for listener in listeners:
+            listener.close()
+    assert done.returncode == 2, done.stderr
+    assert f"using 127.0.0.1:{http_port}" in done.stderr and "--triton-http" in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not answer within 10 s" in errors[0], done.stderr

@@ -24,6 +24,7 @@ import numpy as np
 
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.errors import ConfigError, ServiceError
+from visionnode.components.common.progress import console
 from visionnode.components.common.settings import resolve_endpoints, state_dir
 
 from visionnode.components.deploy.samples import SampleImages
@@ -309,10 +310,23 @@ def resolve_served(config: BenchmarkConfig) -> Served:
                           "pass --triton-url HOST:PORT or start the stack (`visionnode stack up`)")
     if config.protocol == "http":
         http_url = url
+    elif config.triton_url and not config.triton_http:
+        http_url = http_beside_grpc(url)
+        console.print(f"Triton HTTP address not given: using {http_url}, the port below gRPC's as in Triton's "
+                      "default layout (pass --triton-http HOST:PORT to set it)", highlight=False, soft_wrap=True)
     if not http_url:
-        raise ConfigError("Triton's HTTP address is needed for model metadata", "set VISIONNODE_TRITON_HTTP")
+        raise ConfigError("Triton's HTTP address is needed for model metadata",
+                          "pass --triton-http HOST:PORT (or set VISIONNODE_TRITON_HTTP)")
     input_name, output_name, size = input_spec(http_url, config.model)
     return Served(url, http_url, input_name, output_name, size)
+
+
+def http_beside_grpc(grpc_url: str) -> str:
+    """Triton's default ports are HTTP 8000, gRPC 8001: the HTTP address one port below a gRPC address."""
+    host, sep, port = grpc_url.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--triton-url {grpc_url!r} is not HOST:PORT", "e.g. --triton-url 127.0.0.1:8001")
+    return f"{host}:{int(port) - 1}"
 
 
 def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,

@@ -19,6 +19,9 @@ from .benchmark import BenchmarkConfig, benchmark, parse_levels
 def benchmark_command(
     model: Annotated[str, typer.Option(help="Triton model name (the uint8 tensor model).")] = "resnet152_int8",
     triton_url: Annotated[str, typer.Option("--triton-url", help="HOST:PORT for --protocol (default: settings).")] = "",
+    triton_http: Annotated[str, typer.Option(
+        "--triton-http", help="Triton's HTTP HOST:PORT for model metadata (default: settings; with a gRPC "
+                              "--triton-url alone, the port below it).")] = "",
     protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
     concurrency: Annotated[str, typer.Option(help="Closed-loop levels, comma separated.")] = "1,2,4,8,16",
     rate: Annotated[Optional[float], typer.Option(help="Also run one open-loop level at this many requests/s.")] = None,
@@ -38,7 +41,8 @@ def benchmark_command(
     report: Annotated[Optional[Path], typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
 ) -> None:
     """Load-test a Triton model (closed-loop sweep, optional open loop) with baselines and an SLO verdict."""
-    config = BenchmarkConfig(model=model, protocol=protocol, triton_url=triton_url, metrics_url=metrics_url,
+    config = BenchmarkConfig(model=model, protocol=protocol, triton_url=triton_url, triton_http=triton_http,
+                             metrics_url=metrics_url,
                              concurrency=parse_levels(concurrency), rate=rate, duration_s=duration, warmup_s=warmup,
                              max_requests=max_requests, target_qps=target_qps, target_p99_ms=target_p99_ms,
                              shards=shards, model_dir=model_dir, fp32_model=fp32_model, baselines=baselines,

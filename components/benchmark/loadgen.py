@@ -98,12 +98,13 @@ class AsyncTritonClient:
         await asyncio.wait_for(request, self.target.request_timeout_s)
 
     async def check_ready(self) -> None:
+        wait_s = self.target.request_timeout_s
         try:
-            ready = await self.client.is_model_ready(self.target.model)
-        except Exception as exc:  # connection refused / unavailable surface as different types
-            raise ServiceError(f"Triton at {self.target.url} ({self.target.protocol}) is not reachable "
-                               f"({_error_kind(exc)})", "start it with `visionnode stack up` or pass "
-                               "--triton-url HOST:PORT") from None
+            ready = await asyncio.wait_for(self.client.is_model_ready(self.target.model), wait_s)
+        except Exception as exc:  # connection refused / unavailable / timeout surface as different types
+            raise ServiceError(f"Triton at {self.target.url} ({self.target.protocol}) is not reachable or did not "
+                               f"answer within {wait_s:g} s ({_error_kind(exc)})", "start it with `visionnode "
+                               "stack up` or pass --triton-url HOST:PORT") from None
         if not ready:
             raise ServiceError(f"model '{self.target.model}' is not ready on Triton at {self.target.url}",
                                "deploy it first with `visionnode deploy`")

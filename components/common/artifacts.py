@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import DataError
 from .jsonio import read_json, write_json
+from .storage import parse_s3_uri
 
 # torchvision's ImageNet normalisation (RGB, after scaling to 0..1). Kept here, not in model.py, so that reading
 # artifacts never imports torch (the transfer CLI starts seconds faster).
@@ -68,6 +69,16 @@ class SkippedFile:
     reason: str
 
 
+def describe_skipped(skipped: list[SkippedFile], root: str | Path, shown: int = 3) -> str:
+    """The first few unreadable files and why, relative to the dataset root, for a one-line error."""
+    def relative(path: str) -> str:
+        return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+
+    listed = "; ".join(f"{relative(s.path)}: {s.reason}" for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{listed}{more}"
+
+
 @dataclass
 class ShardManifest:
     classes: ClassIndex
@@ -94,8 +105,14 @@ class ShardManifest:
     @classmethod
     def load(cls, path: str | Path) -> "ShardManifest":
         path = Path(path)
+        if str(path).startswith("s3:"):
+            parse_s3_uri(str(path))  # `s3:/x` and the like: say how an S3 URI is written
         if path.is_dir():
             path = path / MANIFEST_FILE
+        if not path.is_file():
+            raise DataError(f"no shard manifest at {path}",
+                            "run `visionnode shard --data DATASET --out DIR` first and pass that DIR (or its "
+                            "s3:// copy from `visionnode transfer upload`)")
         data = read_json(path)
         if data.get("format") != SHARDS_FORMAT:
             raise DataError(f"{path} is not a VisionNode shard manifest (format={data.get('format')!r})",
@@ -193,3 +210,11 @@ class InferenceMetadata:
 def _preprocessing(data: dict[str, Any]) -> Preprocessing:
     return Preprocessing(input_size=data["input_size"], resize_size=data["resize_size"],
                          mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+
+def check_shard_source(source: str) -> None:
+    """Fail fast on shards that cannot be read: a malformed s3 URI, or a local dir without a shard manifest."""
+    if not str(source).startswith("s3://"):
+        ShardManifest.load(source)
+    else:
+        parse_s3_uri(source)

@@ -125,7 +125,7 @@ def human_value(value: Any) -> str:
         return f"{value:,.4g}"
     if isinstance(value, list):
         if any(isinstance(item, (dict, list)) for item in value):
-            return f"{len(value)} entries (in the --json summary)"
+            return f"{len(value)} in the --json summary"
         shown = ", ".join(human_value(item) for item in value[:LIST_SHOWN])
         return shown if len(value) <= LIST_SHOWN else f"{shown}, ... ({len(value)} in all)"
     if isinstance(value, dict):

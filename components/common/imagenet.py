@@ -100,7 +100,7 @@ def open_imagenet(root: str | Path) -> ImageNetLayout:
     """Open an ImageNet-layout tree; classes come from train/ (or foldered val/ when train/ is absent)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset directory {root} does not exist",
+        raise DataError(f"dataset directory {root} {'is a file' if root.exists() else 'does not exist'}",
                         "pass the folder that contains train/ and val/ (e.g. from `visionnode data synth`)")
     source = next((root / s for s in SPLITS if (root / s).is_dir() and _class_dirs(root / s)), None)
     if source is None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from visionnode.components.common.artifacts import MODEL_METADATA_FILE, InferenceMetadata
 from visionnode.components.common.errors import (ConfigError, DataError, IntegrityError, ServiceError)
+from visionnode.components.common.progress import console
 from visionnode.components.common.settings import resolve_endpoints, resolve_s3_credentials
 from visionnode.components.common.storage import S3Config, S3Location, resolve_s3_config, s3_client
 
@@ -33,6 +34,7 @@ from .samples import encode_png, sample_images
 
 DEFAULT_MODEL_NAME = "resnet152_int8"
 OPENVINO_VARIANT_SUFFIX = "-openvino"
+PROBE_TIMEOUT_S = 10.0  # liveness probes: an endpoint that accepts connections but never answers
 STACK_HINT = "start the embedded stack with `visionnode stack up` or pass --triton-url HOST:PORT"
 
 
@@ -48,6 +50,12 @@ class DeployConfig:
     check_images: int = 16
     load_timeout_s: float = 600.0
     serving: ServingConfig = field(default_factory=ServingConfig)
+
+    def validate(self) -> None:
+        self.serving.validate()
+        if not self.model_name or "/" in self.model_name:
+            raise ConfigError(f"model name '{self.model_name}' is not a valid Triton model name",
+                              "use letters, digits, - and _ (e.g. resnet152_int8)")
 
 
 @dataclass
@@ -237,16 +245,21 @@ def _agreement(reference: np.ndarray, served: np.ndarray) -> float:
 
 
 def triton_http_client(url: str, timeout_s: float = 60.0):
+    """A client for Triton's HTTP API, after a liveness probe that gives up within PROBE_TIMEOUT_S."""
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=timeout_s)
+    probe = httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S, network_timeout=PROBE_TIMEOUT_S)
     try:
-        live = client.is_server_live()
+        with console.status(f"waiting for Triton at {url} (gives up after {PROBE_TIMEOUT_S:.0f} s)"):
+            live = probe.is_server_live()
     except Exception as exc:  # connection refused / DNS / timeout all surface as different types
-        raise ServiceError(f"Triton at {url} is not reachable ({_one_line(exc)})", STACK_HINT) from None
+        raise ServiceError(f"Triton at {url} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} s "
+                           f"({_one_line(exc)})", STACK_HINT) from None
+    finally:
+        probe.close()
     if not live:
         raise ServiceError(f"Triton at {url} answers but is not live", STACK_HINT)
-    return client
+    return httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S, network_timeout=timeout_s)
 
 
 def _infer_http(client, model: str, inputs: list, output: str, class_count: int = 0) -> object:
@@ -364,9 +377,7 @@ class _Preflight:
 
 def preflight(config: DeployConfig) -> _Preflight:
     """Everything that can be wrong before anything is written: settings, the model files, Triton's address."""
-    config.serving.validate()
-    if not config.model_name or "/" in config.model_name:
-        raise ConfigError(f"model name '{config.model_name}' is not a valid Triton model name")
+    config.validate()
     meta = check_model_dir(Path(config.model_dir))
     endpoints = resolve_endpoints()
     http_url = config.triton_http or endpoints.triton_http

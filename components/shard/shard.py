@@ -17,6 +17,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.artifacts import ShardInfo, ShardManifest, SkippedFile
+from ..common.artifacts import ShardInfo, ShardManifest, SkippedFile, describe_skipped
 from ..common.errors import ConfigError, DataError
 from ..common.ffcv_io import DEFAULT_JPEG_QUALITY, EncodedImage, encode_image, train_loader, write_beton
 from ..common.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
@@ -277,6 +278,7 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
     layout = open_imagenet(config.data)
     scans = {split: _scan(layout, split, config.split) for split in config.splits}
     out = Path(config.out)
+    created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _remove_partials(out)
     settings = config.settings()
@@ -288,8 +290,12 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
         write_seconds = time.perf_counter() - started
         entries = [e for outcome in outcomes.values() for e in outcome.entries]
         if not entries:
-            raise DataError(f"no readable images in {config.data} ({', '.join(config.splits)})",
-                            "check the skipped files listed with --json, or the dataset path")
+            if created_out:  # nothing written: leave no empty output that looks like a result
+                shutil.rmtree(out)
+            skipped = [s for outcome in outcomes.values() for s in outcome.skipped]
+            raise DataError(f"no readable images in {config.data} ({', '.join(config.splits)}): "
+                            f"{describe_skipped(skipped, config.data)}",
+                            "replace or remove the unreadable files, or check the dataset path")
         readback = _read_back(out, entries, config) if config.readback else None
         manifest = _manifest(layout, scans, outcomes, settings)
         _remove_stale_shards(out, {e.file for e in entries})

@@ -66,6 +66,18 @@ class UploadConfig:
     output_dir: Path | None = None   # where the remote manifest.json is also written
 
 
+    def validate(self) -> None:
+        parse_s3_uri(self.destination)
+        check_transfer_settings(self.concurrency, self.part_size_mb)
+
+
+def check_transfer_settings(concurrency: int, part_size_mb: int) -> None:
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+    if part_size_mb * MIB < MIN_PART_BYTES:
+        raise ConfigError(f"--part-size must be at least 5 MB (S3's minimum part), got {part_size_mb}")
+
+
 @dataclass
 class FetchConfig:
     source: str                      # s3://bucket/prefix holding manifest.json
@@ -171,10 +183,7 @@ class S3Session:
     def __init__(self, concurrency: int, part_size_mb: int, config: S3Config | None = None) -> None:
         from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
-        if concurrency < 1:
-            raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
-        if part_size_mb * MIB < MIN_PART_BYTES:
-            raise ConfigError(f"--part-size must be at least 5 MB (S3's minimum part), got {part_size_mb}")
+        check_transfer_settings(concurrency, part_size_mb)
         base = config or resolve_s3_config()
         # Every upload here sends ChecksumSHA256, which the server verifies; signing the payload too would
         # hash each byte once more on both ends (botocore always does over plain http) for no extra safety.
@@ -461,6 +470,7 @@ def _merge_verification(methods: Iterable[str]) -> str:
 
 def upload_shards(config: UploadConfig) -> TransferResult:
     """Upload a shard dir to `s3://bucket/prefix`; verified, resumable; the remote manifest goes up last."""
+    config.validate()
     shards_dir = Path(config.shards_dir)
     manifest = ShardManifest.load(shards_dir)
     missing = [s.file for s in manifest.shards if not (shards_dir / s.file).is_file()]

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from visionnode.components.common.artifacts import SkippedFile
+from visionnode.components.common.artifacts import SkippedFile, describe_skipped
 from visionnode.components.common.errors import DataError, QualityGateError
 from visionnode.components.common.imagenet import ImageRecord, open_imagenet
 from visionnode.components.common.images import UnreadableImage, load_rgb
@@ -628,9 +628,9 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
     images, labels, skipped = decode_subset(subset, config.image_size, config.batch_size, config.workers)
     if len(labels) < 2:
         raise DataError(
-            f"only {len(labels)} of {len(subset)} sampled images in {config.data} could be decoded "
-            f"({len(skipped)} unreadable)",
-            "check the files listed with --json; need at least 2",
+            f"only {len(labels)} of {len(subset)} sampled images in {config.data} could be decoded: "
+            f"{describe_skipped(skipped, config.data)}",
+            "replace or remove the unreadable files; smoke training needs at least 2 images",
         )
     num_classes = layout.classes.num_classes
     with tracked_run("validate", tags={"phase": "validate"}) as tracker:
