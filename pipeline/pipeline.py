@@ -49,6 +49,7 @@ def visionnode_pipeline(
     validate_subset: int = 256,
     validate_image_size: int = 64,
     validate_steps: int = 30,
+    validate_lr_range_steps: int = 40,
     images_per_shard: int = 5000,
     max_resolution: int = 256,
     jpeg_quality: int = 90,
@@ -57,6 +58,10 @@ def visionnode_pipeline(
     epochs: int = 16,
     batch_size: int = 64,
     lr: float = 0.0,
+    crop_min_scale: float = 0.08,
+    flip: bool = True,
+    init_weights: str = "",
+    head_epochs: int = 0,
     res_schedule: str = "160:192",
     precision: str = "auto",
     workers: int = 2,
@@ -69,13 +74,16 @@ def visionnode_pipeline(
     target_qps: float = 100.0,
     target_p99_ms: float = 150.0,
 ) -> None:
-    """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings"."""
+    """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
+
+    `lr` 0.0 means "auto": train takes validate's LR range-test suggestion (`suggested_lr`).
+    """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     raw = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
     raw.set_display_name("raw images")
 
     validate = validate_op(data=raw.output, subset=validate_subset, image_size=validate_image_size,
-                           steps=validate_steps, pipeline_run_id=run_id)
+                           steps=validate_steps, lr_range_steps=validate_lr_range_steps, pipeline_run_id=run_id)
     _with_services(validate, cpu="2", memory="8G")
 
     shard = shard_op(data=raw.output, images_per_shard=images_per_shard, max_resolution=max_resolution,
@@ -87,8 +95,10 @@ def visionnode_pipeline(
     _retry(_with_services(transfer, cpu="2", memory="4G"))
 
     train = train_op(remote_shards=transfer.outputs["remote_shards"], epochs=epochs, batch_size=batch_size, lr=lr,
-                     arch=arch, res_schedule=res_schedule, precision=precision, checkpoint_uri=checkpoint_uri,
-                     workers=workers, pipeline_run_id=run_id)
+                     suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
+                     precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
+                     crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights, head_epochs=head_epochs,
+                     pipeline_run_id=run_id)
     _with_services(train, cpu="8", memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     # A preempted train task resumes from its newest checkpoint (`--resume auto`), so a retry is safe.
     _retry(train)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from tests.browser import rendered_text
 from visionnode.pipeline.cli import app
 from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
+from visionnode.components.common.cli import human_value
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.kfp_support import project_version
 
@@ -162,35 +163,88 @@ def test_submit_rejected_auth_is_a_clear_error() -> None:
     assert "rejected" in line or "401" in line
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "visionnode"), *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "VISIONNODE_PROGRESS": "0"})
+                          timeout=120, env={**os.environ, "VISIONNODE_PROGRESS": "0", **(env or {})})
 
 
-@pytest.mark.parametrize("case", ["out-is-a-file", "unwritable-out", "unwritable-yaml", "synth-unwritable",
-                                  "host-not-a-url", "malformed-param-file"])
-def test_path_and_input_mistakes_are_one_line_errors(case: str, synth_dataset: Path, tmp_path: Path) -> None:
-    """The real CLI in a subprocess: exit 2, one `error:` line naming the path or value, nothing written."""
-    a_file = tmp_path / "a-file"
-    a_file.write_text("keep me\n")
-    bad_yaml = tmp_path / "params.yaml"
-    bad_yaml.write_text("epochs: [1,\n")
-    argv, named = {
-        "out-is-a-file": (["shard", "--data", str(synth_dataset), "--out", str(a_file)], str(a_file)),
-        "unwritable-out": (["shard", "--data", str(synth_dataset), "--out", "/proc/vn-out"], "/proc/vn-out"),
-        "unwritable-yaml": (["pipeline", "compile", "/proc/vn.yaml"], "/proc/vn.yaml"),
-        "synth-unwritable": (["data", "synth", "/proc/vn-data"], "/proc/vn-data"),
-        "host-not-a-url": (["pipeline", "submit", "--host", "notaurl", "-p", "data_uri=s3://d/i"], "notaurl"),
-        "malformed-param-file": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param-file",
-                                  str(bad_yaml)], "line 2"),
-    }[case]
-    done = _cli(*argv)
+def _unreadable_dataset(root: Path) -> Path:
+    for split, count in (("train", 5), ("val", 1)):
+        (root / split / "n01").mkdir(parents=True)
+        for i in range(count):
+            (root / split / "n01" / f"img{i}.JPEG").write_bytes(b"not a jpeg")
+    return root
+
+
+MISTAKES = {
+    # unwritable or wrong-kind paths
+    "out-is-a-file": (["shard", "--data", "{data}", "--out", "{a_file}"], "{a_file}"),
+    "unwritable-out": (["shard", "--data", "{data}", "--out", "/proc/vn-out"], "/proc/vn-out"),
+    "unwritable-yaml": (["pipeline", "compile", "/proc/vn.yaml"], "/proc/vn.yaml"),
+    "synth-unwritable": (["data", "synth", "/proc/vn-data"], "/proc/vn-data"),
+    "data-is-a-file": (["shard", "--data", "{a_file}", "--out", "{tmp}/shards"], "is a file"),
+    "shards-without-manifest": (["train", "--shards", "{inputs}", "--out", "{tmp}/model"], "visionnode shard"),
+    "run-missing-data": (["pipeline", "run", "--local", "--data", "{tmp}/missing"], "{tmp}/missing"),
+    # malformed URLs, URIs and YAML
+    "host-not-a-url": (["pipeline", "submit", "--host", "notaurl", "-p", "data_uri=s3://d/i"], "notaurl"),
+    "malformed-param-file": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param-file",
+                              "{bad_yaml}"], "line 2"),
+    "train-s3-typo": (["train", "--shards", "s3:/x", "--out", "{tmp}/model"], "s3://bucket/prefix"),
+    "transfer-s3-typo": (["transfer", "upload", "{inputs}", "s3:/x"], "s3://bucket/prefix"),
+    "data-uri-not-a-uri": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", "data_uri=notauri"],
+                           "notauri"),
+    # out-of-range pipeline parameters, refused by the phase's own config before anything starts
+    "jpeg-quality-500": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", "data_uri=s3://d/i",
+                          "-p", "jpeg_quality=500"], "shard: --jpeg-quality 500"),
+    "negative-epochs": (["pipeline", "run", "--local", "--data", "{data}", "-p", "epochs=-3"], "train: --epochs"),
+    "unknown-arch": (["pipeline", "run", "--local", "--data", "{data}", "-p", "arch=resnet99"], "resnet99"),
+    # data that cannot be read: the error names the first files and why
+    "unreadable-images-shard": (["shard", "--data", "{unreadable}", "--out", "{tmp}/shards"], "n01/img"),
+    "unreadable-images-validate": (["validate", "--data", "{unreadable}"], "n01/img"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_user_mistakes_are_one_line_errors_that_write_nothing(case: str, synth_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """The real CLI in a subprocess: exit 2, one `error:` line naming the path or value, nothing written,
+    no service started (the state dir stays empty)."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a-file").write_text("keep me\n")
+    (inputs / "params.yaml").write_text("epochs: [1,\n")
+    unreadable = _unreadable_dataset(inputs / "unreadable")
+    before = {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()}
+    names = {"data": synth_dataset, "a_file": inputs / "a-file", "bad_yaml": inputs / "params.yaml",
+             "inputs": inputs, "unreadable": unreadable, "tmp": tmp_path}
+    argv, named = MISTAKES[case]
+    done = _cli(*[a.format(**names) for a in argv], env={"VISIONNODE_STATE_DIR": str(tmp_path / "state")})
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2, done.stderr[-2000:]
-    assert len(errors) == 1 and named in errors[0], done.stderr[-2000:]
+    assert len(errors) == 1 and named.format(**names) in errors[0], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
-    assert a_file.read_text() == "keep me\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "params.yaml"], "something was half-written"
+    assert {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["inputs"], "something was half-written or started"
+
+
+def test_help_and_tables_in_a_pipe_are_whole(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    command = [str(Path(sys.executable).parent / "visionnode")]
+    helped = subprocess.run([*command, "quantize", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert "--calibration-images" in helped.stdout and "--max-accuracy-drop" in helped.stdout, helped.stdout
+    deep = tmp_path / ("a-directory-name-long-enough-to-wrap-" * 4) / "data"
+    made = subprocess.run([*command, "data", "synth", str(deep), "--classes", "2", "--train-per-class", "2",
+                           "--val-per-class", "1"], capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    for shown in (helped.stdout, made.stdout):
+        assert "…" not in shown and "None" not in shown and "[]" not in shown, shown
+    assert str(deep) in "".join(line.strip("│ ") for line in made.stdout.splitlines()), made.stdout
+
+
+def test_table_values_read_as_people_write_them() -> None:
+    assert [human_value(v) for v in (None, [], True, False, 0.123456, "x")] == ["-", "-", "yes", "no", "0.1235", "x"]
+    assert human_value([1, 2]) == "1, 2" and human_value(list(range(32))).endswith("... (32 in all)")
+    assert human_value([{"path": "a"}]) == "1 in the --json summary"
 
 
 def test_json_dash_writes_the_summary_to_standard_output(tmp_path: Path) -> None:

@@ -205,13 +205,22 @@ def _label_pipeline(as_tensor: bool) -> list[Any]:
     return [IntDecoder(), ToTensor(), Squeeze()] if as_tensor else [IntDecoder()]
 
 
-def train_pipelines(resolution: int) -> tuple[Any, dict[str, list[Any]]]:
-    """Random-resized crop + horizontal flip, normalised float32 NCHW: (decoder, pipelines)."""
+@dataclass(frozen=True)
+class Augmentation:
+    """Train-time augmentation strength; the defaults are the ImageNet recipe's."""
+
+    min_scale: float = 0.08  # RandomResizedCrop keeps 8 %..100 % of the image area
+    flip: bool = True        # random horizontal flip (p = 0.5)
+
+
+def train_pipelines(resolution: int,
+                    augmentation: Augmentation = Augmentation()) -> tuple[Any, dict[str, list[Any]]]:
+    """Random-resized crop (+ horizontal flip), normalised float32 NCHW: (decoder, pipelines)."""
     from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
     from ffcv.transforms import ToTensor, ToTorchImage
 
-    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
-    image = [decoder, flip_normalize_op(), ToTensor(), ToTorchImage()]
+    decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(augmentation.min_scale, 1.0))
+    image = [decoder, flip_normalize_op() if augmentation.flip else normalize_op(), ToTensor(), ToTorchImage()]
     return decoder, {IMAGE_FIELD: image, LABEL_FIELD: _label_pipeline(as_tensor=True)}
 
 
@@ -310,7 +319,8 @@ class ShardLoader:
     """
 
     def __init__(self, shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
-                 workers: int, *, train: bool, distributed: bool = False, seed: int = 0) -> None:
+                 workers: int, *, train: bool, distributed: bool = False, seed: int = 0,
+                 augmentation: Augmentation = Augmentation()) -> None:
         if not shard_paths:
             raise DataError("no shards given", "pass the .beton files written by `visionnode shard`")
         if batch_size < 1 or resolution < 8:
@@ -324,6 +334,7 @@ class ShardLoader:
         self.train = train
         self.distributed = distributed
         self.seed = seed
+        self.augmentation = augmentation
         self.epoch = 0
         self._loaders: list[Any | None] = [None] * len(self.paths)
         self._decoders: list[Any] = [None] * len(self.paths)
@@ -374,8 +385,10 @@ class ShardLoader:
             from ffcv.loader import Loader, OrderOption
 
             _share_compiled_pipelines()
-            make = train_pipelines if self.train else val_pipelines
-            decoder, pipelines = make(self.resolution)
+            if self.train:
+                decoder, pipelines = train_pipelines(self.resolution, self.augmentation)
+            else:
+                decoder, pipelines = val_pipelines(self.resolution)
             self._decoders[index] = decoder
             self._loaders[index] = Loader(
                 os.fspath(self.paths[index]), batch_size=self.batch_size, num_workers=self.workers,
@@ -387,10 +400,11 @@ class ShardLoader:
 
 
 def train_loader(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
-                 workers: int, distributed: bool = False, seed: int = 0) -> ShardLoader:
-    """Training batches: (float32 NCHW normalised tensor, int64 labels); random-resized crop + flip."""
+                 workers: int, distributed: bool = False, seed: int = 0,
+                 augmentation: Augmentation = Augmentation()) -> ShardLoader:
+    """Training batches: (float32 NCHW normalised tensor, int64 labels); random-resized crop (+ flip)."""
     return ShardLoader(shard_paths, batch_size, resolution, workers, train=True, distributed=distributed,
-                       seed=seed)
+                       seed=seed, augmentation=augmentation)
 
 
 def val_loader(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int, workers: int,

@@ -153,7 +153,7 @@ class CheckpointStore:
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """Read a checkpoint (local path or s3:// URI) with `weights_only=True`; one clear error if unusable."""
-    data = _read_bytes(uri)
+    data = read_bytes(uri)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:
@@ -167,12 +167,13 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
     return state
 
 
-def _read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, what: str = "checkpoint",
+               hint: str = "pass --resume auto (newest in --checkpoint-uri), never, or an existing file") -> bytes:
+    """The bytes of a local file or an s3:// object; a missing one is a DataError naming `what` + `hint`."""
     if not is_s3_uri(uri):
         path = Path(uri)
         if not path.is_file():
-            raise DataError(f"checkpoint {uri} does not exist",
-                            "pass --resume auto (newest in --checkpoint-uri), never, or an existing file")
+            raise DataError(f"{what} {uri} does not exist", hint)
         return path.read_bytes()
     loc = parse_s3_uri(uri)
     client = s3_client()
@@ -181,7 +182,6 @@ def _read_bytes(uri: str) -> bytes:
     except Exception as exc:
         code = getattr(exc, "response", {}).get("Error", {}).get("Code")
         if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            raise DataError(f"checkpoint {uri} does not exist",
-                            "pass --resume auto, never, or the URI of an existing checkpoint") from None
-        raise ServiceError(f"could not read checkpoint {uri} ({type(exc).__name__})",
+            raise DataError(f"{what} {uri} does not exist", hint) from None
+        raise ServiceError(f"could not read {what} {uri} ({type(exc).__name__})",
                            "check the S3 endpoint and credentials") from None

@@ -16,7 +16,8 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Output dir: weights.pt + model.json (+ train_log.csv, loss_curve.png).")],
     epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 16,
     batch_size: Annotated[int, typer.Option(help="Images per step per process (global = x world size).")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak LR; 0 scales it from the global batch: 0.1 x batch / 256.")] = 0.0,
+    lr: Annotated[str, typer.Option(help="Peak LR: a number; 0 scales it from the global batch (0.1 x batch / 256); "
+                                         "auto runs an LR range test on the train shards first.")] = "0",
     arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = "resnet152",
     res_schedule: Annotated[str, typer.Option(help="Progressive resizing START:END px (linear over epochs, "
                                                     "multiples of 32); END is the eval/serving size.")] = "160:192",
@@ -31,6 +32,16 @@ def train_command(
     warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up (at most a quarter of all steps).")] = 2.0,
     schedule: Annotated[str, typer.Option(help="LR decay after warm-up: cosine|step.")] = "cosine",
     log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = 10,
+    lr_range_steps: Annotated[int, typer.Option(help="Steps of the LR range test that --lr auto runs.")] = 40,
+    crop_min_scale: Annotated[float, typer.Option(help="RandomResizedCrop's smallest kept share of the image "
+                                                       "area (0.08 ImageNet; raise it for small objects).")] = 0.08,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (off for text, "
+                                                                "symbols, anything handed).")] = True,
+    init_weights: Annotated[str, typer.Option(help="Fine-tune from this state dict (path or s3://...), e.g. "
+                                                   "torchvision's ImageNet weights; a head of another class "
+                                                   "count is replaced.")] = "",
+    head_epochs: Annotated[int, typer.Option(help="With --init-weights: first epochs train only the "
+                                                  "classifier head.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     json_path: JsonOption = None,
 ) -> None:
@@ -39,15 +50,21 @@ def train_command(
 
     Exit codes: 0 done, 2 user error, 143 pre-empted by SIGTERM after writing a checkpoint (re-run resumes).
     """
-    from .recipe import Recipe, parse_res_schedule  # imports torch: only when the command runs
+    from ..common.artifacts import check_shard_source
+
+    check_shard_source(shards)  # before the seconds of importing torch
+    from .recipe import Recipe, parse_lr, parse_res_schedule  # imports torch: only when the command runs
     from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
 
     res_start, res_end = parse_res_schedule(res_schedule)
+    auto_lr, peak_lr = parse_lr(lr)
     config = TrainConfig(
         shards=shards, out_dir=out, epochs=epochs, batch_size=batch_size, arch=arch, res_start=res_start,
         res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri, checkpoint_every=checkpoint_every,
         resume=resume, compile=compile, workers=workers, max_steps=max_steps, seed=seed, log_every=log_every,
-        recipe=Recipe(lr=lr, warmup_epochs=warmup_epochs, schedule=schedule),
+        recipe=Recipe(lr=peak_lr, warmup_epochs=warmup_epochs, schedule=schedule), auto_lr=auto_lr,
+        lr_range_steps=lr_range_steps, crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
+        head_epochs=head_epochs,
     )
     result = train(config)
     if result.world_size > 1 and result.status != "preempted" and not _is_rank_zero():

@@ -13,11 +13,16 @@ def train_op(
     epochs: int = 16,
     batch_size: int = 64,
     lr: float = 0.0,
+    suggested_lr: float = 0.0,
     arch: str = "resnet152",
     res_schedule: str = "160:192",
     precision: str = "auto",
     checkpoint_uri: str = "",
     workers: int = 2,
+    crop_min_scale: float = 0.08,
+    flip: bool = True,
+    init_weights: str = "",
+    head_epochs: int = 0,
     pipeline_run_id: str = "",
 ):
     """Train a ResNet on FFCV shards fetched (and sha256-verified) from S3, in one process.
@@ -33,19 +38,25 @@ def train_op(
         metrics: top1, top5, val_loss, final train loss, images/s, steps.
         epochs: Epochs to train.
         batch_size: Images per optimizer step.
-        lr: Peak learning rate; 0.0 means "scaled from the batch" (0.1 x batch / 256).
+        lr: Peak learning rate; 0.0 means "auto": `suggested_lr` when that is > 0, else scaled from the batch
+            (0.1 x batch / 256). A given lr always wins.
+        suggested_lr: validate's LR range-test suggestion (its `suggested_lr` output); 0.0 = none.
         arch: resnet18|34|50|101|152.
         res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
         precision: auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, else fp32/fp16).
         checkpoint_uri: Checkpoint location (s3://bucket/prefix or dir); empty means
             `<base_uri of the shards>/../checkpoints/<pipeline_run_id or "adhoc">` in the same bucket.
         workers: FFCV decoding threads.
+        crop_min_scale: RandomResizedCrop's smallest kept share of the image area (ImageNet: 0.08).
+        flip: Random horizontal flips.
+        init_weights: State dict (path or s3://...) to fine-tune from; a head of another class count is replaced.
+        head_epochs: With init_weights: the first epochs train only the classifier head.
         pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
 
     from visionnode.components.common.kfp_support import enter_pipeline_context
-    from visionnode.components.train.recipe import Recipe, parse_res_schedule
+    from visionnode.components.train.recipe import Recipe, parse_res_schedule, resolve_lr
     from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, default_checkpoint_uri, train
 
     enter_pipeline_context(pipeline_run_id)
@@ -55,7 +66,8 @@ def train_op(
         shards=str(shards), out_dir=Path(model.path), epochs=epochs, batch_size=batch_size, arch=arch,
         res_start=res_start, res_end=res_end, precision=precision,
         checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, pipeline_run_id),
-        workers=workers, recipe=Recipe(lr=lr),
+        workers=workers, recipe=Recipe(lr=resolve_lr(lr, suggested_lr)), crop_min_scale=crop_min_scale,
+        flip=flip, init_weights=init_weights, head_epochs=head_epochs,
     )
     result = train(config)
     if result.status == "preempted":
@@ -63,7 +75,7 @@ def train_op(
     model.metadata.update({"arch": result.arch, "input_size": res_end, "top1": result.top1 or 0.0,
                            "top5": result.top5 or 0.0, "registered_model": result.registered_model or "",
                            "mlflow_run_id": result.mlflow_run_id or ""})
-    for name in ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s"):
+    for name in ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr"):
         value = getattr(result, name)
         if value is not None:
             metrics.log_metric(name, float(value))

@@ -84,6 +84,26 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
         optimizer, lambda step: lr_factor(step, recipe, steps_per_epoch, total_steps))
 
 
+def resolve_lr(lr: float, suggested_lr: float) -> float:
+    """The pipeline's rule: a given LR (> 0) wins; else validate's range-test suggestion (> 0); else 0, the
+    batch rule."""
+    return lr if lr > 0 else max(suggested_lr, 0.0)
+
+
+def parse_lr(text: str) -> tuple[bool, float]:
+    """`--lr`: 'auto' -> (True, 0.0): an LR range test picks it; a number -> (False, it); 0 = the batch rule."""
+    if str(text).strip().lower() == "auto":
+        return True, 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"--lr '{text}' is invalid",
+                          "write auto for an LR range test, 0 for the batch rule 0.1 x batch / 256, or an LR > 0")
+    return False, value
+
+
 def parse_res_schedule(text: str) -> tuple[int, int]:
     """'160:192' -> (160, 192); a single number means a fixed resolution."""
     parts = str(text).split(":")

@@ -21,7 +21,7 @@ import signal
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,12 +31,16 @@ from torch import nn
 from visionnode.components.common.artifacts import (MODEL_METADATA_FILE, WEIGHTS_FILE, ModelMetadata,
                                                      Preprocessing, ShardManifest)
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
+from visionnode.components.common.ffcv_io import Augmentation
 from visionnode.components.common.jsonio import atomic_path, to_jsonable
+from visionnode.components.common.lr_range import (LRRangeConfig, LRRangeResult, lr_range_figure, lr_range_test,
+                                                   preserved_state)
 from visionnode.components.common.model import build_resnet, count_parameters, depth_from_arch
 from visionnode.components.common.progress import console, progress_bar
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
 
 from .checkpoint import CheckpointStore, checkpoint_name, load_checkpoint, restore_rng_states, rng_states
+from .finetune import InitWeights, load_init_weights, set_backbone_trainable
 from .distributed import (DistContext, all_reduce_sum, any_rank, barrier, gather_floats, init_distributed,
                           shutdown_distributed)
 from .precision import autocast, grad_scaler, resolve_precision
@@ -46,6 +50,7 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal after saving a 
 RESUME_MODES = ("auto", "never")
 TRAIN_LOG_FILE = "train_log.csv"
 LOSS_CURVE_FILE = "loss_curve.png"
+LR_RANGE_FILE = "lr_range.png"
 HISTORY_COLUMNS = ("step", "epoch", "loss", "lr", "img_per_s")
 
 
@@ -73,6 +78,12 @@ class TrainConfig:
     registered_model_name: str = ""  # MLflow model registry name; empty means visionnode-<arch>
     tracking: bool = True            # False: no MLflow run even when a tracking URI is configured
     recipe: Recipe = field(default_factory=Recipe)
+    auto_lr: bool = False            # peak LR from an LR range test on the train shards (`--lr auto`)
+    lr_range_steps: int = 40
+    crop_min_scale: float = 0.08     # RandomResizedCrop keeps this..100 % of the image area
+    flip: bool = True                # random horizontal flip
+    init_weights: str = ""           # state dict (path or s3://) to fine-tune from; empty: random init
+    head_epochs: int = 0             # first epochs train only the classifier head (needs init_weights)
 
     def validate(self) -> None:
         depth_from_arch(self.arch)
@@ -86,6 +97,24 @@ class TrainConfig:
             raise ConfigError("--checkpoint-every, --max-steps and overfit batches must be >= 0")
         if self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1")
+        if self.auto_lr:
+            if self.recipe.lr > 0:
+                raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
+                                  "pass one of them")
+            LRRangeConfig(steps=self.lr_range_steps).checked()
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"--crop-min-scale {self.crop_min_scale} is out of range",
+                              "use a value above 0 and at most 1: ImageNet's 0.08, up to 1 for no zoom-in")
+        if not 0 <= self.head_epochs <= self.epochs:
+            raise ConfigError(f"--head-epochs {self.head_epochs} is out of range",
+                              f"use 0..{self.epochs} (the number of epochs)")
+        if self.head_epochs and not self.init_weights:
+            raise ConfigError("--head-epochs trains a new head on pre-trained features",
+                              "pass --init-weights too, or --head-epochs 0")
+
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(min_scale=self.crop_min_scale, flip=self.flip)
 
     @property
     def checkpoint_location(self) -> str:
@@ -108,6 +137,8 @@ class TrainResult:
     world_size: int
     global_batch: int
     peak_lr: float
+    lr_range: LRRangeResult | None   # the range test `--lr auto` ran (None otherwise)
+    init_weights: InitWeights | None
     top1: float | None
     top5: float | None
     val_loss: float | None
@@ -474,6 +505,10 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     from visionnode.components.common.ffcv_io import train_loader, val_loader
 
     started = time.perf_counter()
+    if ctx.distributed and config.head_epochs:
+        # DDP expects a gradient for every parameter it was built with: a frozen backbone stalls its reducer.
+        raise ConfigError("--head-epochs freezes the backbone, which a DDP run cannot do mid-run",
+                          "fine-tune under torchrun with --head-epochs 0, or warm the head up in one process")
     precision = resolve_precision(config.precision, ctx.device)
     torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     shard_dir = local_shards(config, ctx)
@@ -481,12 +516,21 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     train_files, val_files = shard_files(shard_dir, manifest, "train"), shard_files(shard_dir, manifest, "val")
 
     model = build_resnet(depth_from_arch(config.arch), manifest.classes.num_classes)
+    store = CheckpointStore(config.checkpoint_location, keep=config.keep_checkpoints)
+    source = resume_source(config, store)
+    init = None
+    if config.init_weights and not source:  # a resumed run's weights come from its checkpoint
+        init = load_init_weights(model, config.init_weights, config.arch)
     model = model.to(ctx.device, memory_format=torch.channels_last)
     global_batch = config.batch_size * ctx.world_size
-    optimizer = build_optimizer(model, config.recipe, global_batch)
     first_res = resolution_for_epoch(0, config.epochs, config.res_start, config.res_end)
     train_data = train_loader(train_files, config.batch_size, first_res, config.workers,
-                              distributed=ctx.distributed, seed=config.seed)
+                              distributed=ctx.distributed, seed=config.seed, augmentation=config.augmentation)
+    lr_range = None
+    if config.auto_lr and not source:  # a resumed run keeps the LR its checkpoint's scheduler holds
+        lr_range = range_test_on_shards(model, train_data, config, ctx, precision)
+        config = replace(config, recipe=replace(config.recipe, lr=lr_range.suggested_lr))
+    optimizer = build_optimizer(model, config.recipe, global_batch)
     val_data = val_loader(val_files, config.batch_size, config.res_end, config.workers,
                           distributed=ctx.distributed)
     steps_per_epoch = len(train_data)
@@ -494,7 +538,6 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
         raise DataError(f"the train shards hold fewer images than one global batch ({global_batch})",
                         "lower --batch-size or add images")
     scheduler = build_scheduler(optimizer, config.recipe, steps_per_epoch, config.epochs * steps_per_epoch)
-    store = CheckpointStore(config.checkpoint_location, keep=config.keep_checkpoints)
 
     net: nn.Module = model
     if ctx.distributed:
@@ -510,7 +553,6 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
                           criterion=nn.CrossEntropyLoss(label_smoothing=config.recipe.label_smoothing),
                           store=store, tracker=tracker, stop=stop, steps_per_epoch=steps_per_epoch,
                           class_index=to_jsonable(manifest.classes))
-        source = resume_source(config, store)
         if source:
             trainer.restore(load_checkpoint(source), source)
             if ctx.is_main:
@@ -519,6 +561,10 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
         resumed_step = trainer.step if source else None
         start_step = trainer.step
         tracker.log_params(_params(config, ctx, precision, global_batch, optimizer, steps_per_epoch, model))
+        if lr_range is not None and ctx.is_main:
+            log_lr_range(lr_range, config, tracker)
+        if init is not None:
+            tracker.set_tags({"init_weights": init.source, "init_head_replaced": init.head_replaced})
 
         status = _run_epochs(trainer, train_data, val_data)
         if status == "preempted":
@@ -536,7 +582,7 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
             status=status, out_dir=str(config.out_dir), arch=config.arch,
             epochs_completed=trainer.epoch, steps=trainer.step, steps_this_run=trainer.step - start_step,
             precision=precision, world_size=ctx.world_size, global_batch=global_batch,
-            peak_lr=config.recipe.peak_lr(global_batch),
+            peak_lr=trainer.scheduler.base_lrs[0], lr_range=lr_range, init_weights=init,
             top1=trainer.last_metrics.get("top1"), top5=trainer.last_metrics.get("top5"),
             val_loss=trainer.last_metrics.get("val_loss"),
             initial_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
@@ -561,6 +607,50 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     return result
 
 
+def range_test_on_shards(model: nn.Module, train_data: Any, config: TrainConfig, ctx: DistContext,
+                         precision: str) -> LRRangeResult:
+    """`--lr auto`: the LR range test on this model and the train shards, with the recipe's optimizer and
+    loss; the model's weights (and BN statistics) are restored afterwards."""
+    if ctx.distributed:
+        raise ConfigError("--lr auto runs its range test in one process",
+                          "run `visionnode validate` (its suggested_lr) or `train --lr auto` on one process, "
+                          "then pass that --lr to the distributed run")
+    range_config = LRRangeConfig(steps=config.lr_range_steps)
+    optimizer = build_optimizer(model, config.recipe, config.batch_size)
+    scaler = grad_scaler(precision, ctx.device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.recipe.label_smoothing)
+    batches = itertools.chain.from_iterable(itertools.repeat(train_data))  # as many epochs as the steps need
+
+    def step(lr: float) -> float:
+        images, labels = next(batches)
+        images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(ctx.device, non_blocking=True).long().view(-1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(precision, ctx.device):
+            loss = criterion(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return float(loss.item())
+
+    model.train()
+    with preserved_state(model), progress_bar(range_config.steps, f"LR range test {config.arch}",
+                                              unit="step") as advance:
+        result = lr_range_test(step, range_config, advance)
+    console.print(f"LR range test: suggested peak LR {result.suggested_lr:.3g} "
+                  f"(steepest fall at {result.steepest_lr:.3g}, {result.seconds:.1f} s)")
+    return result
+
+
+def log_lr_range(result: LRRangeResult, config: TrainConfig, tracker: Tracker) -> None:
+    tracker.log_metrics({"suggested_lr": result.suggested_lr, "lr_range_seconds": result.seconds})
+    figure = lr_range_figure(result, f"LR range test {config.arch}, batch {config.batch_size}")
+    save_figure(figure, Path(config.out_dir) / LR_RANGE_FILE, tracker)
+    figure.clear()
+
+
 def _run_epochs(trainer: Trainer, train_data: Any, val_data: Any) -> str:
     config = trainer.config
     status = "completed"
@@ -569,6 +659,8 @@ def _run_epochs(trainer: Trainer, train_data: Any, val_data: Any) -> str:
             status = "max_steps"
             break
         resolution = resolution_for_epoch(trainer.epoch, config.epochs, config.res_start, config.res_end)
+        if config.head_epochs:
+            set_backbone_trainable(trainer.model, trainable=trainer.epoch >= config.head_epochs)
         train_data.set_resolution(resolution)
         set_loader_epoch(train_data, trainer.epoch)
         outcome = trainer.train_one_epoch(train_data)
