@@ -48,6 +48,13 @@ def parameter_types(spec: dict[str, Any]) -> dict[str, type]:
     return {name: _PARAMETER_TYPES[p["parameterType"]] for name, p in params.items()}
 
 
+def parameter_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline parameter name -> its default as the Python type (the IR stores every number as a float)."""
+    types = parameter_types(spec)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return {name: types[name](p["defaultValue"]) for name, p in params.items() if "defaultValue" in p}
+
+
 def parse_params(pairs: list[str], types: dict[str, type]) -> dict[str, Any]:
     """`["epochs=2", "data_uri=s3://x"]` -> typed values; unknown names and bad values are user errors."""
     parsed: dict[str, Any] = {}

@@ -28,6 +28,8 @@ from visionnode.components.common.settings import Endpoints, resolve_s3_credenti
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
 
+from .compile import compiled_spec, parameter_defaults
+from .params import check_params
 from .pipeline import PIPELINE_NAME
 from .step_log import StepEvent, StepLog
 
@@ -79,12 +81,15 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
         raise ConfigError(f"unknown runner {config.runner!r}", f"use one of: {', '.join(RUNNERS)}")
     if config.data is not None:
         _check_dataset(config.data)
+    data = config.data.resolve() if config.data is not None else demo_data_dir()
+    params = _pipeline_params(data, config)
+    check_params(parameter_defaults(compiled_spec()) | params, local=True)
     pipeline_root = (config.work_dir or state_dir() / "pipeline-runs").resolve()
     if config.runner == "docker":
         _check_docker(pipeline_root, config.data)
     endpoints = _start_stack(config.triton_container)
-    data = _dataset(config.data)
-    params = _pipeline_params(data, config)
+    if config.data is None and not (data / "LOC_synset_mapping.txt").is_file():
+        synthesize_dataset(data, DEMO_DATA)
     with (service_env := _service_environment(endpoints)), \
             tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data}) as parent:
         os.environ[PARENT_RUN_ENV] = parent.run_id or ""
@@ -133,13 +138,8 @@ def _check_docker(pipeline_root: Path, data: Path | None) -> None:
                               "/var/tmp/visionnode, or chmod o+x it")
 
 
-def _dataset(data: Path | None) -> Path:
-    if data is not None:
-        return data.resolve()
-    root = state_dir() / "demo-data" / f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
-    if not (root / "LOC_synset_mapping.txt").is_file():
-        synthesize_dataset(root, DEMO_DATA)
-    return root
+def demo_data_dir() -> Path:
+    return state_dir() / "demo-data" / f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
 
 
 def _pipeline_params(data: Path, config: LocalRunConfig) -> dict[str, Any]:
@@ -238,7 +238,7 @@ KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "shard": (("images_written", "images", "{:,.0f}"),),
     "transfer": (("mb_per_s", "MB/s", "{:.1f}"),),
     "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}")),
-    "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement", "{:.3f}")),
+    "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement %", "{:.1f}")),
     "deploy": (("load_s", "loaded in s", "{:.1f}"),),
     "benchmark": (("best_qps", "QPS", "{:.0f}"), ("best_p99_ms", "P99 ms", "{:.0f}")),
 }

@@ -15,7 +15,8 @@ from typing import Any
 from visionnode.components.common.errors import ConfigError, ServiceError
 from visionnode.components.common.kfp_support import project_version
 
-from .compile import compile_pipeline
+from .compile import compile_pipeline, compiled_spec, parameter_defaults
+from .params import check_params
 from .pipeline import PIPELINE_NAME
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
@@ -44,6 +45,7 @@ def submit_pipeline(config: SubmitConfig) -> SubmitResult:
     if "data_uri" not in config.params:
         raise ConfigError("the pipeline needs --param data_uri=...",
                           "e.g. --param data_uri=s3://datasets/imagenet (ImageNet layout)")
+    check_params(parameter_defaults(compiled_spec()) | config.params, local=False)
     _preflight(config.host)
     client = _call(config.host, _client, config)
     with tempfile.TemporaryDirectory() as scratch:

@@ -23,6 +23,8 @@ JsonOption = Annotated[Optional[Path], typer.Option(
 # Rich draws 80 columns when not writing to a terminal, which cuts option names in `--help | less` and
 # paths in tables; a pipe gets a page this wide unless COLUMNS (or typer's TERMINAL_WIDTH) says otherwise.
 PIPE_WIDTH = 120
+LIST_SHOWN = 8                         # list items a table cell shows before "... (N in all)"
+LINK_SCHEMES = ("http://", "https://")  # values printed whole below a table, never wrapped
 
 
 def pipe_width(stream: Any) -> int | None:
@@ -80,9 +82,15 @@ def emit_result(result: Any, json_path: Path | None, title: str, summary: Any = 
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # long paths wrap instead of being cut with "…"
-    for key, value in _flatten(data):
-        table.add_row(key, human_value(value))
-    (err_console if json_to_stdout(json_path) else out_console).print(table)
+    rows = _flatten(data)
+    links = [(key, value) for key, value in rows if isinstance(value, str) and value.startswith(LINK_SCHEMES)]
+    for key, value in rows:
+        if (key, value) not in links:
+            table.add_row(key, human_value(value))
+    console = err_console if json_to_stdout(json_path) else out_console
+    console.print(table)
+    for key, value in links:  # whole, on a line of their own, so they can be copied or clicked
+        console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
     write_summary(json_path, data if summary is None else summary)
 
 
@@ -112,7 +120,6 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), data)]
 
 
-LIST_SHOWN = 8
 
 
 def human_value(value: Any) -> str:

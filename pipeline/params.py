@@ -1,0 +1,109 @@
+"""Pipeline parameters checked by the phases' own config rules before anything is submitted or started.
+
+Each phase builds the config object its component would build from the same parameters and runs its
+`validate()`; a value one phase cannot use is a one-line error naming the parameter's phase, before KFP,
+the embedded services or any container sees it. Paths in these configs are placeholders: what the task
+will read is only known where it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.storage import parse_s3_uri
+
+# Where a cluster's importer can read the raw dataset from (KFP resolves these object-store schemes).
+REMOTE_DATA_SCHEMES = ("s3", "gs", "minio", "http", "https")
+_PLACEHOLDER = Path("/placeholder")
+
+
+def check_params(params: dict[str, Any], *, local: bool) -> None:
+    """Raise ConfigError for the first parameter that a phase would refuse, or a URI that cannot work."""
+    _check_uris(params, local)
+    for phase, check in PHASE_CHECKS.items():
+        try:
+            check(params)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline parameter refused by {phase}: {exc.problem}", exc.hint) from None
+
+
+def _check_uris(params: dict[str, Any], local: bool) -> None:
+    data_uri = str(params.get("data_uri", ""))
+    scheme = urlparse(data_uri).scheme
+    if not local and (scheme not in REMOTE_DATA_SCHEMES or not urlparse(data_uri).netloc):
+        raise ConfigError(f"data_uri {data_uri!r} is not a URI the cluster can read",
+                          "use s3://bucket/prefix (ImageNet layout), or gs://, minio://, https://")
+    for name in ("shards_uri", "checkpoint_uri"):
+        if params.get(name):
+            try:
+                parse_s3_uri(params[name])
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc.problem}", exc.hint) from None
+
+
+def _validate(params: dict[str, Any]) -> None:
+    from visionnode.components.validate.config import ValidateConfig
+
+    ValidateConfig(data=_PLACEHOLDER, subset=params["validate_subset"], image_size=params["validate_image_size"],
+                   steps=params["validate_steps"], lr_range_steps=params["validate_lr_range_steps"]).checked()
+
+
+def _shard(params: dict[str, Any]) -> None:
+    from visionnode.components.shard.shard import ShardConfig
+
+    ShardConfig(data=_PLACEHOLDER / "data", out=_PLACEHOLDER / "shards",
+                images_per_shard=params["images_per_shard"], max_resolution=params["max_resolution"],
+                jpeg_quality=params["jpeg_quality"], workers=params["workers"]).validate()
+
+
+def _transfer(params: dict[str, Any]) -> None:
+    from visionnode.components.transfer.transfer import UploadConfig
+
+    UploadConfig(_PLACEHOLDER, params["shards_uri"], concurrency=params["transfer_concurrency"]).validate()
+
+
+def _train(params: dict[str, Any]) -> None:
+    from visionnode.components.train.precision import PRECISIONS
+    from visionnode.components.train.recipe import Recipe, parse_res_schedule
+    from visionnode.components.train.train import TrainConfig
+
+    if params["precision"] not in PRECISIONS:
+        raise ConfigError(f"precision {params['precision']!r} is not known", f"use one of {', '.join(PRECISIONS)}")
+    res_start, res_end = parse_res_schedule(params["res_schedule"])
+    TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["epochs"], batch_size=params["batch_size"],
+                arch=params["arch"], res_start=res_start, res_end=res_end, precision=params["precision"],
+                workers=params["workers"], recipe=Recipe(lr=params["lr"]), crop_min_scale=params["crop_min_scale"],
+                flip=params["flip"], init_weights=params["init_weights"],
+                head_epochs=params["head_epochs"]).validate()
+
+
+def _quantize(params: dict[str, Any]) -> None:
+    from visionnode.components.quantize.quantize import QuantizeConfig
+
+    QuantizeConfig(_PLACEHOLDER, "", _PLACEHOLDER, calibration_images=params["calibration_images"],
+                   max_accuracy_drop=params["max_accuracy_drop"], full_int8=params["full_int8"]).validate()
+
+
+def _deploy(params: dict[str, Any]) -> None:
+    from visionnode.components.deploy.deploy import DeployConfig
+
+    DeployConfig(_PLACEHOLDER, repository=params["model_repository"], model_name=params["model_name"]).validate()
+
+
+def _benchmark(params: dict[str, Any]) -> None:
+    from visionnode.components.benchmark.benchmark import BenchmarkConfig, parse_levels
+
+    BenchmarkConfig(model=params["model_name"], protocol=params["benchmark_protocol"],
+                    concurrency=parse_levels(params["benchmark_concurrency"]),
+                    duration_s=params["benchmark_duration_s"], target_qps=params["target_qps"],
+                    target_p99_ms=params["target_p99_ms"]).validate()
+
+
+PHASE_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "validate": _validate, "shard": _shard, "transfer": _transfer, "train": _train,
+    "quantize": _quantize, "deploy": _deploy, "benchmark": _benchmark,
+}
