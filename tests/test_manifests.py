@@ -5,10 +5,12 @@
 - every built-in object, in the base files and in each rendered overlay, validates strictly against the
   Kubernetes OpenAPI schemas bundled with kubernetes-validate; the PyTorchJob (a custom resource) gets a
   structural check plus strict validation of its pod templates as core/v1 PodTemplates;
-- policy: Services are ClusterIP, every container has requests and limits and meets the "restricted" Pod
-  Security Standard, no credential is committed, Triton has its probes, and the pieces agree with each other
-  (Triton's repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU limit,
-  image tags = version).
+- policy: Services are ClusterIP, every container has requests and limits and every pod the cluster would
+  run (the PyTorchJob Workers with the init container the training operator adds from our template) passes
+  the Pod Security level the namespace enforces; no credential is committed, Triton has its probes, the job
+  survives one pre-emption per node, and the pieces agree with each other (Triton's repository = the
+  pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags = version, the training operator's
+  version = the README's).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())  # oldest we sup
 NAMESPACE = "visionnode"
 S3_ENV = MANIFESTS / "base" / "s3.env"            # user-created, git-ignored
 S3_ENV_EXAMPLE = MANIFESTS / "base" / "secret.example.env"
+OPERATOR_DIR = MANIFESTS / "training-operator"
+OPERATOR_VERSION = "v1.9.0"          # kubeflow/training-operator: the last line serving kubeflow.org/v1 PyTorchJob
+OPERATOR_TEMPLATE = OPERATOR_DIR / "pytorch-init-container.gotmpl"
+# The operator's flags and defaults (cmd/training-operator.v1/main.go, pkg/config/config.go in release-1.9).
+OPERATOR_TEMPLATE_FILE = "/etc/config/initContainer.yaml"   # --pytorch-init-container-template-file
+OPERATOR_INIT_IMAGE = "alpine:3.10"                         # --pytorch-init-container-image
+OPERATOR_INIT_MAX_TRIES = 100                               # --pytorch-init-container-max-tries
 OVERLAYS = {
     "local": MANIFESTS / "overlays" / "local",
     "production": MANIFESTS / "overlays" / "production",
@@ -78,14 +87,92 @@ def validate_builtin(doc: dict[str, Any], version: str) -> None:
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(label, pod spec) for every pod template in Deployments, StatefulSets, Jobs and PyTorchJobs."""
+    """(label, pod spec) for every pod template in Deployments, StatefulSets, Jobs and PyTorchJobs.
+
+    PyTorchJob pods are what the training operator creates: Workers get the init container it adds."""
     for doc in docs:
         kind, name = doc["kind"], doc["metadata"]["name"]
         if kind in ("Deployment", "StatefulSet", "Job"):
             yield f"{kind}/{name}", doc["spec"]["template"]["spec"]
         elif kind == "PyTorchJob":
             for role, replica in doc["spec"]["pytorchReplicaSpecs"].items():
-                yield f"{kind}/{name}/{role}", replica["template"]["spec"]
+                yield f"{kind}/{name}/{role}", operator_pod_spec(doc, role)
+
+
+def render_operator_template(template: str, master_addr: str) -> list[dict[str, Any]]:
+    """The init containers the training operator renders from its Go template (pytorch/initcontainer.go)."""
+    fields = {".MasterAddr": master_addr, ".InitContainerImage": OPERATOR_INIT_IMAGE,
+              ".MaxTries": str(OPERATOR_INIT_MAX_TRIES)}
+    actions = set(re.findall(r"\{\{\s*(.*?)\s*\}\}", template))
+    assert actions <= set(fields), f"template actions the operator does not provide: {actions - set(fields)}"
+    text = re.sub(r"\{\{\s*(.*?)\s*\}\}", lambda m: fields[m.group(1)], template)
+    containers = yaml.safe_load(text)
+    assert isinstance(containers, list) and containers, "the operator unmarshals a list of containers"
+    return containers
+
+
+def operator_pod_spec(job: dict[str, Any], role: str, template: str | None = None) -> dict[str, Any]:
+    """A replica's pod spec as the operator creates it: with a Master, Workers get its init containers."""
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    spec = yaml.safe_load(yaml.safe_dump(replicas[role]["template"]["spec"]))
+    if role == "Worker" and "Master" in replicas:
+        master = f"{job['metadata']['name']}-master-0"
+        injected = render_operator_template(template or OPERATOR_TEMPLATE.read_text(), master)
+        spec["initContainers"] = spec.get("initContainers", []) + injected
+    return spec
+
+
+# Pod Security Standards, "restricted" (which includes "baseline"), as the admission controller checks a pod.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+BASELINE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                    "net.ipv4.tcp_keepalive_probes"}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What Pod Security "restricted" refuses in a pod spec (empty: admitted)."""
+    found = []
+    pod = spec.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            found.append(f"{field}: true")
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds - RESTRICTED_VOLUMES)}")
+    for sysctl in pod.get("sysctls", []):
+        if sysctl["name"] not in BASELINE_SYSCTLS:
+            found.append(f"sysctl {sysctl['name']}")
+    if pod.get("runAsUser") == 0:
+        found.append("pod runAsUser 0")
+    if pod.get("seccompProfile", {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
+        found.append("pod seccompProfile")
+    containers = spec.get("initContainers", []) + spec["containers"] + spec.get("ephemeralContainers", [])
+    for container in containers:
+        name, security = container["name"], container.get("securityContext", {})
+        if security.get("privileged"):
+            found.append(f"{name}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation must be false")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities.drop must include ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities.add {capabilities['add']}")
+        if security.get("runAsNonRoot", pod.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot must be true")
+        if security.get("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = security.get("seccompProfile", pod.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccompProfile must be RuntimeDefault or Localhost")
+        if security.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -135,6 +222,9 @@ def test_kustomization_references_exist(directory: Path):
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kustomization["kind"] == "Kustomization"
     for resource in kustomization.get("resources", []):
+        if resource.startswith("github.com/"):  # a remote base: only pinned to a release tag
+            assert re.search(r"\?ref=v\d+\.\d+\.\d+$", resource), f"unpinned remote resource {resource}"
+            continue
         target = directory / resource
         assert target.is_file() or (target / "kustomization.yaml").is_file(), f"missing resource {resource}"
     for patch in kustomization.get("patches", []):
@@ -173,6 +263,8 @@ def test_strategic_patches_target_base_objects():
     in_base = {(d["kind"], d["metadata"]["name"]) for d in base_resources()}
     for directory in kustomization_dirs():
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        if any(r.startswith("github.com/") for r in kustomization.get("resources", [])):
+            continue  # patches an upstream base: checked by test_training_operator_reads_our_init_container_template
         for patch in kustomization.get("patches", []):
             if "target" in patch:  # JSON 6902: checked by rendering
                 continue
@@ -549,3 +641,147 @@ def test_example_secret_holds_placeholders_only():
     assert values["AWS_ACCESS_KEY_ID"] == "<access-key>"
     assert values["AWS_SECRET_ACCESS_KEY"] == "<secret-key>"
     assert values["VISIONNODE_S3_ENDPOINT"] == f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
+
+
+# --------------------------------------------------------------------------- Pod Security "restricted"
+
+def enforced_level(docs: list[dict[str, Any]]) -> str:
+    return one(docs, "Namespace", NAMESPACE)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+
+
+def training_job_in(overlay: str, rendered_: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return one(rendered_[overlay], "PyTorchJob", "resnet152-train")
+
+
+# The operator's built-in init container (release-1.9 pkg/controller.v1/pytorch/initcontainer.go): what every
+# Worker got before we shipped our template. Written here in its structure, with its one template field.
+OPERATOR_DEFAULT_TEMPLATE = """
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources: {limits: {cpu: 100m, memory: 20Mi}, requests: {cpu: 50m, memory: 10Mi}}
+  command: ['sh', '-c', 'until nslookup {{.MasterAddr}}; do sleep 2; done']
+"""
+
+
+def test_restricted_check_refuses_the_operators_default_init_container(rendered):
+    """Both sides of the admission check: our Worker pod passes, the same pod with the built-in one does not."""
+    job = training_job_in("production-training", rendered)
+    assert restricted_violations(operator_pod_spec(job, "Worker")) == []
+    refused = restricted_violations(operator_pod_spec(job, "Worker", template=OPERATOR_DEFAULT_TEMPLATE))
+    assert refused == ["init-pytorch: allowPrivilegeEscalation must be false",
+                       "init-pytorch: capabilities.drop must include ALL"]
+    # the pod-level defaults (runAsNonRoot, seccomp) cover it here, but not in a pod without them
+    bare = {"containers": render_operator_template(OPERATOR_DEFAULT_TEMPLATE, "x-master-0")}
+    assert "init-pytorch: runAsNonRoot must be true" in restricted_violations(bare)
+    assert "init-pytorch: seccompProfile must be RuntimeDefault or Localhost" in restricted_violations(bare)
+    ours = {"containers": render_operator_template(OPERATOR_TEMPLATE.read_text(), "x-master-0")}
+    assert restricted_violations(ours) == [], "our template is admissible in any restricted namespace"
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_every_pod_passes_the_namespace_pod_security_level(rendered, overlay: str):
+    """Every pod the cluster would create here, the Workers' operator-injected init container included."""
+    assert enforced_level(rendered["production"]) == "restricted"
+    specs = list(pod_specs(rendered[overlay]))
+    assert specs
+    for label, spec in specs:
+        assert restricted_violations(spec) == [], label
+    if overlay in TRAINING_OVERLAYS:
+        worker = dict(specs)["PyTorchJob/resnet152-train/Worker"]
+        assert [c["name"] for c in worker["initContainers"]] == ["init-pytorch"]
+
+
+def render_operator_kustomization(tmp_path: Path) -> list[dict[str, Any]]:
+    """manifests/training-operator rendered with its remote base replaced by the upstream objects we patch."""
+    command = renderer()
+    if command is None:
+        pytest.skip("neither `kustomize` nor `kubectl` is installed")
+    copy = tmp_path / "training-operator"
+    shutil.copytree(OPERATOR_DIR, copy)
+    kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
+    remote = [r for r in kustomization["resources"] if r.startswith("github.com/")]
+    assert remote == [f"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref={OPERATOR_VERSION}"]
+    # the upstream standalone overlay's Deployment (manifests/base/deployment.yaml), as far as the patch touches it
+    (copy / "upstream.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "training-operator", "namespace": "kubeflow"},
+        "spec": {"selector": {"matchLabels": {"control-plane": "kubeflow-training-operator"}},
+                 "template": {"metadata": {"labels": {"control-plane": "kubeflow-training-operator"}},
+                              "spec": {"containers": [{"name": "training-operator", "image": "kubeflow/training-operator",
+                                                       "command": ["/manager"]}]}}}}))
+    kustomization["resources"] = ["upstream.yaml"]
+    (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    done = subprocess.run([*command, str(copy)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def template_file_in_operator(docs: list[dict[str, Any]]) -> str | None:
+    """The text the operator finds at its template path, or None (then it uses its built-in one)."""
+    deployment = one(docs, "Deployment", "training-operator")
+    spec = deployment["spec"]["template"]["spec"]
+    container = next(c for c in spec["containers"] if c["name"] == "training-operator")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        source = volumes[mount["name"]].get("configMap")
+        if source is None or not OPERATOR_TEMPLATE_FILE.startswith(mount["mountPath"].rstrip("/") + "/"):
+            continue
+        key = OPERATOR_TEMPLATE_FILE[len(mount["mountPath"].rstrip("/")) + 1:]
+        configmap = one(docs, "ConfigMap", source["name"])
+        return configmap["data"].get(key)
+    return None
+
+
+def test_training_operator_reads_our_init_container_template(tmp_path: Path):
+    docs = render_operator_kustomization(tmp_path)
+    assert {d["metadata"]["namespace"] for d in docs} == {"kubeflow"}
+    assert template_file_in_operator(docs) == OPERATOR_TEMPLATE.read_text()
+    # the other side: without the patch the operator finds no file and falls back to its built-in template
+    unpatched = [d for d in docs if d["kind"] != "Deployment"] + [yaml.safe_load(yaml.safe_dump(
+        one(docs, "Deployment", "training-operator")))]
+    unpatched[-1]["spec"]["template"]["spec"]["containers"][0].pop("volumeMounts")
+    assert template_file_in_operator(unpatched) is None
+
+
+def test_readme_names_the_training_operator_version_and_install_command():
+    readme = (MANIFESTS / "README.md").read_text()
+    kustomization = (OPERATOR_DIR / "kustomization.yaml").read_text()
+    assert f"?ref={OPERATOR_VERSION}" in kustomization
+    assert f"training operator {OPERATOR_VERSION}" in readme
+    assert "kubectl apply --server-side -k manifests/training-operator" in readme
+    assert "kubeflow.org/v1" in readme
+
+
+# ------------------------------------------------------------------------------ PyTorchJob restarts
+
+def restarts_counted(nodes: int, preemptions_per_node: int) -> int:
+    """What the operator (core.PastBackoffLimit) sums after pre-emptions: restartCount over running pods.
+
+    Static rendezvous: a pre-empted node ends every pod's torchrun, so each pre-emption restarts up to every
+    pod once (the pre-empted pod is often recreated from scratch, but may restart in place)."""
+    return nodes * preemptions_per_node * nodes
+
+
+def survives(backoff_limit: int, nodes: int, preemptions_per_node: int = 1) -> bool:
+    return restarts_counted(nodes, preemptions_per_node) < backoff_limit  # the job fails at >= backoffLimit
+
+
+@pytest.mark.parametrize("overlay", TRAINING_OVERLAYS)
+def test_training_job_survives_one_preemption_per_node(rendered, overlay: str):
+    job = training_job_in(overlay, rendered)
+    nodes = sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values())
+    limit = job["spec"]["runPolicy"]["backoffLimit"]
+    assert survives(limit, nodes), f"backoffLimit {limit} < {restarts_counted(nodes, 1) + 1} for {nodes} nodes"
+    assert not survives(3, nodes), "the check would have passed the old limit"
+    for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        container = next(c for c in replica["template"]["spec"]["containers"] if c["name"] == "pytorch")
+        # torchrun as PID 1 exits 1 when its processes exit 143 (pre-empted, checkpoint written), and
+        # restartPolicy ExitCode treats exit codes below 128 as permanent: it would end the job instead.
+        if container["command"] == ["torchrun"]:
+            assert replica["restartPolicy"] == "OnFailure", role
+
+
+def test_readme_says_what_a_preemption_does():
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "a preempted job restarts where it stopped" not in readme
+    assert "backoffLimit" in readme and "last checkpoint" in readme
