@@ -7,20 +7,24 @@
   structural check plus strict validation of its pod templates as core/v1 PodTemplates;
 - policy: Services are ClusterIP, every container has requests and limits and every pod the cluster would
   run (the PyTorchJob Workers with the init container the training operator adds from our template) passes
-  the Pod Security level the namespace enforces; no credential is committed, Triton has its probes, the job
-  survives one pre-emption per node, and the pieces agree with each other (Triton's repository = the
-  pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags = version, the training operator's
-  version = the README's).
+  the Pod Security level the namespace enforces; no credential is committed; Triton reloads the deployed
+  models after a restart and is not ready before; the job survives one pre-emption per node; and the pieces
+  agree with each other (Triton's repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU
+  limit, image tags = version, the training operator's version = the README's).
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import http.server
+import json
 import re
 import secrets
 import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -504,7 +508,6 @@ def test_triton_serves_from_minio_with_probes_and_three_ports(rendered):
     assert container["image"].split(":")[0].endswith("/triton-openvino")
     assert {p["containerPort"] for p in container["ports"]} == {8000, 8001, 8002}
     assert {p["port"] for p in one(docs, "Service", "triton")["spec"]["ports"]} == {8000, 8001, 8002}
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     args = container["args"]
     assert "command" not in container, "the image's entrypoint (visionnode stack triton) runs tritonserver"
@@ -549,6 +552,19 @@ def test_bucket_job_refuses_the_example_placeholders(tmp_path: Path):
                           env={"PATH": str(tmp_path), **placeholders})  # no `mc` on PATH: it must stop before
     assert done.returncode == 1
     assert done.stderr.startswith("error: Secret visionnode-s3 still holds the placeholders")
+
+
+def rendered_configmaps() -> list[dict[str, Any]]:
+    """The ConfigMaps base/kustomization.yaml generates from files, as kustomize names their keys."""
+    kustomization = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
+    configmaps = []
+    for generator in kustomization.get("configMapGenerator", []):
+        data = {}
+        for entry in generator.get("files", []):
+            key, _, source = entry.rpartition("=")
+            data[key or Path(source).name] = (MANIFESTS / "base" / source).read_text()
+        configmaps.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+    return configmaps
 
 
 # -------------------------------------------------------------------------------------- run config
@@ -785,3 +801,97 @@ def test_readme_says_what_a_preemption_does():
     readme = (MANIFESTS / "README.md").read_text()
     assert "a preempted job restarts where it stopped" not in readme
     assert "backoffLimit" in readme and "last checkpoint" in readme
+
+
+# ------------------------------------------------------------------------------ Triton after restarts
+
+class FakeTriton(http.server.BaseHTTPRequestHandler):
+    """Triton's HTTP endpoints that triton_models.py uses: a repository index, model readiness, load."""
+
+    repository: set[str] = set()
+    loaded: set[str] = set()
+
+    def _answer(self, status: int, body: Any = None) -> None:
+        data = json.dumps(body if body is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        match = re.fullmatch(r"/v2/models/([^/]+)/ready", self.path)
+        if self.path == "/v2/health/live":
+            self._answer(200)
+        elif match:
+            self._answer(200 if match.group(1) in self.loaded else 400)
+        else:
+            self._answer(404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        match = re.fullmatch(r"/v2/repository/models/([^/]+)/load", self.path)
+        if self.path == "/v2/repository/index":
+            self._answer(200, [{"name": n} for n in sorted(self.repository)])
+        elif match and match.group(1) in self.repository:
+            self.loaded.add(match.group(1))
+            self._answer(200)
+        else:
+            self._answer(400, {"error": "failed to load"})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_triton() -> Iterator[tuple[str, type[FakeTriton]]]:
+    handler = type("Triton", (FakeTriton,), {"repository": set(), "loaded": set()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+
+
+def triton_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+
+
+def run_triton_hook(command: list[str], container: dict[str, Any], url: str) -> int:
+    """A probe/hook command of the Triton container, run here with the script from its ConfigMap."""
+    script = one(rendered_configmaps(), "ConfigMap", "triton-models")["data"]["triton_models.py"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    path = Path(command[1])
+    assert command[0] == "python" and str(path.parent) in mounts and path.name == "triton_models.py"
+    env = {name: e["value"] for name, e in env_of(container).items() if "value" in e}
+    done = subprocess.run([sys.executable, "-c", script, *command[2:]], capture_output=True, text=True, timeout=30,
+                          env={**env, "TRITON_LOCAL_URL": url, "TRITON_START_WAIT_S": "5"})
+    return done.returncode
+
+
+def test_triton_reloads_deployed_models_after_a_restart_and_is_not_ready_before(rendered, fake_triton):
+    url, triton = fake_triton
+    container = triton_container(rendered["production"])
+    ready = container["readinessProbe"]["exec"]["command"]
+    load = container["lifecycle"]["postStart"]["exec"]["command"]
+    models = env_of(container)["TRITON_MODELS"]["value"].split(",")
+    # before the first deploy: nothing to load, ready, so deploy reaches it through the Service
+    assert run_triton_hook(ready, container, url) == 0
+    assert run_triton_hook(load, container, url) == 0 and triton.loaded == set()
+    # a restarted server: the models are in the repository but not loaded (explicit model control)
+    triton.repository |= set(models) | {"some_other_model"}
+    assert run_triton_hook(ready, container, url) == 1, "ready with a deployed model not loaded"
+    assert run_triton_hook(load, container, url) == 0
+    assert triton.loaded == set(models), "loads exactly the deployed VisionNode models"
+    assert run_triton_hook(ready, container, url) == 0
+    triton.loaded.discard(models[1])
+    assert run_triton_hook(ready, container, url) == 1, "every deployed model must be ready"
+
+
+@pytest.mark.parametrize("params_file", param_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_triton_loads_the_models_deploy_publishes(rendered, params_file: Path):
+    from visionnode.components.deploy.repository import JPEG_SUFFIX
+
+    model = yaml.safe_load(params_file.read_text())["model_name"]
+    overlay = "production" if "production" in params_file.parts else "local"
+    container = triton_container(rendered[overlay])
+    assert env_of(container)["TRITON_MODELS"]["value"].split(",") == [model, model + JPEG_SUFFIX]
