@@ -7,10 +7,11 @@
   structural check plus strict validation of its pod templates as core/v1 PodTemplates;
 - policy: Services are ClusterIP, every container has requests and limits and every pod the cluster would
   run (the PyTorchJob Workers with the init container the training operator adds from our template) passes
-  the Pod Security level the namespace enforces; no credential is committed; Triton reloads the deployed
-  models after a restart and is not ready before; the job survives one pre-emption per node; and the pieces
-  agree with each other (Triton's repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU
-  limit, image tags = version, the training operator's version = the README's).
+  the Pod Security level the namespace enforces; no credential is committed and MinIO's root user reaches only
+  MinIO and its setup Job (every client has a bucket-scoped user); Triton reloads the deployed models after a
+  restart and is not ready before; the job survives one pre-emption per node; and the pieces agree with each
+  other (Triton's repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags =
+  version, the training operator's version = the README's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ast
 import base64
 import http.server
 import json
+import os
 import re
 import secrets
 import shutil
@@ -40,7 +42,12 @@ MANIFESTS = ROOT / "manifests"
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())  # oldest we support, newest bundled
 NAMESPACE = "visionnode"
 S3_ENV = MANIFESTS / "base" / "s3.env"            # user-created, git-ignored
-S3_ENV_EXAMPLE = MANIFESTS / "base" / "secret.example.env"
+S3_ENV_EXAMPLE = MANIFESTS / "base" / "s3.example.env"
+# Every credential file (X.env, user-created from X.example.env, git-ignored) and the Secret it becomes.
+ENV_SECRETS = {"minio-root": "minio-root", "s3": "visionnode-s3", "mlflow-s3": "mlflow-s3", "triton-s3": "triton-s3"}
+ENV_EXAMPLES = {MANIFESTS / "base" / f"{stem}.example.env": secret for stem, secret in ENV_SECRETS.items()}
+USER_ENV_FILES = {MANIFESTS / "base" / f"{stem}.env" for stem in ENV_SECRETS}
+ROOT_SECRET = "minio-root"
 OPERATOR_DIR = MANIFESTS / "training-operator"
 OPERATOR_VERSION = "v1.9.0"          # kubeflow/training-operator: the last line serving kubeflow.org/v1 PyTorchJob
 OPERATOR_TEMPLATE = OPERATOR_DIR / "pytorch-init-container.gotmpl"
@@ -205,10 +212,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
         pytest.skip("neither `kustomize` nor `kubectl` is installed: overlay rendering checks skipped "
                     "(the per-file checks still run)")
     copy = tmp_path_factory.mktemp("manifests") / "manifests"
-    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("s3.env"))
-    example = S3_ENV_EXAMPLE.read_text()
-    (copy / "base" / "s3.env").write_text(example.replace("<access-key>", "vn" + secrets.token_hex(8))
-                                          .replace("<secret-key>", secrets.token_urlsafe(30)))
+    shutil.copytree(MANIFESTS, copy, ignore=lambda _, names: [n for n in names
+                                                             if MANIFESTS / "base" / n in USER_ENV_FILES])
+    for example in ENV_EXAMPLES:
+        user_file = copy / "base" / example.name.replace(".example.env", ".env")
+        user_file.write_text(example.read_text().replace("<access-key>", "vn" + secrets.token_hex(8))
+                             .replace("<secret-key>", secrets.token_urlsafe(30)))
     out = {}
     for name, overlay in OVERLAYS.items():
         target = copy / overlay.relative_to(MANIFESTS)
@@ -237,8 +246,8 @@ def test_kustomization_references_exist(directory: Path):
     for generator in kustomization.get("secretGenerator", []) + kustomization.get("configMapGenerator", []):
         for entry in generator.get("files", []) + generator.get("envs", []):
             path = directory / entry.split("=", 1)[-1]
-            if path == S3_ENV:  # the user creates it from the example; it must never be committed
-                assert S3_ENV_EXAMPLE.is_file()
+            if path in USER_ENV_FILES:  # the user creates it from the example; it must never be committed
+                assert path.with_name(path.name.replace(".env", ".example.env")).is_file()
                 continue
             assert path.is_file(), f"missing generator input {entry}"
 
@@ -246,9 +255,11 @@ def test_kustomization_references_exist(directory: Path):
 def test_user_secret_file_is_git_ignored():
     rules = [line for line in (MANIFESTS / ".gitignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert rules == ["*.env", "!*.example.env"]  # s3.env ignored, secret.example.env kept
-    assert S3_ENV.match(rules[0]) and not S3_ENV.match(rules[1][1:])
-    assert S3_ENV_EXAMPLE.match(rules[1][1:])
+    assert rules == ["*.env", "!*.example.env"]  # s3.env etc. ignored, s3.example.env etc. kept
+    for user_file in USER_ENV_FILES:
+        assert user_file.match(rules[0]) and not user_file.match(rules[1][1:])
+    for example in ENV_EXAMPLES:
+        assert example.match(rules[1][1:])
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -457,10 +468,9 @@ def test_minio_takes_its_root_credentials_from_the_secret(rendered):
     minio = one(docs, "Deployment", "minio")
     container = minio["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
-    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {"name": "visionnode-s3",
-                                                                   "key": "AWS_ACCESS_KEY_ID"}
-    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "visionnode-s3",
-                                                                       "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {"name": ROOT_SECRET, "key": "MINIO_ROOT_USER"}
+    assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": ROOT_SECRET,
+                                                                       "key": "MINIO_ROOT_PASSWORD"}
     volumes = {v["name"]: v for v in minio["spec"]["template"]["spec"]["volumes"]}
     data = next(m for m in container["volumeMounts"] if m["mountPath"] == "/data")
     assert volumes[data["name"]]["persistentVolumeClaim"]["claimName"] == "minio-data"
@@ -493,7 +503,7 @@ def test_mlflow_stores_runs_in_sqlite_on_a_volume_and_artifacts_in_minio(rendere
     assert "--artifacts-destination=s3://mlflow" in args and "--serve-artifacts" in args
     env = env_of(container)
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio:9000"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "visionnode-s3"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-s3"
     # what components are told (Secret visionnode-mlflow) is this Service
     service = one(docs, "Service", "mlflow")
     tracking = one(docs, "Secret", "visionnode-mlflow")
@@ -517,7 +527,7 @@ def test_triton_serves_from_minio_with_probes_and_three_ports(rendered):
     assert re.fullmatch(rf"s3://minio\.{NAMESPACE}\.svc\.cluster\.local:9000/[a-z0-9.-]+/.+", repository)
     env = env_of(container)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "visionnode-s3", "key": key}
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "triton-s3", "key": key}
     volumes = {v["name"]: v for v in triton["spec"]["template"]["spec"]["volumes"]}
     shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
     assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory", "python backend shared memory"
@@ -542,16 +552,63 @@ def test_bucket_job_creates_what_the_services_read(rendered):
     assert "vn/visionnode/triton-models/" in script  # Triton will not start on an empty S3 prefix
 
 
-def test_bucket_job_refuses_the_example_placeholders(tmp_path: Path):
-    """Copying secret.example.env without filling it in must not give MinIO a guessable root password."""
+def env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def job_env(container: dict[str, Any], secrets_: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The bucket Job's environment, each secretKeyRef resolved from `secrets_` (Secret name -> data)."""
+    env = {}
+    for name, entry in env_of(container).items():
+        ref = entry["valueFrom"]["secretKeyRef"] if "valueFrom" in entry else None
+        env[name] = secrets_[ref["name"]][ref["key"]] if ref else entry["value"]
+    return env
+
+
+def run_bucket_job(tmp_path: Path, secrets_: dict[str, dict[str, str]], mc: bool) -> tuple[int, str, list[str]]:
+    """The Job's script with its Secrets; `mc` a stand-in that logs each call (or none on PATH)."""
     container = one(base_resources(), "Job", "minio-buckets")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["/bin/sh", "-ec"]
-    placeholders = dict(line.split("=", 1) for line in S3_ENV_EXAMPLE.read_text().splitlines()
-                        if line and not line.startswith("#"))
+    bin_dir, log = tmp_path / "bin", tmp_path / "mc.log"
+    bin_dir.mkdir()
+    if mc:
+        (bin_dir / "mc").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+        (bin_dir / "mc").chmod(0o755)
+    shell = {"PATH": f"{bin_dir}:{os.path.dirname(shutil.which('sh') or '/bin/sh')}"}
     done = subprocess.run(["/bin/sh", "-ec", container["args"][0]], capture_output=True, text=True, timeout=30,
-                          env={"PATH": str(tmp_path), **placeholders})  # no `mc` on PATH: it must stop before
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: Secret visionnode-s3 still holds the placeholders")
+                          env={**shell, **job_env(container, secrets_)})
+    return done.returncode, done.stderr, log.read_text().splitlines() if log.exists() else []
+
+
+def test_bucket_job_refuses_the_example_placeholders(tmp_path: Path):
+    """Copying an .example.env without filling it in must not give MinIO a guessable password."""
+    placeholders = {secret: env_file(example) for example, secret in ENV_EXAMPLES.items()}
+    code, stderr, calls = run_bucket_job(tmp_path, placeholders, mc=True)
+    assert code == 1 and calls == []
+    assert stderr.startswith("error: a Secret (minio-root, visionnode-s3, mlflow-s3, triton-s3) is empty or still")
+
+
+def test_bucket_job_gives_each_client_its_own_scoped_user(tmp_path: Path):
+    """As root, the Job creates one user per client Secret and attaches the policy limited to its bucket."""
+    filled = {secret: {key: f"{secret}-{key}-{secrets.token_hex(4)}" for key in env_file(example)}
+              for example, secret in ENV_EXAMPLES.items()}
+    code, stderr, calls = run_bucket_job(tmp_path, filled, mc=True)
+    assert code == 0, stderr
+    root = filled[ROOT_SECRET]
+    assert f"--config-dir /tmp/mc alias set vn http://minio:9000 {root['MINIO_ROOT_USER']} " \
+           f"{root['MINIO_ROOT_PASSWORD']}" in calls
+    policies = one(rendered_configmaps(), "ConfigMap", "minio-policies")["data"]
+    for secret, policy in (("visionnode-s3", "visionnode"), ("mlflow-s3", "mlflow"), ("triton-s3", "triton")):
+        key, password = filled[secret]["AWS_ACCESS_KEY_ID"], filled[secret]["AWS_SECRET_ACCESS_KEY"]
+        assert f"--config-dir /tmp/mc admin policy create vn {policy} /policies/{policy}.json" in calls
+        assert f"--config-dir /tmp/mc admin user add vn {key} {password}" in calls
+        assert f"--config-dir /tmp/mc admin policy attach vn {policy} --user {key}" in calls
+        assert f"{policy}.json" in policies
+    # the other side: with one client's keys empty the Job stops before it touches MinIO
+    (tmp_path / "empty").mkdir()
+    empty = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    code, _, calls = run_bucket_job(tmp_path / "empty", {**filled, "triton-s3": empty}, mc=True)
+    assert code == 1 and calls == []
 
 
 def rendered_configmaps() -> list[dict[str, Any]]:
@@ -622,7 +679,7 @@ def test_pipeline_params_are_valid_pipeline_parameters(params_file: Path):
 # ------------------------------------------------------------------------------------- credentials
 
 def committed_files() -> list[Path]:
-    return [p for p in MANIFESTS.rglob("*") if p.is_file() and p != S3_ENV]
+    return [p for p in MANIFESTS.rglob("*") if p.is_file() and p not in USER_ENV_FILES]
 
 
 def test_no_literal_credentials_committed():
@@ -652,11 +709,11 @@ def test_no_literal_credentials_committed():
 
 
 def test_example_secret_holds_placeholders_only():
-    values = dict(line.split("=", 1) for line in S3_ENV_EXAMPLE.read_text().splitlines()
-                  if line and not line.startswith("#"))
-    assert values["AWS_ACCESS_KEY_ID"] == "<access-key>"
-    assert values["AWS_SECRET_ACCESS_KEY"] == "<secret-key>"
-    assert values["VISIONNODE_S3_ENDPOINT"] == f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
+    for example in ENV_EXAMPLES:
+        values = env_file(example)
+        credentials = {k: v for k, v in values.items() if SECRETISH.search(k) or k.endswith("_USER")}
+        assert sorted(credentials.values()) == ["<access-key>", "<secret-key>"], example.name
+    assert env_file(S3_ENV_EXAMPLE)["VISIONNODE_S3_ENDPOINT"] == f"http://minio.{NAMESPACE}.svc.cluster.local:9000"
 
 
 # --------------------------------------------------------------------------- Pod Security "restricted"
@@ -895,3 +952,53 @@ def test_triton_loads_the_models_deploy_publishes(rendered, params_file: Path):
     overlay = "production" if "production" in params_file.parts else "local"
     container = triton_container(rendered[overlay])
     assert env_of(container)["TRITON_MODELS"]["value"].split(",") == [model, model + JPEG_SUFFIX]
+
+
+# ------------------------------------------------------------------------------------ S3 credentials
+
+def secret_refs(container: dict[str, Any]) -> set[str]:
+    names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+             if "secretKeyRef" in e.get("valueFrom", {})}
+    return names | {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_minio_root_credentials_reach_only_minio_and_its_setup_job(rendered, overlay: str):
+    expected = {"Deployment/minio": {ROOT_SECRET}, "Job/minio-buckets": {ROOT_SECRET, "visionnode-s3", "mlflow-s3",
+                                                                         "triton-s3"},
+                "Deployment/mlflow": {"mlflow-s3"}, "Deployment/triton": {"triton-s3"},
+                "PyTorchJob/resnet152-train/Master": {"visionnode-s3", "visionnode-mlflow"},
+                "PyTorchJob/resnet152-train/Worker": {"visionnode-s3", "visionnode-mlflow"}}
+    specs = dict(pod_specs(rendered[overlay]))
+    assert specs and set(specs) <= set(expected)
+    for label, spec in specs.items():
+        used = set().union(*(secret_refs(c) for c in spec.get("initContainers", []) + spec["containers"]))
+        assert used == expected[label], label
+    for secret in (d for d in rendered[overlay] if d["kind"] == "Secret" and d["metadata"]["name"] != ROOT_SECRET):
+        assert not any(key.startswith("MINIO_ROOT") for key in secret["data"]), secret["metadata"]["name"]
+
+
+def policy_buckets(policy: dict[str, Any]) -> set[str]:
+    """The buckets a MinIO/S3 policy grants anything on (None for a wildcard)."""
+    buckets = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert all(a.startswith("s3:") and "*" not in a for a in statement["Action"]), statement["Action"]
+        for resource in statement["Resource"]:
+            bucket = resource.removeprefix("arn:aws:s3:::").split("/")[0]
+            buckets.add(bucket if "*" not in bucket else "*")
+    return buckets
+
+
+def test_each_s3_user_is_limited_to_its_bucket():
+    policies = {name.removesuffix(".json"): json.loads(text) for name, text in
+                one(rendered_configmaps(), "ConfigMap", "minio-policies")["data"].items()}
+    assert {name: policy_buckets(p) for name, p in policies.items()} == {
+        "visionnode": {"visionnode"}, "mlflow": {"mlflow"}, "triton": {"visionnode"}}
+    triton_objects = {r for s in policies["triton"]["Statement"] for r in s["Resource"] if "/" in r}
+    assert all(r.startswith("arn:aws:s3:::visionnode/triton-models/") for r in triton_objects), triton_objects
+    # the other side: a root-like policy is caught
+    assert policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"],
+                                          "Resource": ["arn:aws:s3:::*"]}]}) == {"*"}
+    with pytest.raises(AssertionError):
+        policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::mlflow"]}]})
