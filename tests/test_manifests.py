@@ -1002,3 +1002,24 @@ def test_each_s3_user_is_limited_to_its_bucket():
                                           "Resource": ["arn:aws:s3:::*"]}]}) == {"*"}
     with pytest.raises(AssertionError):
         policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::mlflow"]}]})
+
+
+# --------------------------------------------------------------------------------- MLflow allowed hosts
+
+def test_mlflow_accepts_only_its_own_host_names(rendered):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    docs = rendered["production"]
+    env = env_of(one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0])
+    allowed = [h.strip() for h in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")]
+    port = one(docs, "Service", "mlflow")["spec"]["ports"][0]["port"]
+    tracking = base64.b64decode(one(docs, "Secret", "visionnode-mlflow")["data"]["MLFLOW_TRACKING_URI"]).decode()
+    for host in (tracking.split("//", 1)[1], f"mlflow:{port}", f"mlflow.{NAMESPACE}:{port}",
+                 f"mlflow.{NAMESPACE}.svc:{port}", "localhost:5000", "127.0.0.1:15000"):
+        assert is_allowed_host_header(allowed, host), host
+    for host in ("mlflow.attacker.example", f"mlflow.attacker.example:{port}",
+                 f"mlflow.{NAMESPACE}.svc.cluster.local.attacker.example:{port}", f"mlflowx:{port}",
+                 "localhost.attacker.example", "attacker.example"):
+        assert not is_allowed_host_header(allowed, host), host
+    # the other side: the old pattern let a foreign name through
+    assert is_allowed_host_header(["mlflow.*"], "mlflow.attacker.example")
