@@ -36,6 +36,7 @@ class SynthConfig:
     min_side: int = 96
     max_side: int = 256
     flat_val: bool = False  # flat val/ + LOC_val_solution.csv, as Kaggle's ImageNet ships it
+    clutter: bool = True    # distractor shapes and pixel noise; False gives a stronger class signal
 
     def validate(self) -> None:
         if not 2 <= self.classes <= 1000:
@@ -84,7 +85,7 @@ def synthesize_dataset(out: str | Path, config: SynthConfig) -> SynthResult:
                     name = f"{wnid}_{index:05d}" if split == "train" else f"VN_val_{class_id:04d}{index:05d}"
                     folder = staging / split if split == "val" and config.flat_val else staging / split / wnid
                     folder.mkdir(parents=True, exist_ok=True)
-                    image = render_image(class_id, rng, config.min_side, config.max_side)
+                    image = render_image(class_id, rng, config.min_side, config.max_side, config.clutter)
                     image.save(folder / f"{name}.JPEG", "JPEG", quality=int(rng.integers(75, 96)))
                     if split == "val":
                         solution_rows.append((name, wnid))
@@ -97,15 +98,18 @@ def synthesize_dataset(out: str | Path, config: SynthConfig) -> SynthResult:
                        config.classes * config.val_per_class)
 
 
-def render_image(class_id: int, rng: np.random.Generator, min_side: int, max_side: int) -> Image.Image:
+def render_image(class_id: int, rng: np.random.Generator, min_side: int, max_side: int,
+                 clutter: bool = True) -> Image.Image:
     width, height = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
     image = Image.fromarray(_background(rng, width, height))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(1, 4))):  # distractors: random shape kinds and colours
+    for _ in range(int(rng.integers(1, 4)) if clutter else 0):  # distractors: random shape kinds and colours
         _draw_shape(draw, rng, SHAPES[int(rng.integers(len(SHAPES)))], _random_colour(rng), width, height, 0.25)
     mask = Image.new("L", image.size, 0)
     _draw_shape(ImageDraw.Draw(mask), rng, SHAPES[class_id % len(SHAPES)], 255, width, height, 0.6)
     image.paste(Image.fromarray(_class_fill(class_id, rng, width, height)), mask=mask)
+    if not clutter:
+        return image
     noise = rng.normal(0, 12, size=(height, width, 3))
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
