@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc.aio as grpc_aio
 from typer.testing import CliRunner
 
+from tests.net_helpers import listeners_that_never_answer
 from tests.serving_helpers import (make_small_openvino_model, optional_fixture, random_images, serve_models,
                                    write_sleep_model)
 from visionnode.components.benchmark.benchmark import BenchmarkConfig, benchmark, triton_pid
@@ -209,33 +210,12 @@ def test_overload_is_rejected_by_the_queue_policy_memory_stays_bounded_and_it_re
     assert calm.errors == 0 and calm.requests >= 15 and calm.p99_ms < 100, (calm.error_kinds, calm)
 
 
-def _listeners_that_never_answer() -> tuple[list, int]:
-    """Two sockets on consecutive loopback ports (HTTP, then gRPC as Triton lays them out) that accept
-    connections (the kernel's backlog does) and never send a byte."""
-    import socket
-
-    for _ in range(50):
-        first = socket.socket()
-        first.bind(("127.0.0.1", 0))
-        second = socket.socket()
-        try:
-            second.bind(("127.0.0.1", first.getsockname()[1] + 1))
-        except OSError:
-            first.close()
-            second.close()
-            continue
-        for listener in (first, second):
-            listener.listen(16)
-        return [first, second], first.getsockname()[1]
-    pytest.fail("no two consecutive free loopback ports")
-
-
 def test_triton_url_alone_derives_http_says_so_and_a_silent_endpoint_is_one_line(tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
 
-    listeners, http_port = _listeners_that_never_answer()
+    listeners, http_port = listeners_that_never_answer(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONNODE_TRITON")}
     env["VISIONNODE_STATE_DIR"] = str(tmp_path)  # no stack.json to fall back on
     try:

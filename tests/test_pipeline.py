@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.browser import rendered_text
+from tests.net_helpers import listeners_that_never_answer
 from visionnode.pipeline.cli import app
 from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
 from visionnode.components.common.cli import human_value
@@ -225,6 +226,20 @@ def test_user_mistakes_are_one_line_errors_that_write_nothing(case: str, synth_d
     assert "Traceback" not in done.stderr
     assert {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["inputs"], "something was half-written or started"
+
+
+def test_a_silent_mlflow_is_one_line_within_its_timeout_and_nothing_is_left(synth_dataset: Path,
+                                                                          tmp_path: Path) -> None:
+    listeners, port = listeners_that_never_answer()
+    try:
+        done = _cli("shard", "--data", str(synth_dataset), "--out", str(tmp_path / "shards"),
+                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    finally:
+        listeners[0].close()
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-2000:]
+    assert f"MLflow at http://127.0.0.1:{port}" in errors[0] and "did not answer within 10 s" in errors[0]
+    assert not (tmp_path / "shards").exists(), "a failed shard run left its new, empty output directory"
 
 
 def test_help_and_tables_in_a_pipe_are_whole(tmp_path: Path) -> None:

@@ -17,6 +17,14 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 from rich.text import Text
 
 console = Console(stderr=True)
+PROBE_TIMEOUT_S = 10.0  # health probes: an endpoint that accepts connections but never answers is given up on
+
+
+@contextmanager
+def waiting_for(service: str, url: str) -> Iterator[None]:
+    """A spinner on a terminal naming what is awaited and for how long (nothing in a pipe or a log)."""
+    with console.status(f"waiting for {service} at {url} (gives up after {PROBE_TIMEOUT_S:.0f} s)"):
+        yield
 
 
 class RateColumn(ProgressColumn):

@@ -8,12 +8,14 @@ whose methods do nothing, so phase code logs unconditionally and never checks.
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import ServiceError
+from .progress import PROBE_TIMEOUT_S, waiting_for
 from .settings import resolve_endpoints
 
 DEFAULT_EXPERIMENT = "visionnode"
@@ -118,7 +120,22 @@ def tracked_run(
         yield Tracker(run.info.run_id, uri)
 
 
+def _probe(uri: str) -> None:
+    """MLflow's client retries a silent server for minutes; one health probe with a bound says it at once."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with waiting_for("MLflow", uri), urllib.request.urlopen(f"{uri.rstrip('/')}/health",
+                                                                 timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:  # refused, timed out, HTTP error (URLError/HTTPError are OSErrors)
+        raise ServiceError(f"MLflow at {uri} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} s "
+                           f"({getattr(exc, 'reason', None) or exc})",
+                           "start it with `visionnode stack up` or unset MLFLOW_TRACKING_URI") from None
+
+
 def _set_experiment(mlflow: Any, experiment: str, uri: str) -> None:
+    _probe(uri)
     try:
         found = mlflow.set_experiment(experiment)
     except Exception as exc:  # MLflow raises many types for an unreachable server

@@ -24,7 +24,7 @@ import numpy as np
 
 from visionnode.components.common.artifacts import MODEL_METADATA_FILE, InferenceMetadata
 from visionnode.components.common.errors import (ConfigError, DataError, IntegrityError, ServiceError)
-from visionnode.components.common.progress import console
+from visionnode.components.common.progress import PROBE_TIMEOUT_S, waiting_for
 from visionnode.components.common.settings import resolve_endpoints, resolve_s3_credentials
 from visionnode.components.common.storage import S3Config, S3Location, resolve_s3_config, s3_client
 
@@ -34,7 +34,6 @@ from .samples import encode_png, sample_images
 
 DEFAULT_MODEL_NAME = "resnet152_int8"
 OPENVINO_VARIANT_SUFFIX = "-openvino"
-PROBE_TIMEOUT_S = 10.0  # liveness probes: an endpoint that accepts connections but never answers
 STACK_HINT = "start the embedded stack with `visionnode stack up` or pass --triton-url HOST:PORT"
 
 
@@ -250,7 +249,7 @@ def triton_http_client(url: str, timeout_s: float = 60.0):
 
     probe = httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S, network_timeout=PROBE_TIMEOUT_S)
     try:
-        with console.status(f"waiting for Triton at {url} (gives up after {PROBE_TIMEOUT_S:.0f} s)"):
+        with waiting_for("Triton", url):
             live = probe.is_server_live()
     except Exception as exc:  # connection refused / DNS / timeout all surface as different types
         raise ServiceError(f"Triton at {url} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} s "

@@ -280,6 +280,15 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
     out = Path(config.out)
     created_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _shard_into(config, layout, scans, out)
+    except BaseException:
+        if created_out and not any(SHARD_NAME.match(p.name) for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)  # nothing written: no empty output that looks like a result
+        raise
+
+
+def _shard_into(config: ShardConfig, layout: ImageNetLayout, scans: dict[str, SplitScan], out: Path) -> ShardResult:
     _remove_partials(out)
     settings = config.settings()
     journal = Journal(out, settings)
@@ -290,8 +299,6 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
         write_seconds = time.perf_counter() - started
         entries = [e for outcome in outcomes.values() for e in outcome.entries]
         if not entries:
-            if created_out:  # nothing written: leave no empty output that looks like a result
-                shutil.rmtree(out)
             skipped = [s for outcome in outcomes.values() for s in outcome.skipped]
             raise DataError(f"no readable images in {config.data} ({', '.join(config.splits)}): "
                             f"{describe_skipped(skipped, config.data)}",
