@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import openvino as ov
+import pytest
 from typer.testing import CliRunner
 
 from visionnode.components.common.artifacts import InferenceMetadata, ModelMetadata, ShardManifest
 from visionnode.components.common.ffcv_io import uint8_batches
+from visionnode.components.quantize.accuracy import compare_accuracy
 from visionnode.components.quantize.export import (INPUT_NAME, OUTPUT_NAME, convert_to_openvino, export_onnx,
                                                    load_trained_model, torch_logits)
 from visionnode.components.quantize.perf import ENGINES, compile_openvino, openvino_logits
-from visionnode.components.quantize.quantize import QuantizeResult, quantize_openvino
+from visionnode.components.quantize.quantize import QuantizeResult, accuracy_gate_passed, quantize_openvino
 from visionnode.components.transfer.transfer import UploadConfig, upload_shards
 from visionnode.pipeline.cli import app
 
@@ -155,6 +157,37 @@ def test_cli_from_s3_shards_gate_fails_loudly_keeps_outputs_and_logs_to_mlflow(
     assert run.data.metrics["quality_gate_passed"] == 0.0 and run.data.metrics["calibration_images"] == 16
     logged = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "int8_model")}
     assert {"model.xml", "model.bin", "model.json"} <= logged
+
+
+@pytest.mark.parametrize("drop, max_drop, passed", [
+    (0.5, 1.0, True),      # below the threshold
+    (1.0, 1.0, True),      # exactly at it: allowed
+    (1.5, 1.0, False),     # above it
+    (0.0, 0.0, True),      # no drop, no drop allowed
+    (-2.0, 0.0, True),     # INT8 better than FP32
+    (-2.0, -3.0, False),   # INT8 better, but by less than the 3 points demanded
+])
+def test_accuracy_gate_known_answers_below_at_and_above_the_threshold(drop: float, max_drop: float,
+                                                                      passed: bool) -> None:
+    assert accuracy_gate_passed(drop, max_drop=max_drop) is passed
+
+
+def _predicting(classes: list[int]):
+    """A model whose answer for image i is classes[i] (one-hot logits over 4 classes)."""
+    return lambda images: np.eye(4, dtype=np.float32)[np.asarray(classes)[images]]
+
+
+@pytest.mark.parametrize("fp32, int8, drop", [
+    ([0, 1, 2, 0], [0, 1, 0, 0], 25.0),    # FP32 3/4 right, INT8 2/4: INT8 lost 25 points
+    ([0, 1, 0, 0], [0, 1, 2, 0], -25.0),   # the other way round: INT8 gained 25 points
+])
+def test_top1_drop_of_known_predictions_is_fp32_minus_int8_and_gated_at_exactly_that(
+        fp32: list[int], int8: list[int], drop: float) -> None:
+    labels = np.array([0, 1, 2, 3])
+    report = compare_accuracy(_predicting(fp32), _predicting(int8), [(np.arange(4), labels)], num_classes=4)
+    assert report.top1_drop_pts == drop and report.top1_agreement == 75.0
+    assert accuracy_gate_passed(report.top1_drop_pts, max_drop=drop)
+    assert not accuracy_gate_passed(report.top1_drop_pts, max_drop=drop - 0.1)
 
 
 def test_cli_missing_model_dir_is_one_line_user_error(tiny_shards: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from visionnode.components.validate.validate import (
     check_architecture,
     choose_subset,
     decode_subset,
+    gate_failures,
     judge_loss_curve,
     raise_for_gates,
     run_checks,
@@ -239,14 +241,23 @@ def test_messy_data_is_decoded_or_skipped_and_counted(messy_dataset, tmp_path: P
     assert "## Skipped files" in report and "truncated.JPEG" in report and messy_dataset.empty_class in report
 
 
-def test_failed_gate_raises_quality_gate_error_naming_the_cause(validated: ValidateResult) -> None:
-    import copy
-
-    broken = copy.deepcopy(validated)
-    broken.passed, broken.failures = False, ["smoke training (resnet18): loss is flat"]
-    with pytest.raises(QualityGateError, match="loss is flat"):
-        raise_for_gates(broken)
-    assert raise_for_gates(validated) is validated
+@pytest.mark.parametrize("above, fails", [(0.0, False), (0.01, True)])
+def test_failed_gate_raises_quality_gate_error_naming_the_cause(
+    validated: ValidateResult, synth_dataset: Path, above: float, fails: bool
+) -> None:
+    """The real smoke run's losses judged against a required drop exactly at the drop they achieved (passes)
+    and 1 point above it (flat: raise_for_gates fails naming the cause)."""
+    smoke = validated.smoke
+    config = ValidateConfig(data=synth_dataset, **FAST, min_relative_drop=smoke.relative_drop + above)
+    judged = judge_loss_curve(smoke.losses, config, smoke.num_classes, smoke.images, smoke.seconds)
+    assert judged.relative_drop == smoke.relative_drop and judged.passed == (not fails)
+    failures = gate_failures(judged, validated.architecture)
+    result = dataclasses.replace(validated, smoke=judged, passed=not failures, failures=failures)
+    if fails:
+        with pytest.raises(QualityGateError, match="smoke training \\(resnet18\\): loss is flat"):
+            raise_for_gates(result)
+    else:
+        assert raise_for_gates(result) is result
 
 
 def test_cli_writes_json_and_report(synth_dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -171,7 +171,7 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
                                 itertools.chain([first], val_batches), model.metadata.num_classes,
                                 total=_count(val_paths, limit))
     del fp32_compiled, int8_compiled
-    passed = accuracy.top1_drop_pts <= config.max_accuracy_drop
+    passed = accuracy_gate_passed(accuracy.top1_drop_pts, max_drop=config.max_accuracy_drop)
 
     perf = None
     if config.measure:
@@ -192,6 +192,12 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
     write_json(staging / REPORT_FILE, result)
     result.files = _publish(staging, config.out_dir)
     return result
+
+
+def accuracy_gate_passed(top1_drop_pts: float, *, max_drop: float) -> bool:
+    """The quality gate: a drop (FP32 top-1 - INT8 top-1, points; negative = INT8 better) up to and
+    including `max_drop` passes."""
+    return top1_drop_pts <= max_drop
 
 
 def inference_metadata(model: TrainedModel, result: QuantizeResult) -> InferenceMetadata:

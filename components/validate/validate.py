@@ -643,6 +643,7 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
             if config.lr_range_steps
             else None
         )
+        failures = gate_failures(smoke, architecture)
         result = ValidateResult(
             data=str(config.data),
             split=config.split,
@@ -657,8 +658,8 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
             architecture=architecture,
             profile=profile,
             lr_range=lr_range,
-            passed=smoke.passed and architecture.passed,
-            failures=gate_failures(smoke, architecture),
+            passed=not failures,
+            failures=failures,
             mlflow_run_id=tracker.run_id,
         )
         result.wall_seconds = time.perf_counter() - started
