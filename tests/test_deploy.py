@@ -36,6 +36,18 @@ def _infer(client, model: str, images: np.ndarray) -> np.ndarray:
     return client.infer(model, [tensor]).as_numpy("logits")
 
 
+def _infer_grpc(client, model: str, images: np.ndarray) -> np.ndarray:
+    tensor = grpcclient.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    return client.infer(model, [tensor]).as_numpy("logits")
+
+
+def _openvino_logits(ir_xml: Path, images: np.ndarray) -> np.ndarray:
+    import openvino as ov
+
+    return ov.Core().compile_model(str(ir_xml), "CPU")(images)[0]
+
+
 def test_generated_configs_parse_as_triton_model_configs(small_model: Path) -> None:
     meta = InferenceMetadata.load(small_model)
     cfg = ServingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8], max_queue_delay_us=2000,
@@ -80,7 +92,6 @@ def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.
     shards = optional_fixture(request, "tiny_shards")
     result = deploy(DeployConfig(model_dir=int8_model, model_name="tiny_int8", repository=f"s3://{bucket}/models",
                                  shards=str(shards) if shards else None, check_images=12))
-    assert result.check.top1_agreement == 1.0 and result.check.jpeg_top1_agreement == 1.0
     assert result.check.source == (str(shards) if shards else "synthetic") and result.check.images == 12
     assert result.triton_repository == stack.endpoints.triton_repository
     assert f"s3://{bucket}/models" in result.published
@@ -94,10 +105,13 @@ def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.
     size = meta.input.shape[1]
     images = np.random.default_rng(1).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
     http = triton_http_client(result.http_url)
-    assert _infer(http, "tiny_int8", images).shape == (3, meta.classes.num_classes)
-    import tritonclient.grpc as grpcclient
-
     grpc = grpcclient.InferenceServerClient(result.grpc_url)
+    # Triton's answers, over both protocols, are OpenVINO's own on the same bytes (computed here, not by deploy).
+    local = _openvino_logits(int8_model / meta.ir_xml, images)
+    assert local.shape == (3, meta.classes.num_classes)
+    for served in (_infer(http, "tiny_int8", images), _infer_grpc(grpc, "tiny_int8", images)):
+        np.testing.assert_allclose(served, local, rtol=0, atol=1e-3 * float(local.max() - local.min()))
+        assert (served.argmax(1) == local.argmax(1)).all()
     tensor = grpcclient.InferInput("images", list(images.shape), "UINT8")
     tensor.set_data_from_numpy(images)
     answer = grpc.infer("tiny_int8", [tensor], outputs=[grpcclient.InferRequestedOutput("logits", class_count=2)])
