@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.skips import skip_unless_ci
 from visionnode.components.common import kfp_support
 from visionnode.components.common.kfp_support import component_image, project_version
 
@@ -168,7 +169,7 @@ def test_entrypoint_command_exists_in_the_cli(phase: str):
 
     names = set(get_command(app).commands)  # type: ignore[attr-defined]
     if phase not in names and not (ROOT / "components" / phase / "cli.py").exists():
-        pytest.skip(f"components/{phase}/cli.py is not written yet")
+        skip_unless_ci(f"components/{phase}/cli.py is not written yet")
     assert phase in names
     result = CliRunner().invoke(app, [phase, "--help"])
     assert result.exit_code == 0, result.output
