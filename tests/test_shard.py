@@ -237,6 +237,42 @@ def test_distributed_loader_needs_a_process_group_and_splits_by_rank(tiny_shards
         dist.destroy_process_group()
 
 
+def _rank_labels(rank: int, world: int, paths: list[str], rendezvous: str, out_dir: str, epochs: int) -> None:
+    """One DDP rank (spawned): the labels its train loader yields, per epoch, written to out_dir/<rank>.json."""
+    import torch.distributed as dist
+
+    from visionnode.components.common.ffcv_io import train_loader
+
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
+    try:
+        loader = train_loader(paths, 4, 32, 1, distributed=True, seed=5)
+        seen = [[int(label) for _, labels in loader for label in labels.reshape(-1)] for _ in range(epochs)]
+        Path(out_dir, f"{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_read_disjoint_parts_that_cover_every_shard(tmp_path: Path) -> None:
+    """Two gloo processes as DDP runs them. One image per class, so a label names its image: in every epoch the
+    ranks' images are disjoint and together are the whole train split (a rank-dependent order would overlap)."""
+    import torch.multiprocessing as mp
+
+    from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+
+    synthesize_dataset(tmp_path / "data", SynthConfig(classes=16, train_per_class=1, val_per_class=1, seed=3,
+                                                      min_side=40, max_side=48))
+    _shard(tmp_path / "data", tmp_path / "shards", images_per_shard=8, max_resolution=48, split="train")
+    paths = [str(tmp_path / "shards" / s.file) for s in ShardManifest.load(tmp_path / "shards").shards_for("train")]
+    assert len(paths) == 2
+    mp.spawn(_rank_labels, args=(2, paths, f"file://{tmp_path / 'pg'}", str(tmp_path), 2), nprocs=2)
+    per_rank = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    for epoch in range(2):
+        first, second = per_rank[0][epoch], per_rank[1][epoch]
+        assert len(first) == len(second) == 8 and not set(first) & set(second), per_rank
+        assert sorted(first + second) == list(range(16)), per_rank
+    assert per_rank[0][0] != per_rank[0][1], "the second epoch repeated the first one's order"
+
+
 # -- CLI and KFP adapters --------------------------------------------------------------------------------
 
 def test_cli_writes_shards_and_json(synth_dataset: Path, tmp_path: Path) -> None:
