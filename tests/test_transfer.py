@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.skips import skip_unless_ci
-from visionnode.components.common.artifacts import ClassIndex, ShardInfo, ShardManifest
+from visionnode.components.common.artifacts import MANIFEST_FILE, ClassIndex, ShardInfo, ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.common.storage import s3_client
@@ -199,11 +199,16 @@ def test_kill_at_random_points_then_resume(stack, bucket, tmp_path):
             proc.wait(timeout=30)
     assert killed_mid_transfer >= 1
 
+    # What the killed runs left: finished objects (S3 shows an object only once complete) and open uploads.
+    finished = {k for k in keys_under(bucket, "k/") if not k.endswith(MANIFEST_FILE)}
+    left_open = open_multipart_uploads(bucket, "k/")
     done = subprocess.run(cmd + ["--json", str(tmp_path / "resume.json")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "resume.json").read_text())
-    assert summary["objects_skipped"] + summary["objects_transferred"] == len(manifest.shards)
+    assert summary["objects_skipped"] == len(finished), (summary, finished)
+    assert summary["objects_transferred"] == len(manifest.shards) - len(finished), summary
+    assert summary["stale_uploads_aborted"] == len(left_open), (summary, left_open)
     assert_remote_matches(bucket, "k", manifest)
     fetched = fetch_shards(FetchConfig(dest, tmp_path / "cache"))
     assert fetched.objects_transferred == len(manifest.shards)
@@ -221,6 +226,7 @@ def test_kill_during_fetch_leaves_no_partial_file(stack, bucket, tmp_path):
     wait_for(lambda: proc.poll() is not None or any(cache.glob(".*.partial*")), "the fetch to start")
     proc.kill()
     proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the fetch ended before it was killed: nothing was tested"
     result = CliRunner().invoke(app, ["transfer", "fetch", dest, str(cache), "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     assert not list(cache.glob(".*.partial*"))
