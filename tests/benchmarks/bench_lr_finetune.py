@@ -107,9 +107,11 @@ def compare_lrs(label: str, data: Path, shards: Path, root: Path, args: argparse
             print(f"  {label} seed {seed}: range test + crop min scale {crop_min_scale} {gentle[-1].top1:.1f} %",
                   flush=True)
     rows = [_row(f"{label}, {epochs} ep", "(a) batch rule", batch_rule),
-            _row(f"{label}, {epochs} ep", "(b) range test", range_test, f"range test {statistics.median(costs):.1f} s")]
+            _row(f"{label}, {epochs} ep", "(b) range test", range_test,
+                 f"{_ratio(range_test, batch_rule)} (a); the range test took {statistics.median(costs):.1f} s")]
     if gentle:
-        rows.append(_row(f"{label}, {epochs} ep", f"(b) + --crop-min-scale {crop_min_scale}", gentle))
+        rows.append(_row(f"{label}, {epochs} ep", f"(b) + --crop-min-scale {crop_min_scale}", gentle,
+                         f"{_ratio(gentle, batch_rule)} (a)"))
     return rows
 
 
@@ -119,13 +121,18 @@ def compare_finetune(root: Path, demo_shards: Path, target_data: Path, target_sh
     source = run_train(demo_shards, root / "source", args, args.source_epochs, 0.0, 0)
     print(f"  source model: {source.top1:.1f} % on the demo dataset after {args.source_epochs} epochs", flush=True)
     weights = str(root / "source" / "weights.pt")
-    rows = []
-    for epochs in (2, 6):
-        scratch = run_train(target_shards, root / f"scratch-{epochs}", args, epochs, suggested, 0)
-        rows.append(_row(f"6 classes, {epochs} ep", "from scratch (range-test LR)", [scratch]))
+    scratch = {epochs: run_train(target_shards, root / f"scratch-{epochs}", args, epochs, suggested, 0)
+               for epochs in (2, 6)}
     tuned = run_train(target_shards, root / "finetune-2", args, 2, suggested, 0, init_weights=weights)
-    rows.append(_row("6 classes, 2 ep", "(c) fine-tuned from the demo model", [tuned]))
-    return rows
+    return [_row("6 classes, 2 ep", "from scratch (range-test LR)", [scratch[2]]),
+            _row("6 classes, 6 ep", "from scratch (range-test LR)", [scratch[6]]),
+            _row("6 classes, 2 ep", "(c) fine-tuned from the demo model", [tuned],
+                 f"{_ratio([tuned], [scratch[6]])} scratch 6 ep; source model {source.top1:.1f} % on its data")]
+
+
+def _ratio(runs: list[Run], baseline: list[Run]) -> str:
+    base = statistics.median(r.top1 for r in baseline)
+    return f"{statistics.median(r.top1 for r in runs) / base:.2f}x" if base else "-"
 
 
 def _row(dataset: str, setting: str, runs: list[Run], note: str = "") -> str:
