@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cache_key import cache_key  # beside this script
+
 TARGET_AGREEMENT, TARGET_DROP = 99.0, 0.5
 
 
@@ -53,7 +55,9 @@ def main() -> int:
     cli = shlex.split(args.cli)
     os.environ.setdefault("VISIONNODE_PROGRESS", "0")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    work = args.work / f"t{args.train_per_class}-v{args.val_per_class}-e{args.epochs}-b{args.batch_size}"
+    work = args.work / cache_key(("shard", "train"), train_per_class=args.train_per_class,
+                                 val_per_class=args.val_per_class, epochs=args.epochs, batch_size=args.batch_size,
+                                 workers=args.workers)
     data, shards, model = work / "data", work / "shards", work / "model"
     variant = f"{args.preset}{'-full' if args.full_int8 else ''}-c{args.calibration_images}"
     int8, quantized = work / f"int8-{variant}", work / f"quantize-{variant}.json"

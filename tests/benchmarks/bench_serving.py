@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cache_key import cache_key  # beside this script
+
 from visionnode.components.benchmark.benchmark import (Baselines, BenchmarkConfig, benchmark, openvino_throughput,
                                                        pytorch_throughput)
 from visionnode.components.common.artifacts import InferenceMetadata
@@ -48,8 +50,8 @@ def _bench_quantize():
 
 def prepare_models(work: Path, calibration: int, full_int8: bool) -> tuple[Path, Path, np.ndarray]:
     """(fp32 train-output dir, int8 quantize-output dir, request images), cached in `work`."""
-    int8_name = "int8-full" if full_int8 else "int8-fidelity"
-    fp32_dir, int8_dir, images_file = work / "fp32", work / int8_name, work / "images.npy"
+    work = work / cache_key(("train", "quantize"), calibration=calibration, full_int8=full_int8)
+    fp32_dir, int8_dir, images_file = work / "fp32", work / "int8", work / "images.npy"
     if (int8_dir / "model.json").is_file() and (fp32_dir / "model.json").is_file() and images_file.is_file():
         return fp32_dir, int8_dir, np.load(images_file)
     from visionnode.components.quantize.export import convert_to_openvino, export_onnx, load_trained_model, save_ir
