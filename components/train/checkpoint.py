@@ -153,18 +153,25 @@ class CheckpointStore:
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """Read a checkpoint (local path or s3:// URI) with `weights_only=True`; one clear error if unusable."""
-    data = read_bytes(uri)
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise IntegrityError(f"checkpoint {uri} is corrupt or not a checkpoint ({reason})",
-                             "pass --resume never to start over, or --resume PATH of an older checkpoint") from None
+    state = load_torch_file(uri, "checkpoint", "pass --resume never to start over, or --resume PATH of an older "
+                                               "checkpoint")
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing or state.get("format") != CHECKPOINT_FORMAT:
         raise IntegrityError(f"{uri} is not a VisionNode training checkpoint (missing {', '.join(missing) or 'format'})",
                              "pass --resume never to start over, or the path of a checkpoint `train` wrote")
     return state
+
+
+def load_torch_file(uri: str, what: str, hint: str,
+                    missing_hint: str = "pass --resume auto (newest in --checkpoint-uri), never, or an existing "
+                                        "file") -> Any:
+    """`torch.load(weights_only=True)` of a local file or s3:// object; unreadable ones are one IntegrityError."""
+    data = read_bytes(uri, what, missing_hint)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise IntegrityError(f"{what} {uri} is corrupt or not a torch file ({reason})", hint) from None
 
 
 def read_bytes(uri: str, what: str = "checkpoint",

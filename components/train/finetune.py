@@ -9,9 +9,6 @@ gradients back into features that are already good.
 
 from __future__ import annotations
 
-import io
-import pickle
-import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +16,7 @@ from torch import nn
 
 from visionnode.components.common.errors import ConfigError, IntegrityError
 
-from .checkpoint import read_bytes
+from .checkpoint import load_torch_file
 
 HEAD_PREFIX = "fc."  # torchvision ResNets name their classifier `fc`
 
@@ -33,13 +30,8 @@ class InitWeights:
 
 
 def load_state_dict_file(uri: str) -> dict[str, torch.Tensor]:
-    data = read_bytes(uri, "init weights", "pass --init-weights with an existing state-dict file or s3:// URI")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise IntegrityError(f"init weights {uri} are corrupt or not a torch file ({reason})",
-                             "pass a state dict saved with torch.save(model.state_dict(), PATH)") from None
+    state = load_torch_file(uri, "init weights", "pass a state dict saved with torch.save(model.state_dict(), PATH)",
+                            "pass --init-weights with an existing state-dict file or s3:// URI")
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise IntegrityError(f"init weights {uri} are not a state dict of tensors",
                              "pass a state dict saved with torch.save(model.state_dict(), PATH)")
