@@ -183,6 +183,8 @@ MISTAKES = {
     "unwritable-out": (["shard", "--data", "{data}", "--out", "/proc/vn-out"], "/proc/vn-out"),
     "unwritable-yaml": (["pipeline", "compile", "/proc/vn.yaml"], "/proc/vn.yaml"),
     "synth-unwritable": (["data", "synth", "/proc/vn-data"], "/proc/vn-data"),
+    "json-unwritable": (["data", "synth", "{tmp}/data", "--json", "/proc/vn.json"], "--json /proc/vn.json"),
+    "json-is-a-folder": (["shard", "--data", "{data}", "--out", "{tmp}/shards", "--json", "{inputs}"], "directory"),
     "data-is-a-file": (["shard", "--data", "{a_file}", "--out", "{tmp}/shards"], "is a file"),
     "shards-without-manifest": (["train", "--shards", "{inputs}", "--out", "{tmp}/model"], "visionnode shard"),
     "run-missing-data": (["pipeline", "run", "--local", "--data", "{tmp}/missing"], "{tmp}/missing"),

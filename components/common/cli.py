@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
@@ -18,8 +19,6 @@ from .errors import VisionNodeError
 from .jsonio import to_jsonable, write_json
 
 F = TypeVar("F", bound=Callable[..., Any])
-JsonOption = Annotated[Optional[Path], typer.Option(
-    "--json", help="Write the summary as JSON to this file (- for standard output, tables then go to stderr).")]
 # Rich draws 80 columns when not writing to a terminal, which cuts option names in `--help | less` and
 # paths in tables; a pipe gets a page this wide unless COLUMNS (or typer's TERMINAL_WIDTH) says otherwise.
 PIPE_WIDTH = 120
@@ -37,6 +36,27 @@ def pipe_width(stream: Any) -> int | None:
 typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or pipe_width(sys.stdout)
 err_console = Console(stderr=True, width=pipe_width(sys.stderr))
 out_console = Console(width=pipe_width(sys.stdout))
+
+
+def _writable_json_path(value: Optional[Path]) -> Optional[Path]:
+    """Checked before the command does any work: a summary that cannot be written must not fail it at the end."""
+    if value is None or str(value) == "-":
+        return value
+    try:
+        if value.is_dir():
+            raise IsADirectoryError(21, "Is a directory", str(value))
+        with tempfile.NamedTemporaryFile(dir=value.parent, prefix=f".{value.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] --json {value}: {exc.strerror} (pass a file in a writable, existing "
+                          "folder, or - for standard output)", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    return value
+
+
+JsonOption = Annotated[Optional[Path], typer.Option(
+    "--json", callback=_writable_json_path,
+    help="Write the summary as JSON to this file (- for standard output, tables then go to stderr).")]
 
 
 def user_errors(fn: F) -> F:
