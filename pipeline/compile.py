@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ def load_compiled(path: str | Path) -> dict[str, Any]:
     return spec
 
 
+@functools.cache  # the code does not change within a process: compile once (~1 s), however many ask
 def compiled_spec() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         return load_compiled(compile_pipeline(Path(scratch) / "pipeline.yaml"))

@@ -140,8 +140,6 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), data)]
 
 
-
-
 def human_value(value: Any) -> str:
     """A table cell as people write it: no Python reprs (None, True, [...], {...})."""
     if value is None or value == [] or value == {}:

@@ -65,7 +65,6 @@ class UploadConfig:
     create_bucket: bool = False
     output_dir: Path | None = None   # where the remote manifest.json is also written
 
-
     def validate(self) -> None:
         parse_s3_uri(self.destination)
         check_transfer_settings(self.concurrency, self.part_size_mb)
