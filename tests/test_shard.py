@@ -112,6 +112,61 @@ def test_rerun_reuses_verified_shards_and_rewrites_a_corrupted_one(synth_dataset
     assert not list(out.glob("*.partial")), "stale temp files are removed"
 
 
+def _files_on_disk(directory: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(directory.glob("*.beton"))}
+
+
+@pytest.mark.parametrize("changed", [{"jpeg_quality": 75}, {"max_resolution": 48}, {"images_per_shard": 50}],
+                         ids=lambda changed: next(iter(changed)))
+def test_rerun_with_other_settings_rebuilds_as_a_fresh_run_would(changed: dict, synth_dataset: Path,
+                                                                 tiny_shards: Path, tmp_path: Path) -> None:
+    """Shards made with other settings are never reused: the re-run's output is byte for byte a fresh run's
+    (images_per_shard 50 also cuts one train shard fewer, so the old third one must go)."""
+    out = tmp_path / "rerun"
+    shutil.copytree(tiny_shards, out)
+
+    result = _shard(synth_dataset, out, **changed)
+    fresh = _shard(synth_dataset, tmp_path / "fresh", **changed)
+
+    assert (result.shards_reused, result.shards_written) == (0, fresh.shards_written)
+    assert _files_on_disk(out) == _files_on_disk(fresh.out) == _shas(fresh.out)
+    assert (out / "manifest.json").read_bytes() == (fresh.out / "manifest.json").read_bytes()
+    assert ShardManifest.load(out).settings.items() >= changed.items()
+
+
+def _rewrite_mirrored(image: Path) -> None:
+    from PIL import Image
+
+    with Image.open(image) as original:
+        mirrored = original.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(image, "JPEG", quality=80)
+
+
+def test_rerun_after_a_source_image_changed_rebuilds_only_its_shard(synth_dataset: Path, tiny_shards: Path,
+                                                                      tmp_path: Path) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(synth_dataset, data)  # copies keep mtimes, so the journal still matches the sources
+    shutil.copytree(tiny_shards, out)
+    assert _shard(data, out).shards_reused == len(_shas(tiny_shards))
+    _rewrite_mirrored(sorted((data / "train").rglob("*.JPEG"))[7])
+
+    result = _shard(data, out)
+    fresh = _shard(data, tmp_path / "fresh")
+
+    assert (result.shards_reused, result.shards_written) == (len(_shas(tiny_shards)) - 1, 1)
+    assert _files_on_disk(out) == _files_on_disk(fresh.out) == _shas(fresh.out)
+    assert (out / "manifest.json").read_bytes() == (fresh.out / "manifest.json").read_bytes()
+    changed = {name for name, sha in _shas(out).items() if _shas(tiny_shards)[name] != sha}
+    assert len(changed) == 1 and changed.pop().startswith("train-")
+
+
+def test_one_and_two_workers_write_byte_identical_shards_and_manifest(synth_dataset: Path, tiny_shards: Path,
+                                                                      tmp_path: Path) -> None:
+    one = _shard(synth_dataset, tmp_path / "one-worker", workers=1)
+    assert _files_on_disk(one.out) == _files_on_disk(tiny_shards) == _shas(tiny_shards)  # tiny_shards: 2 workers
+    assert (one.out / "manifest.json").read_bytes() == (tiny_shards / "manifest.json").read_bytes()
+
+
 def test_killed_run_never_leaves_a_complete_looking_file(synth_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "visionnode.pipeline.cli", "shard", "--data", str(synth_dataset), "--out",
