@@ -1,10 +1,13 @@
-"""The shared building blocks: ImageNet reader, robust decoding, synthetic data, model factory, tracking."""
+"""The shared building blocks: ImageNet reader, robust decoding, synthetic data, model factory, tracking,
+the LR range test's suggestion rule."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from visionnode.components.common.errors import DataError
+from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.images import UnreadableImage, load_rgb
 from visionnode.components.common.imagenet import open_imagenet
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
+from visionnode.components.common.lr_range import LRRangeConfig, exponential_lrs, lr_range_test
 from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import tracked_run
@@ -147,3 +151,61 @@ def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack, monke
     assert parent_of[outer.run_id] == parent_of[second.run_id] is not None  # one parent per pipeline run
     pipeline_parent = client.get_run(parent_of[outer.run_id])
     assert pipeline_parent.data.tags["visionnode.pipeline_run_id"] == "run-under-test"
+
+
+def _range_test_loss(fall_at: float, rise_at: float, noise: float = 0.0) -> Callable[[float], float]:
+    """An LR range-test loss with a known answer: flat 2.0, falls to 0.5 around `fall_at` (its steepest
+    point), stays there and climbs from `rise_at` on (the largest LR that still trains); seeded noise."""
+    rng = np.random.default_rng(0)
+
+    def loss(lr: float) -> float:
+        falling = 2.0 - 1.5 / (1 + math.exp(-4 * math.log10(lr / fall_at)))
+        return falling + min(1.0, max(0.0, math.log10(lr / rise_at))) + noise * float(rng.normal())
+
+    return loss
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.8])
+@pytest.mark.parametrize("fall_at, rise_at", [(0.002, 0.3), (0.001, 0.03)])
+def test_lr_range_suggests_a_third_of_where_the_loss_stops_falling(fall_at: float, rise_at: float,
+                                                                  smoothing: float) -> None:
+    result = lr_range_test(_range_test_loss(fall_at, rise_at), LRRangeConfig(smoothing=smoothing))
+    # not too high: well below where the loss climbs; not too low: far above the steepest fall
+    assert rise_at / 4 < result.suggested_lr < rise_at / 2.5
+    assert result.suggested_lr > 4 * result.steepest_lr and not result.clamped
+    assert result.suggested_lr == pytest.approx(result.min_loss_lr / 3)
+
+
+@pytest.mark.parametrize("fall_at, rise_at", [(0.002, 0.3), (0.001, 0.03), (0.003, 0.1)])
+def test_lr_range_suggestion_survives_noise(fall_at: float, rise_at: float) -> None:
+    result = lr_range_test(_range_test_loss(fall_at, rise_at, noise=0.03), LRRangeConfig())
+    assert rise_at / 4 < result.suggested_lr < rise_at / 2 and result.suggested_lr > 4 * result.steepest_lr
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.8])
+def test_lr_range_suggestion_stays_below_a_cliff_right_after_the_fall(smoothing: float) -> None:
+    # the loss falls fastest right before it turns; the smoothed minimum trails into the climb
+    config = LRRangeConfig(smoothing=smoothing)
+    loss = _range_test_loss(0.02, 0.03)
+    lrs = exponential_lrs(config)
+    turn = min(lrs, key=loss)
+    result = lr_range_test(loss, config)
+    assert result.suggested_lr < turn and result.min_loss_lr >= turn
+
+
+@pytest.mark.parametrize(
+    "rise_at, band_high, expected",
+    [(1e-3, 1.0, 1e-3),    # min loss / 3 below the band: its lower end
+     (10.0, 0.2, 0.2),     # the loss never climbs (1 / 3 above the band): its upper end
+     (10.0, 1.0, 1 / 3)],  # never climbs, band wide enough: a third of the largest LR tried
+)
+def test_lr_range_suggestion_is_clamped_to_the_band_on_both_sides(rise_at: float, band_high: float,
+                                                                  expected: float) -> None:
+    result = lr_range_test(_range_test_loss(rise_at / 30, rise_at), LRRangeConfig(smoothing=0.0, band_high=band_high))
+    assert result.suggested_lr == pytest.approx(expected)
+    assert result.clamped is (expected != pytest.approx(result.min_loss_lr / 3))
+
+
+def test_lr_range_config_rejects_a_divisor_below_one() -> None:
+    with pytest.raises(ConfigError, match="min-loss divisor"):
+        LRRangeConfig(min_loss_divisor=0.5).checked()

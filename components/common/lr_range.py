@@ -2,9 +2,17 @@
 
 Train a few dozen steps while the learning rate grows exponentially from `min_lr` to `max_lr`, smooth the
 loss (exponential moving average with bias correction), stop once it diverges (smoothed loss above
-`diverge_factor` x its best), and suggest the learning rate where the smoothed loss falls fastest per
-decade of LR (measured over half a decade), before its minimum. The suggestion is clamped to `band`: on a few dozen noisy steps the
-steepest point can land on a flat stretch at either end.
+`diverge_factor` x its best), and suggest a third of the LR at which the smoothed loss is lowest, clamped to
+`band`. That is Smith's practice (2017, sec. 3.3: the LR where the loss stops falling is the upper bound, and
+"a third or a fourth" of it the lower one) and fastai's `minimum` suggestion (min-loss LR / 10, on a curve
+smoothed with 0.98 that trails its raw loss by more than the 0.8-smoothed curve here). The smoothed minimum
+trails the raw one (an EMA's mean lag is beta / (1 - beta) = 4 steps, 0.4 decades at the default 40 steps
+over 4), so a third of it lies near where the raw loss stopped falling: the largest LR that still trains
+well, which suits train's schedule (short warm-up to the peak, then cosine decay, like Smith's one-cycle).
+
+Why not the steepest fall (fastai's `steep`, this module's first rule, kept as `steepest_lr` for the report):
+on a few dozen steps of a small dataset the loss falls fastest while the network is still warming up, often
+well below the LR that trains best (measured in README, "Training on your own data").
 
 The caller owns model, data and optimizer: `lr_range_test` only drives a `step(lr) -> loss` callable, so
 validate (a fresh smoke-training model on in-memory batches) and train (the real model on shard batches,
@@ -34,6 +42,7 @@ class LRRangeConfig:
     max_lr: float = 1.0
     smoothing: float = 0.8       # EMA beta; fastai's 0.98 suits its 100 steps, here the lag would be 1+ decade
     diverge_factor: float = 4.0  # stop when the smoothed loss exceeds this x the best smoothed loss
+    min_loss_divisor: float = 3.0  # the suggestion is the smoothed loss's minimum LR over this (module doc)
     band_low: float = 1e-3       # the suggestion is clamped to [band_low, band_high]
     band_high: float = 1.0
 
@@ -44,9 +53,9 @@ class LRRangeConfig:
         if not 0 < self.min_lr < self.max_lr or not 0 < self.band_low <= self.band_high:
             raise ConfigError(f"LR range {self.min_lr:g}..{self.max_lr:g} (band {self.band_low:g}.."
                               f"{self.band_high:g}) is invalid", "use 0 < min_lr < max_lr and 0 < low <= high")
-        if not 0 <= self.smoothing < 1 or self.diverge_factor <= 1:
-            raise ConfigError("LR range smoothing or divergence factor is out of range",
-                              "use 0 <= smoothing < 1 and diverge_factor > 1")
+        if not 0 <= self.smoothing < 1 or self.diverge_factor <= 1 or self.min_loss_divisor < 1:
+            raise ConfigError("LR range smoothing, divergence factor or min-loss divisor is out of range",
+                              "use 0 <= smoothing < 1, diverge_factor > 1 and min_loss_divisor >= 1")
         return self
 
 
@@ -55,9 +64,9 @@ class LRRangeResult:
     lrs: list[float]             # the LR of each step run
     losses: list[float]          # raw loss of each step
     smoothed: list[float]        # bias-corrected EMA of `losses`
-    steepest_lr: float           # where the smoothed loss falls fastest (before its minimum)
+    steepest_lr: float           # where the smoothed loss falls fastest (before its minimum); a diagnostic
     min_loss_lr: float           # where the smoothed loss is lowest
-    suggested_lr: float          # steepest_lr clamped to the band
+    suggested_lr: float          # min_loss_lr / min_loss_divisor, clamped to the band
     clamped: bool
     diverged: bool               # stopped early because the loss blew up
     seconds: float
@@ -95,6 +104,11 @@ def steepest_descent_lr(lrs: list[float], smoothed: list[float], window_decades:
     return math.sqrt(lrs[best] * lrs[best + width])
 
 
+def min_loss_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The LR at which the smoothed loss is lowest."""
+    return lrs[min(range(len(smoothed)), key=smoothed.__getitem__)]
+
+
 def lr_range_test(step: Callable[[float], float], config: LRRangeConfig,
                   advance: Callable[[int], None] | None = None) -> LRRangeResult:
     """Call `step(lr)` (one optimizer step at that LR, returning the loss) at exponentially growing LRs."""
@@ -120,12 +134,13 @@ def lr_range_test(step: Callable[[float], float], config: LRRangeConfig,
         raise ConfigError(f"the LR range test diverged at its first steps (lr {config.min_lr:g})",
                           "check the data and model; the loss is not finite at the smallest LR")
     smoothed = smooth(losses, config.smoothing)
-    steepest = steepest_descent_lr(lrs, smoothed)
-    suggested = min(max(steepest, config.band_low), config.band_high)
+    lowest = min_loss_lr(lrs, smoothed)
+    rule_lr = lowest / config.min_loss_divisor
+    suggested = min(max(rule_lr, config.band_low), config.band_high)
     return LRRangeResult(
-        lrs=lrs, losses=losses, smoothed=smoothed, steepest_lr=steepest,
-        min_loss_lr=lrs[min(range(len(smoothed)), key=smoothed.__getitem__)], suggested_lr=suggested,
-        clamped=suggested != steepest, diverged=diverged, seconds=time.perf_counter() - started)
+        lrs=lrs, losses=losses, smoothed=smoothed, steepest_lr=steepest_descent_lr(lrs, smoothed),
+        min_loss_lr=lowest, suggested_lr=suggested,
+        clamped=suggested != rule_lr, diverged=diverged, seconds=time.perf_counter() - started)
 
 
 @contextmanager
