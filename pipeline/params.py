@@ -53,7 +53,7 @@ def _validate(params: dict[str, Any]) -> None:
 
 
 def _shard(params: dict[str, Any]) -> None:
-    from visionnode.components.shard.shard import ShardConfig
+    from visionnode.components.shard.config import ShardConfig
 
     ShardConfig(data=_PLACEHOLDER / "data", out=_PLACEHOLDER / "shards",
                 images_per_shard=params["images_per_shard"], max_resolution=params["max_resolution"],
@@ -61,18 +61,15 @@ def _shard(params: dict[str, Any]) -> None:
 
 
 def _transfer(params: dict[str, Any]) -> None:
-    from visionnode.components.transfer.transfer import UploadConfig
+    from visionnode.components.transfer.config import UploadConfig
 
     UploadConfig(_PLACEHOLDER, params["shards_uri"], concurrency=params["transfer_concurrency"]).validate()
 
 
 def _train(params: dict[str, Any]) -> None:
-    from visionnode.components.train.precision import PRECISIONS
-    from visionnode.components.train.recipe import Recipe, parse_res_schedule
-    from visionnode.components.train.train import TrainConfig
+    from visionnode.components.common.recipe import Recipe, parse_res_schedule
+    from visionnode.components.train.config import TrainConfig
 
-    if params["precision"] not in PRECISIONS:
-        raise ConfigError(f"precision {params['precision']!r} is not known", f"use one of {', '.join(PRECISIONS)}")
     res_start, res_end = parse_res_schedule(params["res_schedule"])
     TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["epochs"], batch_size=params["batch_size"],
                 arch=params["arch"], res_start=res_start, res_end=res_end, precision=params["precision"],
@@ -82,20 +79,20 @@ def _train(params: dict[str, Any]) -> None:
 
 
 def _quantize(params: dict[str, Any]) -> None:
-    from visionnode.components.quantize.quantize import QuantizeConfig
+    from visionnode.components.quantize.config import QuantizeConfig
 
     QuantizeConfig(_PLACEHOLDER, "", _PLACEHOLDER, calibration_images=params["calibration_images"],
                    max_accuracy_drop=params["max_accuracy_drop"], full_int8=params["full_int8"]).validate()
 
 
 def _deploy(params: dict[str, Any]) -> None:
-    from visionnode.components.deploy.deploy import DeployConfig
+    from visionnode.components.deploy.config import DeployConfig
 
     DeployConfig(_PLACEHOLDER, repository=params["model_repository"], model_name=params["model_name"]).validate()
 
 
 def _benchmark(params: dict[str, Any]) -> None:
-    from visionnode.components.benchmark.benchmark import BenchmarkConfig, parse_levels
+    from visionnode.components.benchmark.config import BenchmarkConfig, parse_levels
 
     BenchmarkConfig(model=params["model_name"], protocol=params["benchmark_protocol"],
                     concurrency=parse_levels(params["benchmark_concurrency"]),

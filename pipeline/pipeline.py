@@ -6,14 +6,20 @@ accepts and ignores them, so the same definition runs in a cluster and on one ma
 """
 
 from kfp import dsl, kubernetes
-
 from visionnode.components.benchmark.component import benchmark_op
+from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
 from visionnode.components.deploy.component import deploy_op
+from visionnode.components.deploy.config import DEFAULTS as DEPLOY
 from visionnode.components.quantize.component import quantize_op
+from visionnode.components.quantize.config import DEFAULTS as QUANTIZE
 from visionnode.components.shard.component import shard_op
+from visionnode.components.shard.config import DEFAULTS as SHARD
 from visionnode.components.train.component import train_op
+from visionnode.components.train.config import DEFAULTS as TRAIN
 from visionnode.components.transfer.component import transfer_op
+from visionnode.components.transfer.config import DEFAULTS as TRANSFER
 from visionnode.components.validate.component import validate_op
+from visionnode.components.validate.config import DEFAULTS as VALIDATE
 
 PIPELINE_NAME = "visionnode-152"
 S3_SECRET = "visionnode-s3"              # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, VISIONNODE_S3_ENDPOINT
@@ -45,34 +51,34 @@ def visionnode_pipeline(
     model_repository: str = "",
     triton_http: str = "",
     triton_grpc: str = "",
-    model_name: str = "resnet152_int8",
-    validate_subset: int = 256,
-    validate_image_size: int = 64,
-    validate_steps: int = 30,
-    validate_lr_range_steps: int = 40,
-    images_per_shard: int = 5000,
-    max_resolution: int = 256,
-    jpeg_quality: int = 90,
-    transfer_concurrency: int = 16,
-    arch: str = "resnet152",
-    epochs: int = 16,
-    batch_size: int = 64,
-    lr: float = 0.0,
-    crop_min_scale: float = 0.08,
-    flip: bool = True,
-    init_weights: str = "",
-    head_epochs: int = 0,
-    res_schedule: str = "160:192",
-    precision: str = "auto",
-    workers: int = 2,
-    calibration_images: int = 300,
-    max_accuracy_drop: float = 1.0,
-    full_int8: bool = False,
-    benchmark_protocol: str = "grpc",
-    benchmark_concurrency: str = "1,2,4,8,16",
-    benchmark_duration_s: float = 10.0,
-    target_qps: float = 100.0,
-    target_p99_ms: float = 150.0,
+    model_name: str = DEPLOY.model_name,
+    validate_subset: int = VALIDATE.subset,
+    validate_image_size: int = VALIDATE.image_size,
+    validate_steps: int = VALIDATE.steps,
+    validate_lr_range_steps: int = VALIDATE.lr_range_steps,
+    images_per_shard: int = SHARD.images_per_shard,
+    max_resolution: int = SHARD.max_resolution,
+    jpeg_quality: int = SHARD.jpeg_quality,
+    transfer_concurrency: int = TRANSFER.concurrency,
+    arch: str = TRAIN.arch,
+    epochs: int = TRAIN.epochs,
+    batch_size: int = TRAIN.batch_size,
+    lr: float = TRAIN.recipe.lr,
+    crop_min_scale: float = TRAIN.crop_min_scale,
+    flip: bool = TRAIN.flip,
+    init_weights: str = TRAIN.init_weights,
+    head_epochs: int = TRAIN.head_epochs,
+    res_schedule: str = TRAIN.res_schedule,
+    precision: str = TRAIN.precision,
+    workers: int = TRAIN.workers,
+    calibration_images: int = QUANTIZE.calibration_images,
+    max_accuracy_drop: float = QUANTIZE.max_accuracy_drop,
+    full_int8: bool = QUANTIZE.full_int8,
+    benchmark_protocol: str = BENCHMARK.protocol,
+    benchmark_concurrency: str = ",".join(map(str, BENCHMARK.concurrency)),
+    benchmark_duration_s: float = BENCHMARK.duration_s,
+    target_qps: float = BENCHMARK.target_qps,
+    target_p99_ms: float = BENCHMARK.target_p99_ms,
 ) -> None:
     """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
 

@@ -108,7 +108,8 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def serve_models(staging: Path, names: list[str], http_url: str, version: int = 1) -> None:
     """Publish `<staging>/<name>/` dirs into the repository the running Triton reads, and load them."""
     from visionnode.components.common.settings import resolve_endpoints
-    from visionnode.components.deploy.deploy import load_and_wait, parse_repository, publish, triton_http_client
+    from visionnode.components.common.triton_client import parse_repository
+    from visionnode.components.deploy.deploy import load_and_wait, publish, triton_http_client
 
     target = parse_repository(resolve_endpoints().triton_repository)
     publish(staging, target, names, version)

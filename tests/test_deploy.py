@@ -21,7 +21,7 @@ from visionnode.components.common.storage import s3_client
 from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
 from visionnode.components.deploy.repository import (JPEG_INPUT, ServingConfig, jpeg_model_config, labels_text,
                                                      openvino_backend_config, parse_config, tensor_model_config)
-from visionnode.components.deploy.samples import encode_jpeg
+from visionnode.components.common.samples import encode_jpeg
 from visionnode.pipeline.cli import app
 
 

@@ -23,7 +23,7 @@ from visionnode.components.train.precision import resolve_precision
 from visionnode.components.common.ffcv_io import Augmentation, train_loader
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
-from visionnode.components.train.recipe import (Recipe, build_optimizer, lr_factor, parameter_groups, parse_lr,
+from visionnode.components.common.recipe import (Recipe, build_optimizer, lr_factor, parameter_groups, parse_lr,
                                                 parse_res_schedule, resolution_for_epoch, resolve_lr)
 from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, train
 from visionnode.pipeline.cli import app

@@ -27,7 +27,6 @@ from visionnode.components.validate.validate import (
     run_checks,
     smoke_train,
     summarize_profile,
-    summary_metrics,
 )
 
 # Small enough for ~10 s on 2 idle cores, large enough that the 96-image synthetic set is over-fitted
@@ -147,7 +146,7 @@ def test_lr_range_test_in_validate_outputs_a_suggestion_plot_and_metrics(validat
     lr_range = validated.lr_range
     assert lr_range is not None and len(lr_range.lrs) >= 8
     assert 1e-3 <= lr_range.suggested_lr <= 1.0 and lr_range.seconds > 0
-    metrics = summary_metrics(validated)
+    metrics = validated.metrics()
     assert metrics["suggested_lr"] == lr_range.suggested_lr and metrics["lr_range_seconds"] == lr_range.seconds
     plot = Path(validated.lr_range_plot)
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == Path(validated.report).parent

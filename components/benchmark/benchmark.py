@@ -13,107 +13,22 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from visionnode.components.common.artifacts import InferenceMetadata
-from visionnode.components.common.errors import ConfigError, ServiceError
+from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 from visionnode.components.common.progress import console
+from visionnode.components.common.samples import SampleImages
 from visionnode.components.common.settings import resolve_endpoints, state_dir
 
-from visionnode.components.deploy.samples import SampleImages
-
-from .loadgen import PROTOCOLS, LevelPlan, LevelStats, Target, run_level
-
-DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)
-
-
-@dataclass
-class BenchmarkConfig:
-    model: str = "resnet152_int8"
-    protocol: str = "grpc"
-    triton_url: str = ""              # host:port for `protocol`; "" = from settings
-    triton_http: str = ""             # HTTP host:port for metadata/repository calls; "" = from settings
-    metrics_url: str = ""             # "" = from settings
-    concurrency: list[int] = field(default_factory=lambda: list(DEFAULT_CONCURRENCY))
-    rate: float | None = None         # also run one open-loop level at this many requests/s
-    duration_s: float = 10.0
-    warmup_s: float = 2.0
-    max_requests: int = 20_000        # per level
-    target_qps: float = 100.0
-    target_p99_ms: float = 150.0
-    shards: str | None = None
-    pool_images: int = 64
-    model_dir: Path | None = None     # the IR for the OpenVINO baseline; None = fetched from Triton's repository
-    fp32_model: Path | None = None    # train output for the PyTorch eager baseline; None = skipped
-    baselines: bool = True
-    baseline_seconds: float = 5.0
-    baseline_batch: int = 8
-    request_timeout_s: float = 10.0
-    report_path: Path | None = None   # HTML report; None = beside --json or skipped
-
-    def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol '{self.protocol}'", "use grpc or http")
-        if not self.concurrency or min(self.concurrency) < 1:
-            raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers", "e.g. 1,2,4,8,16")
-        if self.duration_s <= 0 or self.warmup_s < 0 or self.max_requests < 1:
-            raise ConfigError("duration must be positive, warm-up non-negative, max requests at least 1")
-        if self.rate is not None and self.rate <= 0:
-            raise ConfigError(f"--rate {self.rate} must be positive")
-        if self.target_qps <= 0 or self.target_p99_ms <= 0:
-            raise ConfigError("--target-qps and --target-p99-ms must be positive")
-
-
-@dataclass
-class Baselines:
-    images: int
-    batch: int
-    openvino_int8_ips: float | None = None
-    pytorch_fp32_ips: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class BenchmarkResult:
-    model: str
-    protocol: str
-    url: str
-    images_source: str
-    input_shape: list[int]
-    levels: list[LevelStats]
-    best_level: int | None            # index into levels
-    best_qps: float
-    best_p99_ms: float
-    max_qps: float
-    slo_met: bool
-    verdict: str
-    target_qps: float
-    target_p99_ms: float
-    baselines: Baselines
-    served_vs_openvino: float | None  # best served QPS / raw OpenVINO INT8 img/s
-    served_vs_pytorch: float | None
-    triton_rss_mb: float | None
-    report: str | None = None
-
-    def as_metrics(self) -> dict[str, float]:
-        metrics = {"best_qps": self.best_qps, "best_p99_ms": self.best_p99_ms, "max_qps": self.max_qps,
-                   "slo_met": float(self.slo_met), "target_qps": self.target_qps,
-                   "target_p99_ms": self.target_p99_ms}
-        for key in ("served_vs_openvino", "served_vs_pytorch", "triton_rss_mb"):
-            if getattr(self, key) is not None:
-                metrics[key] = float(getattr(self, key))
-        if self.baselines.openvino_int8_ips:
-            metrics["openvino_int8_ips"] = self.baselines.openvino_int8_ips
-        if self.baselines.pytorch_fp32_ips:
-            metrics["pytorch_fp32_ips"] = self.baselines.pytorch_fp32_ips
-        return {k: v for k, v in metrics.items() if not math.isnan(v)}
+from .config import BenchmarkConfig
+from .loadgen import LevelPlan, LevelStats, Target, run_level
+from .result import Baselines, BenchmarkResult
 
 
 # ---------------------------------------------------------------- where things are
@@ -131,7 +46,7 @@ def triton_pid(http_or_grpc_url: str) -> int | None:
 def served_model_dir(model: str, http_url: str, dest: Path) -> Path:
     """The IR Triton serves for `model` (its ready version), copied from Triton's model repository."""
     from visionnode.components.common.storage import s3_client
-    from visionnode.components.deploy.deploy import parse_repository, ready_version, triton_http_client
+    from visionnode.components.common.triton_client import parse_repository, ready_version, triton_http_client
 
     repository = resolve_endpoints().triton_repository
     if not repository:
@@ -176,8 +91,7 @@ def openvino_throughput(xml: Path, images: np.ndarray, batch: int, seconds: floa
 def pytorch_throughput(fp32_model: Path, images: np.ndarray, batch: int, seconds: float) -> float:
     """Images/s of the trained FP32 model in PyTorch eager (the serving graph with folded preprocessing)."""
     import torch
-
-    from visionnode.components.quantize.export import load_trained_model
+    from visionnode.components.common.trained_model import load_trained_model
 
     module = load_trained_model(fp32_model).serving_module()
     x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
@@ -235,14 +149,14 @@ def verdict(levels: list[LevelStats], best: int | None, target_qps: float, targe
 
 def input_spec(http_url: str, model: str) -> tuple[str, str, int]:
     """(input name, output name, image size) from Triton's model metadata."""
-    from visionnode.components.deploy.deploy import triton_http_client
+    from visionnode.components.common.triton_client import triton_http_client
 
     try:
         metadata = triton_http_client(http_url).get_model_metadata(model)
     except ServiceError:
         raise
     except Exception as exc:  # tritonclient's InferenceServerException for an unknown model
-        raise ServiceError(f"Triton at {http_url} does not serve model '{model}' ({' '.join(str(exc).split())[:200]})",
+        raise ServiceError(f"Triton at {http_url} does not serve model '{model}' ({one_line(exc)})",
                            "deploy it first with `visionnode deploy`, or pass --model") from None
     tensor = metadata["inputs"][0]
     shape = [int(d) for d in tensor["shape"]]
@@ -286,7 +200,7 @@ def benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
         for level in result.levels:
             tracker.log_metrics({f"{level.mode}_qps": level.qps, f"{level.mode}_p99_ms": level.p99_ms,
                                  f"{level.mode}_errors": level.errors}, step=level.concurrency)
-        tracker.log_metrics(result.as_metrics())
+        tracker.log_metrics(result.metrics())
         if config.report_path:
             result.report = str(write_report(result, config.report_path, tracker))
     return result
@@ -331,7 +245,7 @@ def http_beside_grpc(grpc_url: str) -> str:
 
 def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
                   baselines: Baselines | None = None, served: Served | None = None) -> BenchmarkResult:
-    from visionnode.components.deploy.samples import sample_images
+    from visionnode.components.common.samples import sample_images
 
     served = served or resolve_served(config)
     url, http_url, size = served.url, served.http_url, served.size
@@ -361,13 +275,4 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
         served_vs_pytorch=best_qps / baselines.pytorch_fp32_ips if baselines.pytorch_fp32_ips else None,
         triton_rss_mb=max(rss) if rss else None)
 
-
-def parse_levels(text: str) -> list[int]:
-    try:
-        levels = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--concurrency '{text}' is not a comma-separated list of integers", "e.g. 1,2,4,8,16") from None
-    if not levels:
-        raise ConfigError("--concurrency names no level", "e.g. 1,2,4,8,16")
-    return levels
 

@@ -6,41 +6,58 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from rich.console import Console
 from rich.table import Table
 
 from ..common.cli import JsonOption, emit_result, err_console, json_to_stdout, out_console, user_errors
 from ..common.jsonio import to_jsonable
-from .benchmark import BenchmarkConfig, benchmark, parse_levels
+from .config import DEFAULTS, BenchmarkConfig, parse_levels
 
 
 @user_errors
 def benchmark_command(
-    model: Annotated[str, typer.Option(help="Triton model name (the uint8 tensor model).")] = "resnet152_int8",
-    triton_url: Annotated[str, typer.Option("--triton-url", help="HOST:PORT for --protocol (default: settings).")] = "",
+    model: Annotated[
+        str, typer.Option(help="Triton model name (the uint8 tensor model).")
+    ] = DEFAULTS.model,
+    triton_url: Annotated[
+        str, typer.Option("--triton-url", help="HOST:PORT for --protocol (default: settings).")
+    ] = DEFAULTS.triton_url,
     triton_http: Annotated[str, typer.Option(
         "--triton-http", help="Triton's HTTP HOST:PORT for model metadata (default: settings; with a gRPC "
-                              "--triton-url alone, the port below it).")] = "",
-    protocol: Annotated[str, typer.Option(help="grpc or http.")] = "grpc",
-    concurrency: Annotated[str, typer.Option(help="Closed-loop levels, comma separated.")] = "1,2,4,8,16",
-    rate: Annotated[Optional[float], typer.Option(help="Also run one open-loop level at this many requests/s.")] = None,
-    duration: Annotated[float, typer.Option(help="Measured seconds per level.")] = 10.0,
-    warmup: Annotated[float, typer.Option(help="Unmeasured warm-up seconds per level.")] = 2.0,
-    max_requests: Annotated[int, typer.Option(help="At most this many measured requests per level.")] = 20_000,
-    target_qps: Annotated[float, typer.Option(help="SLO: throughput target.")] = 100.0,
-    target_p99_ms: Annotated[float, typer.Option(help="SLO: P99 latency target (ms).")] = 150.0,
-    shards: Annotated[Optional[str], typer.Option(help="Val shards (dir or s3://) for request images.")] = None,
+                              "--triton-url alone, the port below it).")] = DEFAULTS.triton_http,
+    protocol: Annotated[str, typer.Option(help="grpc or http.")] = DEFAULTS.protocol,
+    concurrency: Annotated[
+        str, typer.Option(help="Closed-loop levels, comma separated.")
+    ] = ",".join(map(str, DEFAULTS.concurrency)),
+    rate: Annotated[
+        Optional[float], typer.Option(help="Also run one open-loop level at this many requests/s.")
+    ] = DEFAULTS.rate,
+    duration: Annotated[float, typer.Option(help="Measured seconds per level.")] = DEFAULTS.duration_s,
+    warmup: Annotated[float, typer.Option(help="Unmeasured warm-up seconds per level.")] = DEFAULTS.warmup_s,
+    max_requests: Annotated[
+        int, typer.Option(help="At most this many measured requests per level.")
+    ] = DEFAULTS.max_requests,
+    target_qps: Annotated[float, typer.Option(help="SLO: throughput target.")] = DEFAULTS.target_qps,
+    target_p99_ms: Annotated[
+        float, typer.Option(help="SLO: P99 latency target (ms).")
+    ] = DEFAULTS.target_p99_ms,
+    shards: Annotated[
+        Optional[str], typer.Option(help="Val shards (dir or s3://) for request images.")
+    ] = DEFAULTS.shards,
     model_dir: Annotated[Optional[Path], typer.Option(
-        help="Quantize output for the OpenVINO baseline (default: the IR Triton serves).")] = None,
+        help="Quantize output for the OpenVINO baseline (default: the IR Triton serves).")] = DEFAULTS.model_dir,
     fp32_model: Annotated[Optional[Path], typer.Option(
-        help="Train output for the PyTorch eager FP32 baseline (skipped when absent).")] = None,
-    baselines: Annotated[bool, typer.Option(help="Measure the in-process baselines.")] = True,
-    metrics_url: Annotated[str, typer.Option(help="Triton metrics HOST:PORT (default: settings).")] = "",
+        help="Train output for the PyTorch eager FP32 baseline (skipped when absent).")] = DEFAULTS.fp32_model,
+    baselines: Annotated[bool, typer.Option(help="Measure the in-process baselines.")] = DEFAULTS.baselines,
+    metrics_url: Annotated[
+        str, typer.Option(help="Triton metrics HOST:PORT (default: settings).")
+    ] = DEFAULTS.metrics_url,
     json_path: JsonOption = None,
     report: Annotated[Optional[Path], typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
 ) -> None:
     """Load-test a Triton model (closed-loop sweep, optional open loop) with baselines and an SLO verdict."""
+    from .benchmark import benchmark  # imports numpy and tritonclient: only when the command runs
+
     config = BenchmarkConfig(model=model, protocol=protocol, triton_url=triton_url, triton_http=triton_http,
                              metrics_url=metrics_url,
                              concurrency=parse_levels(concurrency), rate=rate, duration_s=duration, warmup_s=warmup,
@@ -56,20 +73,15 @@ def benchmark_command(
 
 
 def print_levels(result, console: Console) -> None:
+    from .report import level_table
+
     table = Table(title=f"{result.model} over {result.protocol}", title_justify="left")
-    for head in ("mode", "conc.", "rate", "ok", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms", "batch",
-                 "RSS MB"):
-        table.add_column(head, justify="right")
-    for i, s in enumerate(result.levels):
-        cells = [s.mode, str(s.concurrency), _num(s.target_rate, 0), str(s.requests), str(s.errors), _num(s.qps),
-                 _num(s.p50_ms), _num(s.p95_ms), _num(s.p99_ms), _num(s.max_ms), _num(s.mean_batch, 2),
-                 _num(s.triton_rss_mb, 0)]
+    head, rows = level_table(result)
+    for name in head:
+        table.add_column(name, justify="right")
+    for i, cells in enumerate(rows):
         table.add_row(*cells, style="green" if i == result.best_level else None)
     console.print(table)
-
-
-def _num(value, digits: int = 1) -> str:
-    return "-" if value is None or value != value else f"{value:,.{digits}f}"
 
 
 def register(app: typer.Typer) -> None:

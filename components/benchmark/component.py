@@ -1,7 +1,6 @@
 """KFP v2 component: load-test the deployed endpoint and report the SLO verdict."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
-
 from visionnode.components.common.kfp_support import phase_component
 
 
@@ -39,16 +38,17 @@ def benchmark_op(
     """
     from pathlib import Path
 
-    from visionnode.components.benchmark.benchmark import BenchmarkConfig, benchmark, parse_levels
+    from visionnode.components.benchmark.benchmark import benchmark
+    from visionnode.components.benchmark.config import DEFAULTS, BenchmarkConfig, parse_levels
     from visionnode.components.common.kfp_support import enter_pipeline_context
 
     enter_pipeline_context(pipeline_run_id)
     meta = endpoint.metadata
     url = meta.get("grpc_url" if protocol == "grpc" else "http_url", "")
-    result = benchmark(BenchmarkConfig(model=meta.get("model_name", "resnet152_int8"), protocol=protocol,
+    result = benchmark(BenchmarkConfig(model=meta.get("model_name", DEFAULTS.model), protocol=protocol,
                                        triton_url=url, triton_http=meta.get("http_url", ""),
                                        concurrency=parse_levels(concurrency), duration_s=duration_s,
                                        target_qps=target_qps, target_p99_ms=target_p99_ms,
                                        shards=remote_shards.path, report_path=Path(report.path)))
-    for key, value in result.as_metrics().items():
+    for key, value in result.metrics().items():
         metrics.log_metric(key, value)

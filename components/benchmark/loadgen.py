@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 
-from visionnode.components.common.errors import ConfigError, ServiceError
+from .config import PROTOCOLS
 
-PROTOCOLS = ("grpc", "http")
 _METRIC_LINE = re.compile(r'^(nv_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
 _QUANTILE_LABEL = re.compile(r'quantile="([0-9.]+)"')
 
@@ -61,11 +61,6 @@ class LevelStats:
     server_compute_ms: float | None = None     # mean compute time per executed batch
     triton_rss_mb: float | None = None         # peak during the level (tritonserver + python stubs)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
-
-    @property
-    def error_rate(self) -> float:
-        total = self.requests + self.errors
-        return self.errors / total if total else 0.0
 
 
 # ---------------------------------------------------------------- clients
@@ -116,9 +111,7 @@ class AsyncTritonClient:
 def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "client_timeout"
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    text = " ".join(str(text).split())
-    return (f"{type(exc).__name__}: {text}")[:120]
+    return one_line(exc, limit=120)
 
 
 # ---------------------------------------------------------------- the two loops

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionnode.components.common.jsonio import atomic_write_text
+from visionnode.components.common.numbers import format_number
 from visionnode.components.common.tracking import Tracker, save_figure
 
 if TYPE_CHECKING:
-    from .benchmark import BenchmarkResult
+    from .result import BenchmarkResult
 
 
 def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None) -> list[Path]:
@@ -60,23 +60,25 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
     return paths
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,.{digits}f}"
+def level_table(result: "BenchmarkResult") -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The per-level table (header, rows of cells) that the CLI prints and the HTML report shows."""
+    head = ("mode", "concurrency", "rate", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms",
+            "server batch", "queue ms", "Triton RSS MB")
+    rows = [(s.mode, str(s.concurrency), format_number(s.target_rate, 0), str(s.requests), str(s.errors),
+             format_number(s.qps), format_number(s.p50_ms), format_number(s.p95_ms), format_number(s.p99_ms),
+             format_number(s.max_ms), format_number(s.mean_batch, 2), format_number(s.server_queue_ms),
+             format_number(s.triton_rss_mb, 0))
+            for s in result.levels]
+    return head, rows
 
 
 def _table(result: "BenchmarkResult") -> str:
-    head = ("mode", "concurrency", "rate", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms",
-            "server batch", "queue ms", "Triton RSS MB")
-    rows = []
-    for i, s in enumerate(result.levels):
-        cells = (s.mode, str(s.concurrency), _fmt(s.target_rate, 0), str(s.requests), str(s.errors), _fmt(s.qps),
-                 _fmt(s.p50_ms), _fmt(s.p95_ms), _fmt(s.p99_ms), _fmt(s.max_ms), _fmt(s.mean_batch, 2),
-                 _fmt(s.server_queue_ms), _fmt(s.triton_rss_mb, 0))
+    head, rows = level_table(result)
+    html_rows = []
+    for i, cells in enumerate(rows):
         style = ' style="background:#e6ffe6"' if i == result.best_level else ""
-        rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+        html_rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(html_rows) + "</table>"
 
 
 def _errors(result: "BenchmarkResult") -> str:
@@ -104,12 +106,12 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:49
 <p>Server {html.escape(result.url)}; input {result.input_shape}; request images: {html.escape(result.images_source)}.</p>
 <h2>Baselines (same images, this process, same machine)</h2>
 <table><tr><th>engine</th><th>img/s (batch {b.batch})</th><th>best served QPS ÷ engine</th></tr>
-<tr><td>raw OpenVINO INT8 (ceiling)</td><td>{_fmt(b.openvino_int8_ips)}</td><td>{_fmt(result.served_vs_openvino, 2)}</td></tr>
-<tr><td>PyTorch eager FP32</td><td>{_fmt(b.pytorch_fp32_ips)}</td><td>{_fmt(result.served_vs_pytorch, 2)}</td></tr>
+<tr><td>raw OpenVINO INT8 (ceiling)</td><td>{format_number(b.openvino_int8_ips)}</td><td>{format_number(result.served_vs_openvino, 2)}</td></tr>
+<tr><td>PyTorch eager FP32</td><td>{format_number(b.pytorch_fp32_ips)}</td><td>{format_number(result.served_vs_pytorch, 2)}</td></tr>
 </table><ul>{notes}</ul>
 <h2>Levels</h2>{_table(result)}
 <p>Best level (highest QPS with P99 ≤ {result.target_p99_ms:g} ms and no errors) highlighted.
-Peak Triton RSS: {_fmt(result.triton_rss_mb, 0)} MB.</p>
+Peak Triton RSS: {format_number(result.triton_rss_mb, 0)} MB.</p>
 <h2>Errors</h2>{_errors(result)}
 <h2>Plots</h2>{embedded}
 </body></html>

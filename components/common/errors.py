@@ -36,3 +36,10 @@ class IntegrityError(VisionNodeError):
 
 class QualityGateError(VisionNodeError):
     """A phase ran but its result fails a gate (loss did not fall, accuracy dropped too far, SLO missed)."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: message` on one line, cut to `limit` characters (tritonclient's `message()` preferred)."""
+    message = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+    text = " ".join(str(message or exc).split())
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__

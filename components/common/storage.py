@@ -23,6 +23,16 @@ class S3Location:
         return S3Location(self.bucket, f"{prefix}/{name}" if prefix else name)
 
 
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+
+
+def s3_error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ("NoSuchKey", "404", ...); "" for any other exception."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
 def is_s3_uri(value: str) -> bool:
     return str(value).startswith("s3://")
 

@@ -1,7 +1,6 @@
 """KFP v2 component: serve the INT8 model on Triton and hand on the endpoint."""
 
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
-
 from visionnode.components.common.kfp_support import phase_component
 
 
@@ -46,5 +45,5 @@ def deploy_op(
     write_json(endpoint.path, result)
     for key in ("model_name", "model_version", "jpeg_model_name", "http_url", "grpc_url", "triton_repository"):
         endpoint.metadata[key] = getattr(result, key)
-    for key, value in result.as_metrics().items():
+    for key, value in result.metrics().items():
         metrics.log_metric(key, value)

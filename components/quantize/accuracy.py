@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-
 from visionnode.components.common.progress import progress_bar
 
 Logits = Callable[[np.ndarray], np.ndarray]
@@ -32,7 +31,7 @@ class AccuracyReport:
         """How coarse the figures are: one image changes top-1 by this many points."""
         return 100.0 / self.images if self.images else float("nan")
 
-    def as_metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         return {"fp32_top1": self.fp32_top1, "fp32_top5": self.fp32_top5, "int8_top1": self.int8_top1,
                 "int8_top5": self.int8_top5, "top1_agreement": self.top1_agreement,
                 "top1_drop_pts": self.top1_drop_pts, "eval_images": float(self.images),

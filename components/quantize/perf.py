@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from visionnode.components.common.errors import DataError
 
 PYTORCH_FP32 = "pytorch_fp32"
@@ -56,7 +55,7 @@ class PerfReport:
         self.speedup_vs_pytorch = int8 / self.engines[PYTORCH_FP32].throughput_ips
         self.speedup_vs_openvino_fp32 = int8 / self.engines[OPENVINO_FP32].throughput_ips
 
-    def as_metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         metrics: dict[str, float] = {"int8_size_mb": self.int8_size_bytes / 1e6,
                                      "int8_peak_rss_mb": self.int8_peak_rss_bytes / 1e6,
                                      "int8_speedup_vs_pytorch_fp32": self.speedup_vs_pytorch,
@@ -133,14 +132,18 @@ def _time_pytorch(module: torch.nn.Module, one: np.ndarray, many: np.ndarray, th
                         len(latency), len(per_batch))
 
 
+def _latency_openvino(compiled, one: np.ndarray, seconds: float) -> list[float]:
+    """Single-image latencies; the latency-mode model and its request are freed on return, before the
+    throughput-mode model is compiled."""
+    request = compiled.create_infer_request()
+    return _repeat(lambda: request.infer({0: one}), seconds)
+
+
 def _time_openvino(model, one: np.ndarray, many: np.ndarray, threads: int, seconds: float,
                    fp32_exact: bool) -> EngineTiming:
     import openvino as ov
 
-    latency_model = compile_openvino(model, "LATENCY", threads, fp32_exact)
-    request = latency_model.create_infer_request()
-    latency = _repeat(lambda: request.infer({0: one}), seconds)
-    del request, latency_model
+    latency = _latency_openvino(compile_openvino(model, "LATENCY", threads, fp32_exact), one, seconds)
 
     throughput_model = compile_openvino(model, "THROUGHPUT", threads, fp32_exact)
     requests = max(1, int(throughput_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))

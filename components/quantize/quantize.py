@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from visionnode.components.common.artifacts import InferenceMetadata, ShardManifest
-from visionnode.components.common.errors import ConfigError, DataError, IntegrityError, QualityGateError
+from visionnode.components.common.errors import DataError, IntegrityError, QualityGateError
 from visionnode.components.common.jsonio import write_json
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
 
 from .accuracy import AccuracyReport, compare_accuracy
-from .export import (TrainedModel, convert_to_openvino, export_onnx, load_trained_model, save_ir,
-                     torch_logits)
+from .config import QuantizeConfig
+from .export import TrainedModel, convert_to_openvino, export_onnx, load_trained_model, save_ir, torch_logits
 from .perf import PerfReport, compile_openvino, measure_performance, openvino_logits, throughput_figure
 
 IR_FILE = "model.xml"
@@ -42,7 +41,6 @@ ONNX_FILE = "model.onnx"
 REPORT_FILE = "quantize_report.json"
 PLOT_FILE = "throughput.png"
 EXPORT_RTOL = 1e-3   # folded-graph logits of OpenVINO FP32 vs PyTorch, relative to the logit range
-PRESETS = ("mixed", "performance")
 
 
 class AccuracyGateError(QualityGateError):
@@ -51,34 +49,6 @@ class AccuracyGateError(QualityGateError):
     def __init__(self, result: "QuantizeResult", problem: str, hint: str | None = None) -> None:
         super().__init__(problem, hint)
         self.result = result
-
-
-@dataclass
-class QuantizeConfig:
-    model_dir: Path                   # train output: model.json (ModelMetadata) + weights.pt
-    shards: str                       # local shard dir, remote-manifest dir or s3://bucket/prefix
-    out_dir: Path
-    calibration_images: int = 300
-    max_accuracy_drop: float = 1.0    # top-1 points FP32 -> INT8 allowed before the gate fails
-    eval_images: int = 0              # val images for the accuracy report; 0 = all
-    batch_size: int = 32              # evaluation batch
-    preset: str = "mixed"
-    fast_bias_correction: bool = False
-    full_int8: bool = False           # also quantize the Adds, stem and projections (faster, less faithful)
-    measure: bool = True              # size/RSS/latency/throughput side by side
-    threads: int = 2
-    perf_batch: int = 8
-    perf_seconds: float = 3.0         # per engine and measurement
-    cache_dir: Path | None = None     # where remote shards are fetched to
-
-    def validate(self) -> None:
-        if self.calibration_images < 1:
-            raise ConfigError(f"--calibration-images {self.calibration_images} must be >= 1",
-                              "300 is a good default for CNNs")
-        if self.eval_images < 0 or self.batch_size < 1 or self.threads < 1 or self.perf_batch < 1:
-            raise ConfigError("eval images, batch sizes and threads must be positive")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset '{self.preset}'", f"use one of {', '.join(PRESETS)}")
 
 
 @dataclass
@@ -97,11 +67,11 @@ class QuantizeResult:
     mlflow_run_url: str | None = None
 
     def metrics(self) -> dict[str, float]:
-        metrics = {**self.accuracy.as_metrics(), "quality_gate_passed": float(self.quality_gate_passed),
+        metrics = {**self.accuracy.metrics(), "quality_gate_passed": float(self.quality_gate_passed),
                    "calibration_images": float(self.calibration_images),
                    "export_max_abs_diff": self.export_max_abs_diff}
         if self.perf is not None:
-            metrics.update(self.perf.as_metrics())
+            metrics.update(self.perf.metrics())
         return metrics
 
 
@@ -201,7 +171,7 @@ def accuracy_gate_passed(top1_drop_pts: float, *, max_drop: float) -> bool:
 
 
 def inference_metadata(model: TrainedModel, result: QuantizeResult) -> InferenceMetadata:
-    accuracy = {**result.accuracy.as_metrics(), "quality_gate_passed": float(result.quality_gate_passed),
+    accuracy = {**result.accuracy.metrics(), "quality_gate_passed": float(result.quality_gate_passed),
                 "max_accuracy_drop": result.max_accuracy_drop}
     return InferenceMetadata(arch=model.metadata.arch, precision="int8", input=model.input_spec(),
                              output=model.output_spec(), classes=model.metadata.classes,
@@ -317,7 +287,7 @@ def check_export(model: TrainedModel, fp32_compiled, images: np.ndarray) -> floa
 
 
 def _shard_paths(config: QuantizeConfig, model: TrainedModel) -> tuple[list[Path], list[Path]]:
-    from visionnode.components.transfer.transfer import materialize_shards
+    from visionnode.components.common.shard_sync import materialize_shards
 
     local = Path(materialize_shards(config.shards, config.cache_dir))
     manifest = ShardManifest.load(local)

@@ -8,23 +8,36 @@ from typing import Annotated
 import typer
 
 from ..common.cli import JsonOption, emit_result, user_errors
-from .shard import SPLIT_CHOICES, ShardConfig, shard_dataset
+from .config import DEFAULTS, SPLIT_CHOICES, ShardConfig
 
 
 @user_errors
 def shard_command(
     data: Annotated[Path, typer.Option("--data", help="ImageNet-layout directory (train/<wnid>/, val/).")],
     out: Annotated[Path, typer.Option("--out", help="Output directory: .beton shards + manifest.json.")],
-    split: Annotated[str, typer.Option(help=f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.")] = "both",
-    images_per_shard: Annotated[int, typer.Option(help="Images per .beton file.")] = 5000,
-    max_resolution: Annotated[int, typer.Option(help="Longer image side in pixels after resizing.")] = 256,
-    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of the stored images (1-100).")] = 90,
-    workers: Annotated[int, typer.Option(help="Decode/encode processes; read-back threads.")] = 2,
-    readback: Annotated[bool, typer.Option(help="Read the shards back once with the FFCV loader and report "
-                                                "its images/s.")] = True,
+    split: Annotated[
+        str, typer.Option(help=f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.")
+    ] = DEFAULTS.split,
+    images_per_shard: Annotated[
+        int, typer.Option(help="Images per .beton file.")
+    ] = DEFAULTS.images_per_shard,
+    max_resolution: Annotated[
+        int, typer.Option(help="Longer image side in pixels after resizing.")
+    ] = DEFAULTS.max_resolution,
+    jpeg_quality: Annotated[
+        int, typer.Option(help="JPEG quality of the stored images (1-100).")
+    ] = DEFAULTS.jpeg_quality,
+    workers: Annotated[
+        int, typer.Option(help="Decode/encode processes; read-back threads.")
+    ] = DEFAULTS.workers,
+    readback: Annotated[
+        bool, typer.Option(help="Read the shards back once with the FFCV loader and report its images/s.")
+    ] = DEFAULTS.readback,
     json_path: JsonOption = None,
 ) -> None:
     """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
+    from .shard import shard_dataset  # imports FFCV and numpy: only when the command runs
+
     config = ShardConfig(data=data, out=out, split=split, images_per_shard=images_per_shard,
                          max_resolution=max_resolution, jpeg_quality=jpeg_quality, workers=workers,
                          readback=readback)

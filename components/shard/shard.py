@@ -13,83 +13,36 @@ is rewritten. `manifest.json` is written last, atomically.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
 import re
 import shutil
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..common.artifacts import ShardInfo, ShardManifest, SkippedFile, describe_skipped
-from ..common.errors import ConfigError, DataError
-from ..common.ffcv_io import DEFAULT_JPEG_QUALITY, EncodedImage, encode_image, train_loader, write_beton
+from ..common.artifacts import ShardManifest, SkippedFile, describe_skipped
+from ..common.beton_writer import EncodedImage, write_beton
+from ..common.errors import DataError
+from ..common.ffcv_io import train_loader
 from ..common.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
-from ..common.images import UnreadableImage, load_rgb, resize_max_side
-from ..common.jsonio import read_json, sha256_file, write_json
+from ..common.jsonio import sha256_file
 from ..common.progress import console, progress_bar
 from ..common.tracking import tracked_run
+from .config import ShardConfig
+from .decode import DecodeStream, Prepared
+from .journal import JOURNAL_FILE, Journal, JournalEntry, relative_path, source_digest
 
-SPLIT_CHOICES = ("train", "val", "both")
-JOURNAL_FILE = ".shard-journal.json"
+__all__ = ["JOURNAL_FILE", "ShardConfig", "ShardResult", "shard_dataset"]
+
 SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.beton$")
-FORMAT_VERSION = 2          # bump when the bytes written for the same settings change
-DECODE_CHUNK = 8            # files per pool task: amortises inter-process overhead
 READBACK_MAX_RESOLUTION = 224
-
-
-@dataclass
-class ShardConfig:
-    data: Path
-    out: Path
-    split: str = "both"               # train | val | both
-    images_per_shard: int = 5000
-    max_resolution: int = 256         # longer side after resizing (never enlarged)
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY
-    workers: int = 2
-    shuffle_seed: int = 0             # file order before cutting shards
-    readback: bool = True             # read the shards back once with the FFCV train pipeline
-
-    def validate(self) -> None:
-        if self.split not in SPLIT_CHOICES:
-            raise ConfigError(f"--split {self.split!r} is not valid",
-                              f"use one of {', '.join(SPLIT_CHOICES)}")
-        if self.images_per_shard < 1:
-            raise ConfigError(f"--images-per-shard {self.images_per_shard} must be positive",
-                              "use e.g. 5000 (about 100 MB per shard at 256 px)")
-        if not 16 <= self.max_resolution <= 4096:
-            raise ConfigError(f"--max-resolution {self.max_resolution} is out of range",
-                              "use 16..4096 (e.g. 256)")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"--jpeg-quality {self.jpeg_quality} is out of range", "use 1..100 (e.g. 90)")
-        if self.workers < 1:
-            raise ConfigError(f"--workers {self.workers} must be at least 1", "use the number of CPU cores")
-        data, out = Path(self.data).resolve(), Path(self.out).resolve()
-        if out == data or data in out.parents and out.relative_to(data).parts[:1] in (("train",), ("val",)):
-            raise ConfigError(f"--out {self.out} is inside the dataset",
-                              "write shards to a separate directory")
-
-    @property
-    def splits(self) -> list[str]:
-        return ["train", "val"] if self.split == "both" else [self.split]
-
-    def settings(self) -> dict[str, Any]:
-        """What determines the bytes of every shard; stored in the manifest and checked on resume."""
-        return {
-            "split": self.split, "max_resolution": self.max_resolution, "jpeg_quality": self.jpeg_quality,
-            "images_per_shard": self.images_per_shard, "shuffle_seed": self.shuffle_seed,
-            "resize": "OpenCV INTER_AREA, longer side <= max_resolution, never enlarged",
-            "jpeg_encoder": "OpenCV (FFCV RGBImageField write_mode=jpg)",
-            "color": "RGB (CMYK/grey/palette converted)",
-            "format_version": FORMAT_VERSION,
-        }
 
 
 @dataclass
@@ -131,131 +84,6 @@ class ShardResult:
                   "write_images_per_s": self.write_images_per_s,
                   "loader_images_per_s": self.loader_images_per_s, "loader_warmup_s": self.loader_warmup_s}
         return {k: float(v) for k, v in values.items() if v is not None}
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-
-@dataclass
-class Prepared:
-    """A file after decoding: the encoded image, or why it was skipped."""
-
-    image: EncodedImage | None
-    reason: str | None = None
-
-
-def prepare_files(paths: list[str], max_resolution: int, jpeg_quality: int) -> list[Prepared]:
-    """Decode by content, convert to RGB, shrink to max side, JPEG-encode (runs in pool workers)."""
-    prepared = []
-    for path in paths:
-        try:
-            rgb = resize_max_side(load_rgb(path), max_resolution)
-            prepared.append(Prepared(encode_image(rgb, jpeg_quality)))
-        except UnreadableImage as exc:
-            prepared.append(Prepared(None, exc.reason))
-        except ValueError as exc:  # e.g. an image FFCV cannot store
-            prepared.append(Prepared(None, str(exc)))
-    return prepared
-
-
-class DecodeStream:
-    """Ordered, bounded parallel decoding of records[start:], restartable at any index."""
-
-    def __init__(self, pool: ProcessPoolExecutor, workers: int, config: ShardConfig) -> None:
-        self.pool = pool
-        # Read ahead a whole shard plus a margin: while the main process writes one shard (FFCV's writer forks
-        # and polls every 0.1 s), the workers keep decoding the next instead of idling. Encoded images are
-        # ~20 KB each, so a shard's worth costs a few MB.
-        self.window = max(2, workers * 4, -(-config.images_per_shard // DECODE_CHUNK) + workers * 2)
-        self.config = config
-
-    def from_index(self, records: list[ImageRecord], start: int) -> Iterator[tuple[ImageRecord, Prepared]]:
-        pending: deque[tuple[list[ImageRecord], Future]] = deque()
-        next_start = start
-        try:
-            while pending or next_start < len(records):
-                while len(pending) < self.window and next_start < len(records):
-                    chunk = records[next_start:next_start + DECODE_CHUNK]
-                    future = self.pool.submit(prepare_files, [os.fspath(r.path) for r in chunk],
-                                              self.config.max_resolution, self.config.jpeg_quality)
-                    pending.append((chunk, future))
-                    next_start += len(chunk)
-                chunk, future = pending.popleft()
-                yield from zip(chunk, future.result())
-        finally:
-            for _, future in pending:  # abandoned read-ahead (the caller reused a later shard)
-                future.cancel()
-
-
-# ---------------------------------------------------------------------------------------------- journal
-
-@dataclass
-class JournalEntry:
-    file: str
-    split: str
-    start: int                        # slice of the shuffled record list this shard consumed
-    end: int
-    source_digest: str
-    sha256: str
-    bytes: int
-    count: int
-    class_histogram: dict[int, int]
-    skipped: list[SkippedFile]
-
-    def info(self) -> ShardInfo:
-        return ShardInfo(self.file, self.split, self.count, self.bytes, self.sha256,
-                         dict(self.class_histogram))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JournalEntry":
-        data = dict(data)
-        data["class_histogram"] = {int(k): int(v) for k, v in data["class_histogram"].items()}
-        data["skipped"] = [SkippedFile(**s) for s in data["skipped"]]
-        return cls(**data)
-
-
-class Journal:
-    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
-        self.path = out / JOURNAL_FILE
-        self.settings = _settings_key(settings)
-        self.entries: dict[str, JournalEntry] = {}
-        if self.path.is_file():
-            try:
-                data = read_json(self.path)
-                if data.get("settings") == self.settings:
-                    self.entries = {k: JournalEntry.from_dict(v) for k, v in data["entries"].items()}
-            except (DataError, KeyError, TypeError):
-                self.entries = {}  # unreadable journal: rewrite everything
-
-    def reusable(self, out: Path, name: str, start: int, records: list[ImageRecord],
-                 root: Path) -> JournalEntry | None:
-        """The journal's entry for this shard if the file on disk is still exactly what it recorded."""
-        entry = self.entries.get(name)
-        if entry is None or entry.start != start or entry.end > len(records):
-            return None
-        path = out / name
-        if not path.is_file() or path.stat().st_size != entry.bytes:
-            return None
-        if entry.source_digest != source_digest(records[entry.start:entry.end], root):
-            return None
-        return entry if sha256_file(path) == entry.sha256 else None
-
-    def record(self, entry: JournalEntry) -> None:
-        self.entries[entry.file] = entry
-        write_json(self.path, {"settings": self.settings, "entries": self.entries})
-
-
-def _settings_key(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k != "split"}  # the split of a shard is in its name
-
-
-def source_digest(records: list[ImageRecord], root: Path) -> str:
-    """Identity of a shard's inputs: relative path, label, size and mtime of every file in its slice."""
-    digest = hashlib.sha256()
-    for record in records:
-        stat = record.path.stat()
-        digest.update(f"{_relative(record.path, root)}\t{record.label}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
-                      .encode())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- sharding
@@ -393,7 +221,7 @@ def _collect(decoded: Iterator[tuple[ImageRecord, Prepared]], records: list[Imag
         end += 1
         advance(1)
         if prepared.image is None:
-            skipped.append(SkippedFile(_relative(record.path, root), prepared.reason or "unreadable"))
+            skipped.append(SkippedFile(relative_path(record.path, root), prepared.reason or "unreadable"))
         else:
             samples.append((prepared.image, record.label))
     return samples, skipped, end
@@ -489,8 +317,3 @@ def _remove_stale_shards(out: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return os.fspath(path)

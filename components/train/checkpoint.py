@@ -21,10 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from visionnode.components.common.errors import DataError, IntegrityError, ServiceError
 from visionnode.components.common.jsonio import atomic_path, atomic_write_text
-from visionnode.components.common.storage import is_s3_uri, parse_s3_uri, s3_client
+from visionnode.components.common.storage import (
+    MISSING_BUCKET_CODES,
+    NOT_FOUND_CODES,
+    is_s3_uri,
+    parse_s3_uri,
+    s3_client,
+    s3_error_code,
+)
 
 CHECKPOINT_FORMAT = "visionnode.checkpoint/v1"
 LATEST_FILE = "latest.json"
@@ -119,10 +125,8 @@ class CheckpointStore:
         loc = parse_s3_uri(self.uri(LATEST_FILE))
         try:
             return self._s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read().decode()
-        except self._s3.exceptions.NoSuchKey:
-            return None
         except Exception as exc:
-            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchBucket", "404"):
+            if s3_error_code(exc) in NOT_FOUND_CODES | MISSING_BUCKET_CODES:
                 return None
             raise ServiceError(f"could not read {loc.uri} ({type(exc).__name__})",
                                "check the S3 endpoint and credentials") from None
@@ -187,8 +191,8 @@ def read_bytes(uri: str, what: str = "checkpoint",
     try:
         return client.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+        code = s3_error_code(exc)
+        if code in NOT_FOUND_CODES | MISSING_BUCKET_CODES:
             raise DataError(f"{what} {uri} does not exist", hint) from None
         raise ServiceError(f"could not read {what} {uri} ({type(exc).__name__})",
                            "check the S3 endpoint and credentials") from None

@@ -8,41 +8,73 @@ from typing import Annotated
 import typer
 
 from ..common.cli import JsonOption, emit_result, err_console, user_errors
+from .config import DEFAULTS, TrainConfig
 
 
 @user_errors
 def train_command(
     shards: Annotated[str, typer.Option(help="s3://bucket/prefix, a shard dir or a remote-manifest dir.")],
-    out: Annotated[Path, typer.Option(help="Output dir: weights.pt + model.json (+ train_log.csv, loss_curve.png).")],
-    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Images per step per process (global = x world size).")] = 64,
-    lr: Annotated[str, typer.Option(help="Peak LR: a number; 0 scales it from the global batch (0.1 x batch / 256); "
-                                         "auto runs an LR range test on the train shards first.")] = "0",
-    arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = "resnet152",
-    res_schedule: Annotated[str, typer.Option(help="Progressive resizing START:END px (linear over epochs, "
-                                                    "multiples of 32); END is the eval/serving size.")] = "160:192",
-    precision: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (fp16 needs CUDA).")] = "auto",
-    checkpoint_uri: Annotated[str, typer.Option(help="Checkpoint dir or s3://bucket/prefix "
-                                                      "(default: OUT/checkpoints).")] = "",
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends only).")] = 0,
-    resume: Annotated[str, typer.Option(help="auto (newest checkpoint, if any), never, or a checkpoint path/URI.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
-    workers: Annotated[int, typer.Option(help="FFCV decoding threads.")] = 2,
-    max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps in total (0: all epochs).")] = 0,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up (at most a quarter of all steps).")] = 2.0,
-    schedule: Annotated[str, typer.Option(help="LR decay after warm-up: cosine|step.")] = "cosine",
-    log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = 10,
-    lr_range_steps: Annotated[int, typer.Option(help="Steps of the LR range test that --lr auto runs.")] = 40,
-    crop_min_scale: Annotated[float, typer.Option(help="RandomResizedCrop's smallest kept share of the image "
-                                                       "area (0.08 ImageNet; raise it for small objects).")] = 0.08,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flips (off for text, "
-                                                                "symbols, anything handed).")] = True,
-    init_weights: Annotated[str, typer.Option(help="Fine-tune from this state dict (path or s3://...), e.g. "
-                                                   "torchvision's ImageNet weights; a head of another class "
-                                                   "count is replaced.")] = "",
-    head_epochs: Annotated[int, typer.Option(help="With --init-weights: first epochs train only the "
-                                                  "classifier head.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    out: Annotated[
+        Path, typer.Option(help="Output dir: weights.pt + model.json (+ train_log.csv, loss_curve.png).")
+    ],
+    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = DEFAULTS.epochs,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per step per process (global = x world size).")
+    ] = DEFAULTS.batch_size,
+    lr: Annotated[
+        str, typer.Option(help="Peak LR: a number; 0 scales it from the global batch (0.1 x batch / 256); "
+                           "auto runs an LR range test on the train shards first.")
+    ] = f"{DEFAULTS.recipe.lr:g}",
+    arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = DEFAULTS.arch,
+    res_schedule: Annotated[
+        str, typer.Option(help="Progressive resizing START:END px (linear over epochs, multiples of 32); "
+                           "END is the eval/serving size.")
+    ] = DEFAULTS.res_schedule,
+    precision: Annotated[
+        str, typer.Option(help="auto|fp32|bf16|fp16 (fp16 needs CUDA).")
+    ] = DEFAULTS.precision,
+    checkpoint_uri: Annotated[
+        str, typer.Option(help="Checkpoint dir or s3://bucket/prefix (default: OUT/checkpoints).")
+    ] = DEFAULTS.checkpoint_uri,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Also checkpoint every N steps (0: epoch ends only).")
+    ] = DEFAULTS.checkpoint_every,
+    resume: Annotated[
+        str, typer.Option(help="auto (newest checkpoint, if any), never, or a checkpoint path/URI.")
+    ] = DEFAULTS.resume,
+    compile: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")
+    ] = DEFAULTS.compile,
+    workers: Annotated[int, typer.Option(help="FFCV decoding threads.")] = DEFAULTS.workers,
+    max_steps: Annotated[
+        int, typer.Option(help="Stop after N optimizer steps in total (0: all epochs).")
+    ] = DEFAULTS.max_steps,
+    warmup_epochs: Annotated[
+        float, typer.Option(help="Linear LR warm-up (at most a quarter of all steps).")
+    ] = DEFAULTS.recipe.warmup_epochs,
+    schedule: Annotated[
+        str, typer.Option(help="LR decay after warm-up: cosine|step.")
+    ] = DEFAULTS.recipe.schedule,
+    log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = DEFAULTS.log_every,
+    lr_range_steps: Annotated[
+        int, typer.Option(help="Steps of the LR range test that --lr auto runs.")
+    ] = DEFAULTS.lr_range_steps,
+    crop_min_scale: Annotated[
+        float, typer.Option(help="RandomResizedCrop's smallest kept share of the image area "
+                           "(0.08 ImageNet; raise it for small objects).")
+    ] = DEFAULTS.crop_min_scale,
+    flip: Annotated[
+        bool, typer.Option("--flip/--no-flip",
+                           help="Random horizontal flips (off for text, symbols, anything handed).")
+    ] = DEFAULTS.flip,
+    init_weights: Annotated[
+        str, typer.Option(help="Fine-tune from this state dict (path or s3://...), e.g. torchvision's "
+                           "ImageNet weights; a head of another class count is replaced.")
+    ] = DEFAULTS.init_weights,
+    head_epochs: Annotated[
+        int, typer.Option(help="With --init-weights: first epochs train only the classifier head.")
+    ] = DEFAULTS.head_epochs,
+    seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = DEFAULTS.seed,
     json_path: JsonOption = None,
 ) -> None:
     """Train ResNet-152 (or another depth) on FFCV shards: SGD+Nesterov, label smoothing, warm-up + cosine,
@@ -53,15 +85,16 @@ def train_command(
     from ..common.artifacts import check_shard_source
 
     check_shard_source(shards)  # before the seconds of importing torch
-    from .recipe import Recipe, parse_lr, parse_res_schedule  # imports torch: only when the command runs
-    from .train import PREEMPTED_EXIT_CODE, TrainConfig, train
+    from ..common.recipe import Recipe, parse_lr, parse_res_schedule
+    from .train import PREEMPTED_EXIT_CODE, train  # imports torch: only when the command runs
 
     res_start, res_end = parse_res_schedule(res_schedule)
     auto_lr, peak_lr = parse_lr(lr)
     config = TrainConfig(
         shards=shards, out_dir=out, epochs=epochs, batch_size=batch_size, arch=arch, res_start=res_start,
-        res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri, checkpoint_every=checkpoint_every,
-        resume=resume, compile=compile, workers=workers, max_steps=max_steps, seed=seed, log_every=log_every,
+        res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri,
+        checkpoint_every=checkpoint_every, resume=resume, compile=compile, workers=workers,
+        max_steps=max_steps, seed=seed, log_every=log_every,
         recipe=Recipe(lr=peak_lr, warmup_epochs=warmup_epochs, schedule=schedule), auto_lr=auto_lr,
         lr_range_steps=lr_range_steps, crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
         head_epochs=head_epochs,

@@ -1,7 +1,6 @@
 """KFP v2 component: train ResNet-152 on the remote shards and hand on the Model."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
-
 from visionnode.components.common.kfp_support import phase_component
 
 
@@ -56,8 +55,9 @@ def train_op(
     from pathlib import Path
 
     from visionnode.components.common.kfp_support import enter_pipeline_context
-    from visionnode.components.train.recipe import Recipe, parse_res_schedule, resolve_lr
-    from visionnode.components.train.train import PREEMPTED_EXIT_CODE, TrainConfig, default_checkpoint_uri, train
+    from visionnode.components.common.recipe import Recipe, parse_res_schedule, resolve_lr
+    from visionnode.components.train.config import TrainConfig
+    from visionnode.components.train.train import PREEMPTED_EXIT_CODE, default_checkpoint_uri, train
 
     enter_pipeline_context(pipeline_run_id)
     res_start, res_end = parse_res_schedule(res_schedule)
@@ -75,7 +75,5 @@ def train_op(
     model.metadata.update({"arch": result.arch, "input_size": res_end, "top1": result.top1 or 0.0,
                            "top5": result.top5 or 0.0, "registered_model": result.registered_model or "",
                            "mlflow_run_id": result.mlflow_run_id or ""})
-    for name in ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr"):
-        value = getattr(result, name)
-        if value is not None:
-            metrics.log_metric(name, float(value))
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)

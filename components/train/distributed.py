@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
 from visionnode.components.common.errors import ConfigError
 
 

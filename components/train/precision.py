@@ -12,10 +12,10 @@ import contextlib
 from typing import ContextManager
 
 import torch
-
 from visionnode.components.common.errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .config import PRECISIONS
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

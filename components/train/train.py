@@ -13,116 +13,42 @@ which Kubeflow's PyTorchJob `restartPolicy: ExitCode` treats as retryable; the r
 from __future__ import annotations
 
 import contextlib
-import csv
 import itertools
-import math
 import os
-import signal
 import statistics
-import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
-
-from visionnode.components.common.artifacts import (MODEL_METADATA_FILE, WEIGHTS_FILE, ModelMetadata,
-                                                     Preprocessing, ShardManifest)
+from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
-from visionnode.components.common.ffcv_io import Augmentation
-from visionnode.components.common.jsonio import atomic_path, to_jsonable
-from visionnode.components.common.lr_range import (LRRangeConfig, LRRangeResult, lr_range_figure, lr_range_test,
-                                                   preserved_state)
+from visionnode.components.common.jsonio import to_jsonable
+from visionnode.components.common.lr_range import (
+    LRRangeConfig,
+    LRRangeResult,
+    lr_range_figure,
+    lr_range_test,
+    preserved_state,
+)
 from visionnode.components.common.model import build_resnet, count_parameters, depth_from_arch
 from visionnode.components.common.progress import console, progress_bar
+from visionnode.components.common.recipe import build_optimizer, build_scheduler, resolution_for_epoch
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
 
-from .checkpoint import CheckpointStore, checkpoint_name, load_checkpoint, restore_rng_states, rng_states
+from .checkpoint import CheckpointStore, load_checkpoint
+from .config import TrainConfig
+from .distributed import DistContext, barrier, gather_floats, init_distributed, shutdown_distributed
 from .finetune import InitWeights, load_init_weights, set_backbone_trainable
-from .distributed import (DistContext, all_reduce_sum, any_rank, barrier, gather_floats, init_distributed,
-                          shutdown_distributed)
+from .outputs import TRAIN_LOG_FILE, plot_loss_curve, register_model, write_model, write_train_log
 from .precision import autocast, grad_scaler, resolve_precision
-from .recipe import Recipe, build_optimizer, build_scheduler, resolution_for_epoch
+from .trainer import StopSignal, Trainer, set_loader_epoch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal after saving a checkpoint; retry resumes"
 RESUME_MODES = ("auto", "never")
-TRAIN_LOG_FILE = "train_log.csv"
-LOSS_CURVE_FILE = "loss_curve.png"
 LR_RANGE_FILE = "lr_range.png"
-HISTORY_COLUMNS = ("step", "epoch", "loss", "lr", "img_per_s")
-
-
-@dataclass
-class TrainConfig:
-    shards: str                      # s3://bucket/prefix, a shard dir or a remote-manifest dir
-    out_dir: Path
-    epochs: int = 16
-    batch_size: int = 64             # per process; the global batch is batch_size x world size
-    arch: str = "resnet152"
-    res_start: int = 160             # progressive resizing: first epoch's resolution ...
-    res_end: int = 192               # ... last epoch's, also the evaluation and serving input size
-    precision: str = "auto"
-    checkpoint_uri: str = ""         # local dir or s3://...; empty means <out_dir>/checkpoints
-    checkpoint_every: int = 0        # optimiser steps between checkpoints (0: only at each epoch end)
-    resume: str = "auto"             # auto (newest in checkpoint_uri, if any), never, or a checkpoint path/URI
-    compile: bool = False
-    workers: int = 2
-    max_steps: int = 0               # stop after this many optimiser steps in total (0: run all epochs)
-    seed: int = 0
-    log_every: int = 10              # steps between MLflow step metrics
-    overfit_batches: int = 0         # >0: repeat the first N batches (a sanity check that the model can learn)
-    keep_checkpoints: int = 3
-    cache_dir: Path | None = None    # where remote shards are cached (default: the transfer phase's)
-    registered_model_name: str = ""  # MLflow model registry name; empty means visionnode-<arch>
-    tracking: bool = True            # False: no MLflow run even when a tracking URI is configured
-    recipe: Recipe = field(default_factory=Recipe)
-    auto_lr: bool = False            # peak LR from an LR range test on the train shards (`--lr auto`)
-    lr_range_steps: int = 40
-    crop_min_scale: float = 0.08     # RandomResizedCrop keeps this..100 % of the image area
-    flip: bool = True                # random horizontal flip
-    init_weights: str = ""           # state dict (path or s3://) to fine-tune from; empty: random init
-    head_epochs: int = 0             # first epochs train only the classifier head (needs init_weights)
-
-    def validate(self) -> None:
-        depth_from_arch(self.arch)
-        self.recipe.validate()
-        if self.epochs < 1 or self.batch_size < 1 or self.workers < 1:
-            raise ConfigError("--epochs, --batch-size and --workers must be at least 1")
-        if not 16 <= self.res_start <= self.res_end:
-            raise ConfigError(f"resolution schedule {self.res_start}:{self.res_end} is invalid",
-                              "use 16 <= START <= END")
-        if self.checkpoint_every < 0 or self.max_steps < 0 or self.overfit_batches < 0 or self.log_every < 1:
-            raise ConfigError("--checkpoint-every, --max-steps and overfit batches must be >= 0")
-        if self.keep_checkpoints < 1:
-            raise ConfigError("keep_checkpoints must be at least 1")
-        if self.auto_lr:
-            if self.recipe.lr > 0:
-                raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
-                                  "pass one of them")
-            LRRangeConfig(steps=self.lr_range_steps).checked()
-        if not 0 < self.crop_min_scale <= 1:
-            raise ConfigError(f"--crop-min-scale {self.crop_min_scale} is out of range",
-                              "use a value above 0 and at most 1: ImageNet's 0.08, up to 1 for no zoom-in")
-        if not 0 <= self.head_epochs <= self.epochs:
-            raise ConfigError(f"--head-epochs {self.head_epochs} is out of range",
-                              f"use 0..{self.epochs} (the number of epochs)")
-        if self.head_epochs and not self.init_weights:
-            raise ConfigError("--head-epochs trains a new head on pre-trained features",
-                              "pass --init-weights too, or --head-epochs 0")
-
-    @property
-    def augmentation(self) -> Augmentation:
-        return Augmentation(min_scale=self.crop_min_scale, flip=self.flip)
-
-    @property
-    def checkpoint_location(self) -> str:
-        return self.checkpoint_uri or str(Path(self.out_dir) / "checkpoints")
-
-    @property
-    def model_name(self) -> str:
-        return self.registered_model_name or f"visionnode-{self.arch}"
 
 
 @dataclass
@@ -153,33 +79,15 @@ class TrainResult:
     replica_fingerprints: list[float]
     wall_s: float
 
-
-class StopSignal:
-    """Records SIGTERM instead of dying mid-step; the training loop checks `requested` between steps."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "StopSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-# -- data ------------------------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """The scalar figures a dashboard (KFP Metrics, MLflow) shows; figures a run did not produce are left out."""
+        names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr")
+        return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
 
 def local_shards(config: TrainConfig, ctx: DistContext) -> Path:
     """Verified local shards (FFCV needs local files): one download per node, the other ranks reuse it."""
-    from visionnode.components.transfer.transfer import materialize_shards
+    from visionnode.components.common.shard_sync import materialize_shards
 
     if ctx.local_rank == 0:
         directory = materialize_shards(config.shards, config.cache_dir)
@@ -195,172 +103,6 @@ def shard_files(directory: Path, manifest: ShardManifest, split: str) -> list[Pa
         raise DataError(f"{directory} has no {split} shards",
                         "create shards with `visionnode shard --split both`")
     return files
-
-
-def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """FFCV draws an epoch's order from (seed, epoch): pin it so a resumed epoch replays the same sample
-    order, and skipping the batches already done skips exactly those samples."""
-    loader.set_epoch(epoch)
-
-
-# -- the trainer -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Trainer:
-    config: TrainConfig
-    ctx: DistContext
-    precision: str
-    model: nn.Module                 # the plain module: state_dict without DDP/compile prefixes
-    net: nn.Module                   # what the training step calls (DDP- and/or compile-wrapped)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    criterion: nn.Module
-    store: CheckpointStore
-    tracker: Tracker
-    stop: StopSignal
-    steps_per_epoch: int
-    class_index: dict[str, Any]
-    epoch: int = 0
-    batch_in_epoch: int = 0          # batches of `epoch` already trained
-    step: int = 0
-    history: list[list[float]] = field(default_factory=list)
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    last_saved_step: int = -1
-    latest_checkpoint: str | None = None
-    _overfit_cache: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-    @property
-    def global_batch(self) -> int:
-        return self.config.batch_size * self.ctx.world_size
-
-    def batches(self, loader: Iterable) -> Iterable:
-        """This epoch's remaining batches: skips those a resumed checkpoint already trained."""
-        if self.config.overfit_batches:
-            if not self._overfit_cache:
-                self._overfit_cache = list(itertools.islice(loader, self.config.overfit_batches))
-            source: Iterable = itertools.cycle(self._overfit_cache)
-        else:
-            source = loader
-        return itertools.islice(source, self.batch_in_epoch, self.steps_per_epoch)
-
-    def train_one_epoch(self, loader: Iterable) -> str:
-        """Returns "epoch_done", "max_steps" or "preempted"."""
-        self.net.train()
-        remaining = self.steps_per_epoch - self.batch_in_epoch
-        with progress_bar(remaining * self.global_batch, f"epoch {self.epoch + 1}/{self.config.epochs}") as advance:
-            last = time.perf_counter()
-            for images, labels in self.batches(loader):
-                loss, lr = self.train_step(images, labels)
-                now = time.perf_counter()
-                self.record_step(loss, lr, self.global_batch / max(now - last, 1e-9))
-                last = now
-                advance(self.global_batch)
-                if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if any_rank(self.stop.requested, self.ctx):
-                    return "preempted"
-                if self.config.max_steps and self.step >= self.config.max_steps:
-                    return "max_steps"
-        return "epoch_done"
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        images = images.to(self.ctx.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(self.ctx.device, non_blocking=True).long().view(-1)
-        with autocast(self.precision, self.ctx.device):
-            loss = self.criterion(self.net(images), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        self.step += 1
-        self.batch_in_epoch += 1
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise DataError(f"training loss became {value} at step {self.step}",
-                            "lower --lr, or use --precision fp32 to rule out overflow")
-        return value, lr
-
-    def record_step(self, loss: float, lr: float, img_per_s: float) -> None:
-        self.history.append([self.step, self.epoch, loss, lr, img_per_s])
-        if self.step % self.config.log_every == 0 or self.step == 1:
-            self.tracker.log_metrics({"train_loss": loss, "lr": lr, "img_per_s": img_per_s}, step=self.step)
-
-    @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """Top-1/top-5 and loss on the val shards, summed over all ranks."""
-        self.model.eval()
-        sums = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images, loss sum
-        k = min(5, self.class_index_size)
-        for images, labels in loader:
-            images = images.to(self.ctx.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            labels = labels.to(self.ctx.device, non_blocking=True).long().view(-1)
-            with autocast(self.precision, self.ctx.device):
-                logits = self.model(images)
-            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            hits = logits.topk(k, dim=1).indices.eq(labels.view(-1, 1))
-            sums += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), labels.numel(),
-                                  loss.item()], dtype=torch.float64)
-        sums = all_reduce_sum(sums, self.ctx)
-        if sums[2] == 0:
-            raise DataError("the val shards yielded no images", "create shards with `visionnode shard --split both`")
-        return {"top1": float(100 * sums[0] / sums[2]), "top5": float(100 * sums[1] / sums[2]),
-                "val_loss": float(sums[3] / sums[2]), "val_images": float(sums[2])}
-
-    @property
-    def class_index_size(self) -> int:
-        return len(self.class_index["wnids"])
-
-    # -- checkpoints -------------------------------------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch,
-            "rng": rng_states(),
-            "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS)),
-            "metrics": dict(self.last_metrics),
-            "config": to_jsonable(self.config),
-            "classes": self.class_index,
-            "arch": self.config.arch,
-            "world_size": self.ctx.world_size,
-        }
-
-    def save_checkpoint(self) -> None:
-        if self.step == self.last_saved_step and self.batch_in_epoch != 0:
-            return
-        if self.ctx.is_main:
-            self.latest_checkpoint = self.store.save(self.state(), checkpoint_name(self.epoch, self.step))
-            self.tracker.set_tags({"latest_checkpoint": self.latest_checkpoint})
-        self.last_saved_step = self.step
-        barrier(self.ctx)
-
-    def restore(self, state: dict[str, Any], source: str) -> None:
-        if state.get("arch") != self.config.arch or state.get("classes", {}).get("wnids") != self.class_index["wnids"]:
-            raise ConfigError(f"checkpoint {source} is for {state.get('arch')} with other classes",
-                              "use a --checkpoint-uri of its own per model and dataset, or --resume never")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise IntegrityError(f"checkpoint {source} does not fit this model/recipe ({str(exc)[:120]})",
-                                 "resume with the settings it was written with, or --resume never") from None
-        self.epoch, self.step, self.batch_in_epoch = int(state["epoch"]), int(state["step"]), int(state["batch_in_epoch"])
-        self.history = state["history"].tolist() if "history" in state else []
-        self.last_metrics = dict(state.get("metrics", {}))
-        self.last_saved_step = self.step
-        self.latest_checkpoint = source
-        restore_rng_states(state["rng"])
 
 
 def default_checkpoint_uri(shards: Path, pipeline_run_id: str) -> str:
@@ -387,104 +129,12 @@ def resume_source(config: TrainConfig, store: CheckpointStore) -> str | None:
     return config.resume
 
 
-# -- outputs ---------------------------------------------------------------------------------------------
-
-
-def resize_size_for(input_size: int) -> int:
-    """Resize-then-centre-crop ratio 224/256, as the ImageNet evaluation protocol (and FFCV's val loader)."""
-    return int(round(input_size * 256 / 224))
-
-
-def write_model(trainer: Trainer, manifest: ShardManifest, result_fields: dict[str, Any]) -> Path:
-    out = Path(trainer.config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        torch.save(weights, tmp)
-    ModelMetadata(
-        arch=trainer.config.arch,
-        num_classes=manifest.classes.num_classes,
-        classes=manifest.classes,
-        preprocessing=Preprocessing(input_size=trainer.config.res_end,
-                                    resize_size=resize_size_for(trainer.config.res_end)),
-        metrics={k: v for k, v in trainer.last_metrics.items()},
-        training={"config": to_jsonable(trainer.config), **result_fields},
-    ).save(out)
-    return out
-
-
-def write_train_log(trainer: Trainer) -> Path:
-    path = Path(trainer.config.out_dir) / TRAIN_LOG_FILE
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(HISTORY_COLUMNS)
-        writer.writerows([[int(r[0]), int(r[1]), r[2], r[3], r[4]] for r in trainer.history])
-    return path
-
-
-def plot_loss_curve(trainer: Trainer) -> Path | None:
-    if not trainer.history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r[0] for r in trainer.history]
-    losses = [r[2] for r in trainer.history]
-    window = max(1, len(losses) // 50)
-    smooth = [statistics.fmean(losses[max(0, i - window + 1): i + 1]) for i in range(len(losses))]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.3, label="train loss")
-    ax.plot(steps, smooth, label=f"moving mean ({window} steps)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (label smoothing)")
-    ax.set_title(f"{trainer.config.arch}: training loss")
-    ax.legend()
-    path = save_figure(fig, Path(trainer.config.out_dir) / LOSS_CURVE_FILE, trainer.tracker)
-    plt.close(fig)
-    return path
-
-
-def register_model(trainer: Trainer) -> str | None:
-    """Log weights.pt + model.json as an MLflow 3 logged model of this run and register it as a new version."""
-    tracker = trainer.tracker
-    if not tracker.enabled:
-        return None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    out = Path(trainer.config.out_dir)
-    name = trainer.config.model_name
-    metrics = {k: v for k, v in trainer.last_metrics.items() if isinstance(v, (int, float))}
-    logged = mlflow.initialize_logged_model(name=name, source_run_id=tracker.run_id, model_type="image-classifier",
-                                            params={"arch": trainer.config.arch})
-    client = mlflow.MlflowClient()
-    for file_name in (WEIGHTS_FILE, MODEL_METADATA_FILE):
-        client.log_model_artifact(logged.model_id, str(out / file_name))
-    if metrics:
-        mlflow.log_metrics(metrics, model_id=logged.model_id, run_id=tracker.run_id)
-    mlflow.finalize_logged_model(logged.model_id, "READY")
-    try:
-        client.create_registered_model(name, description="VisionNode ResNet classifier (weights.pt + model.json)")
-    except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
-            raise
-    version = client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=tracker.run_id,
-                                          model_id=logged.model_id,
-                                          tags={"top1": str(trainer.last_metrics.get("top1", ""))})
-    return f"{name}/{version.version}"
-
-
 def replica_fingerprint(model: nn.Module) -> float:
     """A float64 digest of the parameters; DDP replicas must agree on it exactly."""
     total = torch.zeros((), dtype=torch.float64)
     for index, param in enumerate(model.parameters(), start=1):
         total += index * param.detach().double().abs().sum().cpu()
     return float(total)
-
-
-# -- the entry point -------------------------------------------------------------------------------------
 
 
 def train(config: TrainConfig) -> TrainResult:

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..common.cli import JsonOption, emit_result, user_errors
-from .transfer import FetchConfig, UploadConfig, fetch_shards, upload_shards
+from ..common.shard_sync import FetchConfig
+from .config import DEFAULTS, UploadConfig
 
 transfer_app = typer.Typer(help="Move shards to and from S3: parallel, verified, resumable.",
                            no_args_is_help=True)
@@ -22,13 +23,17 @@ PartSize = Annotated[int, typer.Option("--part-size", help="Multipart part size 
 def upload_command(
     shards_dir: Annotated[Path, typer.Argument(help="Shard dir (manifest.json + .beton files).")],
     destination: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
-    concurrency: Concurrency = 16,
-    part_size: PartSize = 16,
-    create_bucket: Annotated[bool, typer.Option(help="Create the bucket when it does not exist.")] = False,
+    concurrency: Concurrency = DEFAULTS.concurrency,
+    part_size: PartSize = DEFAULTS.part_size_mb,
+    create_bucket: Annotated[
+        bool, typer.Option(help="Create the bucket when it does not exist.")
+    ] = DEFAULTS.create_bucket,
     out: Annotated[Optional[Path], typer.Option(help="Also write the remote manifest.json here.")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Upload shards; re-running skips objects already present and verified."""
+    from .transfer import upload_shards  # imports boto3: only when the command runs
+
     config = UploadConfig(shards_dir, destination, concurrency, part_size, create_bucket, out)
     emit_result(upload_shards(config), json_path, "transfer upload")
 
@@ -38,11 +43,13 @@ def upload_command(
 def fetch_command(
     source: Annotated[str, typer.Argument(help="s3://bucket/prefix holding manifest.json")],
     cache_dir: Annotated[Path, typer.Argument(help="Local dir for the shards (FFCV needs local files).")],
-    concurrency: Concurrency = 16,
-    part_size: PartSize = 16,
+    concurrency: Concurrency = DEFAULTS.concurrency,
+    part_size: PartSize = DEFAULTS.part_size_mb,
     json_path: JsonOption = None,
 ) -> None:
     """Download shards with ranged parallel GETs, each sha256-checked; verified files are skipped."""
+    from ..common.shard_sync import fetch_shards
+
     emit_result(fetch_shards(FetchConfig(source, cache_dir, concurrency, part_size)), json_path, "transfer fetch")
 
 

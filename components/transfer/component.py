@@ -1,7 +1,6 @@
 """KFP v2 component: upload shards to S3 and hand on the remote manifest."""
 
 from kfp.dsl import Dataset, Input, Metrics, Output
-
 from visionnode.components.common.kfp_support import phase_component
 
 
@@ -40,6 +39,5 @@ def transfer_op(
     remote_shards.metadata["manifest_uri"] = result.manifest
     remote_shards.metadata["objects"] = result.objects
     remote_shards.metadata["bytes"] = result.bytes_total
-    for name in ("bytes_total", "bytes_transferred", "seconds", "mb_per_s", "retries",
-                 "objects_transferred", "objects_skipped"):
-        metrics.log_metric(name, float(getattr(result, name)))
+    for name, value in result.metrics().items():
+        metrics.log_metric(name, value)

@@ -8,9 +8,7 @@ from typing import Annotated
 import typer
 from visionnode.components.common.cli import JsonOption, emit_result, user_errors
 
-from .config import ValidateConfig
-
-DEFAULTS = ValidateConfig(data=Path("."))
+from .config import DEFAULTS, ValidateConfig
 
 
 def validate_command(

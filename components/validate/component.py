@@ -3,7 +3,6 @@
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
-
 from visionnode.components.common.kfp_support import phase_component
 
 
@@ -49,7 +48,6 @@ def validate_op(
         ValidateConfig,
         raise_for_gates,
         run_checks,
-        summary_metrics,
     )
 
     enter_pipeline_context(pipeline_run_id)
@@ -64,7 +62,7 @@ def validate_op(
             report=report_path,
         )
     )
-    for name, value in summary_metrics(result).items():
+    for name, value in result.metrics().items():
         metrics.log_metric(name, value)
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)

@@ -69,3 +69,6 @@ class ValidateConfig:
     @property
     def effective_window(self) -> int:
         return self.window if self.window > 0 else max(1, self.steps // 5)
+
+
+DEFAULTS = ValidateConfig(data=Path("."))

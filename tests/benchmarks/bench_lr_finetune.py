@@ -32,7 +32,7 @@ from pathlib import Path
 from visionnode.components.common.imagenet import open_imagenet
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
-from visionnode.components.train.recipe import Recipe
+from visionnode.components.common.recipe import Recipe
 from visionnode.components.train.train import TrainConfig, TrainResult, train
 from visionnode.components.validate.validate import (
     ValidateConfig,

@@ -34,7 +34,7 @@ from visionnode.components.benchmark.benchmark import (Baselines, BenchmarkConfi
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.deploy.deploy import DeployConfig, deploy
 from visionnode.components.deploy.repository import ServingConfig
-from visionnode.components.deploy.samples import SampleImages
+from visionnode.components.common.samples import SampleImages
 
 TARGET_QPS, TARGET_P99_MS, TARGET_RATIO = 150.0, 100.0, 0.8
 HERE = Path(__file__).resolve().parent

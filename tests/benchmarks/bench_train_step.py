@@ -19,7 +19,7 @@ from torch import nn
 
 from visionnode.components.common.model import build_resnet
 from visionnode.components.train.precision import autocast, cpu_has_fast_bf16, grad_scaler
-from visionnode.components.train.recipe import Recipe, build_optimizer
+from visionnode.components.common.recipe import Recipe, build_optimizer
 
 
 @dataclass

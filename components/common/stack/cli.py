@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from ..cli import err_console, json_to_stdout, out_console, user_errors, write_summary
-from ..jsonio import atomic_path, to_jsonable
 from ..errors import ConfigError
-from ..settings import resolve_endpoints, resolve_s3_credentials, service_env, state_dir as default_state_dir
+from ..jsonio import atomic_path, to_jsonable
+from ..settings import resolve_endpoints, resolve_s3_credentials, service_env
+from ..settings import state_dir as default_state_dir
 from .process import LOOPBACK, ensure_ports_free
 from .stack import LocalStack, ServiceStatus, StackConfig
 from .triton import exec_triton, local_address, triton_spec

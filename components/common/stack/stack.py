@@ -21,8 +21,16 @@ import psutil
 from .. import containers
 from ..errors import ServiceError
 from ..jsonio import atomic_write_text
-from ..settings import (ENDPOINTS_FILE, Endpoints, S3Credentials, ensure_local_credentials, resolve_endpoints,
-                        resolve_s3_credentials, save_endpoints, state_dir as default_state_dir)
+from ..settings import (
+    ENDPOINTS_FILE,
+    Endpoints,
+    S3Credentials,
+    ensure_local_credentials,
+    resolve_endpoints,
+    resolve_s3_credentials,
+    save_endpoints,
+)
+from ..settings import state_dir as default_state_dir
 from . import process
 from .mlflow_server import mlflow_spec
 from .process import ProcessRecord

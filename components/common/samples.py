@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from visionnode.components.common.errors import DataError
 
 
@@ -29,7 +28,7 @@ def sample_images(shards: str | Path | None, count: int, size: int, split: str =
         return SampleImages(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), "synthetic")
     from visionnode.components.common.artifacts import ShardManifest
     from visionnode.components.common.ffcv_io import uint8_batches
-    from visionnode.components.transfer.transfer import materialize_shards
+    from visionnode.components.common.shard_sync import materialize_shards
 
     local = materialize_shards(shards)
     manifest = ShardManifest.load(local)

@@ -1,4 +1,5 @@
-"""The optimisation recipe: SGD + Nesterov, label smoothing, no weight decay on BN/bias, warm-up then decay.
+"""The optimisation recipe (train runs it; validate's LR range test uses the same optimiser): SGD + Nesterov,
+label smoothing, no weight decay on BN/bias, warm-up then decay.
 
 Anchors: torchvision's references/classification/train.py (parameter groups without norm/bias decay,
 label smoothing 0.1, linear warm-up then cosine) and ffcv-imagenet's train_imagenet.py (per-step schedule,
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from .errors import ConfigError
 
-from visionnode.components.common.errors import ConfigError
+if TYPE_CHECKING:  # torch is imported where an optimiser is built, so configs stay importable without it
+    import torch
+    from torch import nn
 
 SCHEDULES = ("cosine", "step")
 RESOLUTION_MULTIPLE = 32  # ffcv-imagenet rounds the progressive-resizing resolution to multiples of 32
@@ -61,6 +64,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, global_batch: int) -> torch.optim.SGD:
+    import torch
+
     return torch.optim.SGD(parameter_groups(model, recipe.weight_decay), lr=recipe.peak_lr(global_batch),
                            momentum=recipe.momentum, nesterov=recipe.nesterov and recipe.momentum > 0)
 
@@ -80,6 +85,8 @@ def lr_factor(step: int, recipe: Recipe, steps_per_epoch: int, total_steps: int)
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler (call `.step()` after every optimiser step); its state is plain numbers."""
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, recipe, steps_per_epoch, total_steps))
 

@@ -1,0 +1,58 @@
+"""benchmark's settings and their defaults, importable without tritonclient or numpy (CLI, component and
+pipeline read them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common.errors import ConfigError
+from ..common.numbers import parse_int_list
+from ..common.triton_client import DEFAULT_MODEL_NAME
+
+PROTOCOLS = ("grpc", "http")
+DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class BenchmarkConfig:
+    model: str = DEFAULT_MODEL_NAME
+    protocol: str = "grpc"
+    triton_url: str = ""              # host:port for `protocol`; "" = from settings
+    triton_http: str = ""             # HTTP host:port for metadata/repository calls; "" = from settings
+    metrics_url: str = ""             # "" = from settings
+    concurrency: list[int] = field(default_factory=lambda: list(DEFAULT_CONCURRENCY))
+    rate: float | None = None         # also run one open-loop level at this many requests/s
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    max_requests: int = 20_000        # per level
+    target_qps: float = 100.0
+    target_p99_ms: float = 150.0
+    shards: str | None = None
+    pool_images: int = 64
+    model_dir: Path | None = None     # the IR for the OpenVINO baseline; None = fetched from Triton's repository
+    fp32_model: Path | None = None    # train output for the PyTorch eager baseline; None = skipped
+    baselines: bool = True
+    baseline_seconds: float = 5.0
+    baseline_batch: int = 8
+    request_timeout_s: float = 10.0
+    report_path: Path | None = None   # HTML report; None = beside --json or skipped
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol '{self.protocol}'", "use grpc or http")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers", "e.g. 1,2,4,8,16")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.max_requests < 1:
+            raise ConfigError("duration must be positive, warm-up non-negative, max requests at least 1")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"--rate {self.rate} must be positive")
+        if self.target_qps <= 0 or self.target_p99_ms <= 0:
+            raise ConfigError("--target-qps and --target-p99-ms must be positive")
+
+
+def parse_levels(text: str) -> list[int]:
+    return parse_int_list(text, "--concurrency", "1,2,4,8,16")
+
+
+DEFAULTS = BenchmarkConfig()

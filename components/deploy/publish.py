@@ -1,0 +1,81 @@
+"""Where the model repository lives and how a new version gets there: a local dir (staged, then renamed) or
+S3 (version files first, config.pbtxt last), so Triton never reads a config naming files not yet there."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from visionnode.components.common.errors import ConfigError, ServiceError, one_line
+from visionnode.components.common.storage import s3_client
+from visionnode.components.common.triton_client import RepositoryTarget, parse_repository
+
+from .repository import CONFIG_FILE, LABELS_FILE, existing_versions
+
+
+def repository_targets(user_repository: str, triton_repository: str | None) -> tuple[RepositoryTarget, list[RepositoryTarget]]:
+    """(the repository Triton loads from, every repository to publish to)."""
+    targets: list[RepositoryTarget] = []
+    for uri in (triton_repository, user_repository):
+        if uri:
+            target = parse_repository(uri)
+            if target.identity not in {t.identity for t in targets}:
+                targets.append(target)
+    if not targets:
+        raise ConfigError("no model repository is known",
+                          "pass --repository s3://bucket/prefix|DIR, or start the stack (`visionnode stack up`)")
+    return targets[0], targets
+
+
+def remote_versions(target: RepositoryTarget, name: str) -> list[int]:
+    if target.local_dir is not None:
+        return existing_versions(target.local_dir / name)
+    assert target.location is not None
+    prefix = target.location.child(name).key.rstrip("/") + "/"
+    try:
+        pages = s3_client(target.s3).get_paginator("list_objects_v2").paginate(
+            Bucket=target.location.bucket, Prefix=prefix, Delimiter="/")
+        names = [p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", [])]
+    except Exception as exc:  # botocore raises ClientError / EndpointConnectionError / NoCredentialsError
+        raise ServiceError(f"cannot list {target.uri}/{name}: {one_line(exc)}",
+                           "check the S3 endpoint, bucket and credentials") from None
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def publish(staging: Path, target: RepositoryTarget, model_names: list[str], version: int) -> None:
+    """Copy `<staging>/<model>/` into `target`: the version dir first, config.pbtxt last, so a reader never
+    sees a config naming files that are not there yet."""
+    for name in model_names:
+        source = staging / name
+        if target.local_dir is not None:
+            _publish_local(source, target.local_dir / name, version)
+            continue
+        ordered = sorted((p for p in (source / str(version)).rglob("*") if p.is_file()))
+        ordered += [source / n for n in (LABELS_FILE, CONFIG_FILE) if (source / n).is_file()]
+        _publish_s3(source, target, name, ordered)
+
+
+def _publish_local(source: Path, model_dir: Path, version: int) -> None:
+    version_dir = model_dir / str(version)
+    partial = model_dir / f".{version}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source / str(version), partial)
+    shutil.rmtree(version_dir, ignore_errors=True)
+    partial.rename(version_dir)
+    for name in (n for n in (LABELS_FILE, CONFIG_FILE) if (source / n).is_file()):
+        tmp = model_dir / f".{name}.partial"
+        shutil.copyfile(source / name, tmp)
+        tmp.replace(model_dir / name)
+
+
+def _publish_s3(source: Path, target: RepositoryTarget, name: str, files: list[Path]) -> None:
+    assert target.location is not None
+    client = s3_client(target.s3)
+    base = target.location.child(name)
+    for path in files:
+        key = base.child(path.relative_to(source).as_posix()).key
+        try:
+            client.upload_file(str(path), base.bucket, key)
+        except Exception as exc:  # boto3 S3UploadFailedError / ClientError / EndpointConnectionError
+            raise ServiceError(f"cannot upload {path.name} to s3://{base.bucket}/{key}: {one_line(exc)}",
+                               "check the S3 endpoint, bucket and credentials") from None

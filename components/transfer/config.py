@@ -1,0 +1,26 @@
+"""transfer's settings and their defaults, importable without boto3 (CLI, component and pipeline read them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.s3_session import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE_MB, check_transfer_settings
+from ..common.storage import parse_s3_uri
+
+
+@dataclass
+class UploadConfig:
+    shards_dir: Path
+    destination: str                 # s3://bucket/prefix
+    concurrency: int = DEFAULT_CONCURRENCY    # parallel requests (parts and objects together)
+    part_size_mb: int = DEFAULT_PART_SIZE_MB
+    create_bucket: bool = False
+    output_dir: Path | None = None   # where the remote manifest.json is also written
+
+    def validate(self) -> None:
+        parse_s3_uri(self.destination)
+        check_transfer_settings(self.concurrency, self.part_size_mb)
+
+
+DEFAULTS = UploadConfig(shards_dir=Path("."), destination="s3://bucket/prefix")

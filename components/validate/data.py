@@ -1,0 +1,120 @@
+"""The smoke subset: a seeded sample of the raw images, decoded once through torchvision (unreadable files
+skipped and named), and the loaders the profile times."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from visionnode.components.common.artifacts import SkippedFile
+from visionnode.components.common.imagenet import ImageRecord
+from visionnode.components.common.images import UnreadableImage, load_rgb
+from visionnode.components.common.model import IMAGENET_MEAN, IMAGENET_STD
+from visionnode.components.common.progress import progress_bar
+
+
+def smoke_transform(image_size: int) -> Callable:
+    """Deterministic resize + centre crop: the smoke test must see the same pixels every epoch."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize(image_size, antialias=True),
+            T.CenterCrop(image_size),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def train_transform(image_size: int) -> Callable:
+    """The augmentation a training loader runs (random-resized crop + flip), for the profile."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.RandomResizedCrop(image_size, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class RawImageDataset(Dataset):
+    """ImageRecords decoded with images.load_rgb; an unreadable file yields a SkippedFile, not a sample."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable) -> None:
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | SkippedFile:
+        record = self.records[index]
+        try:
+            image = load_rgb(record.path)
+        except UnreadableImage as exc:
+            return SkippedFile(str(record.path), exc.reason)
+        return self.transform(image), record.label
+
+
+def collate_skipping(items: list) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]]:
+    """Batch the decodable samples; pass the skipped files through so the main process can count them."""
+    samples = [item for item in items if not isinstance(item, SkippedFile)]
+    skipped = [item for item in items if isinstance(item, SkippedFile)]
+    if not samples:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([image for image, _ in samples])
+    labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+    return images, labels, skipped
+
+
+def make_loader(
+    records: Sequence[ImageRecord],
+    transform: Callable,
+    batch_size: int,
+    workers: int,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    return DataLoader(
+        RawImageDataset(records, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def choose_subset(records: Sequence[ImageRecord], size: int, seed: int) -> list[ImageRecord]:
+    """A seeded random sample, so every class can appear and the label prior is that of the dataset."""
+    if size >= len(records):
+        return list(records)
+    return sorted(random.Random(seed).sample(list(records), size), key=lambda r: str(r.path))
+
+
+def decode_subset(
+    records: Sequence[ImageRecord], image_size: int, batch_size: int, workers: int
+) -> tuple[torch.Tensor, torch.Tensor, list[SkippedFile]]:
+    """Decode every record once through the loader; returns images, labels and the files that failed."""
+    images, labels, skipped = [], [], []
+    with progress_bar(len(records), "decoding smoke-test subset") as advance:
+        for batch_images, batch_labels, batch_skipped in make_loader(
+            records, smoke_transform(image_size), batch_size, workers
+        ):
+            if len(batch_labels):
+                images.append(batch_images)
+                labels.append(batch_labels)
+            skipped.extend(batch_skipped)
+            advance(len(batch_labels) + len(batch_skipped))
+    if not images:
+        return torch.empty(0, 3, image_size, image_size), torch.empty(0, dtype=torch.long), skipped
+    return torch.cat(images), torch.cat(labels), skipped

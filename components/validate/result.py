@@ -1,0 +1,68 @@
+"""What validate found: the data it used, the three checks and the LR range test, and whether the gates passed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from visionnode.components.common.artifacts import SkippedFile
+from visionnode.components.common.lr_range import LRRangeResult
+
+from .architecture import ArchitectureCheck
+from .profile import PipelineProfile
+from .smoke import SmokeTrainResult
+
+
+@dataclass
+class ValidateResult:
+    data: str
+    split: str
+    num_classes: int
+    images_found: int
+    subset_requested: int
+    images_used: int
+    images_skipped: int
+    skipped: list[SkippedFile]
+    empty_classes: list[str]
+    smoke: SmokeTrainResult
+    architecture: ArchitectureCheck
+    profile: PipelineProfile
+    lr_range: LRRangeResult | None  # None when skipped (lr_range_steps 0)
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    report: str | None = None
+    plot: str | None = None
+    lr_range_plot: str | None = None
+    mlflow_run_id: str | None = None
+    wall_seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """The scalar figures a dashboard (KFP Metrics, MLflow) shows."""
+        smoke, arch, profile = self.smoke, self.architecture, self.profile
+        return {
+            "passed": float(self.passed),
+            "images_used": float(self.images_used),
+            "images_skipped": float(len(self.skipped)),
+            "loss_first": smoke.first_mean,
+            "loss_last": smoke.last_mean,
+            "loss_relative_drop": smoke.relative_drop,
+            "smoke_seconds": smoke.seconds,
+            "resnet152_parameters": float(arch.parameters),
+            "gradient_problems": float(len(arch.gradient_problems)),
+            "data_images_per_s": profile.data_images_per_s,
+            "compute_images_per_s": profile.compute_images_per_s,
+            "combined_images_per_s": profile.combined_images_per_s,
+            "bottleneck_ratio": profile.ratio,
+            "wall_seconds": self.wall_seconds,
+            **lr_range_metrics(self.lr_range),
+        }
+
+
+def lr_range_metrics(lr_range: LRRangeResult | None) -> dict[str, float]:
+    if lr_range is None:
+        return {}
+    return {
+        "suggested_lr": lr_range.suggested_lr,
+        "lr_range_steepest_lr": lr_range.steepest_lr,
+        "lr_range_min_loss_lr": lr_range.min_loss_lr,
+        "lr_range_seconds": lr_range.seconds,
+    }
