@@ -1,13 +1,15 @@
 """The wheelhouse docker/build.sh installs the images' dependencies from, made from this environment.
 
 The lock is the project's runtime dependency closure exactly as it is installed here (`Requires-Dist` walked
-from `visionnode`, markers evaluated, no test extras), with opencv-python swapped for opencv-python-headless of
+from `visionnode`, markers evaluated, no test extras), with opencv-python swapped for opencv-python-headless
+of
 the same version (FFCV asks for opencv-python, whose cv2 needs X11/GL libraries just to import; the headless
 build has the same cv2 API). Wheels already in the directory are kept, so a rebuild downloads nothing; the
 rest are fetched or built (FFCV is an sdist) by pip, once. Writes DIR/requirements.txt (the lock) and prints
 its sha256, which keys the image's dependency layer.
 
-Usage: python docker/wheelhouse.py DIR      (the project's venv python: `.venv/bin/python docker/wheelhouse.py`)
+Usage: python docker/wheelhouse.py DIR      (the project's venv python: `.venv/bin/python
+docker/wheelhouse.py`)
 """
 
 from __future__ import annotations
@@ -68,12 +70,14 @@ def fetch_missing(directory: Path, lock: dict[str, str]) -> None:
     missing = [f"{name}=={version}" for name, version in lock.items() if (name, version) not in present]
     if not missing:
         return
-    print(f"==> wheelhouse: fetching or building {len(missing)} of {len(lock)} wheels", file=sys.stderr, flush=True)
+    print(f"==> wheelhouse: fetching or building {len(missing)} of {len(lock)} wheels", file=sys.stderr,
+          flush=True)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--progress-bar", "off",
                              "--wheel-dir", str(directory), *missing], capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"error: the wheelhouse could not fetch {_failed_requirement(result.stderr, missing)} "
-                 "(pip has no network to its package index?); run docker/build.sh again where pip can reach it")
+                 "(pip has no network to its package index?); run docker/build.sh again where pip can reach "
+                 "it")
 
 
 def _failed_requirement(stderr: str, missing: list[str]) -> str:

@@ -37,8 +37,10 @@ def submit_command(
     experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "visionnode",
     param: ParamOption = None,
     param_file: ParamFileOption = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run name (default: pipeline name + version).")] = None,
-    namespace: Annotated[Optional[str], typer.Option(help="Kubeflow profile namespace (multi-user KFP).")] = None,
+    run_name: Annotated[Optional[str],
+                        typer.Option(help="Run name (default: pipeline name + version).")] = None,
+    namespace: Annotated[Optional[str],
+                         typer.Option(help="Kubeflow profile namespace (multi-user KFP).")] = None,
     json_path: JsonOption = None,
 ) -> None:
     """Upload the pipeline (a new version when it changed), create a run and print its URL."""
@@ -52,7 +54,8 @@ def submit_command(
 @pipeline_app.command("run")
 @user_errors
 def run_command(
-    local: Annotated[bool, typer.Option("--local", help="Run every step on this machine with kfp.local.")] = False,
+    local: Annotated[bool,
+                     typer.Option("--local", help="Run every step on this machine with kfp.local.")] = False,
     data: Annotated[Optional[Path], typer.Option(
         help="ImageNet-layout root (train/, val/). Default: a generated 10-class demo dataset.")] = None,
     param: ParamOption = None,
@@ -74,7 +77,8 @@ def run_command(
     container_triton = runner == "docker" if triton_container is None else triton_container
     result = run_local(LocalRunConfig(data=data, params=_params(param, param_file), runner=runner,
                                       triton_container=container_triton, on_step=_print_step))
-    headline = result.summary | {"wall_seconds": round(result.wall_seconds, 1), "run_dir": str(result.run_dir),
+    headline = result.summary | {"wall_seconds": round(result.wall_seconds, 1),
+                                 "run_dir": str(result.run_dir),
                                  "logs": str(result.log_dir), "mlflow_run": result.mlflow_run_url}
     # Every step's metrics are in the JSON summary (and MLflow); the terminal gets the headline figures.
     emit_result(headline, json_path, "pipeline run", summary=headline | {"steps": result.task_metrics})
@@ -100,7 +104,8 @@ def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
             raise ConfigError(f"{param_file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
                               "write one `name: value` per line") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{param_file} is not a mapping of name: value", "see manifests/ for an example")
+            raise ConfigError(f"{param_file} is not a mapping of name: value",
+                              "see manifests/ for an example")
         from_file = parse_params([f"{k}={v}" for k, v in loaded.items()], types)
     return from_file | parse_params(pairs or [], types)
 

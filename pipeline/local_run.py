@@ -1,7 +1,9 @@
 """`visionnode pipeline run --local`: the whole DAG on this machine with kfp.local against the embedded stack.
 
-Steps: start (or reuse) the embedded S3/MLflow/Triton stack, generate the demo dataset unless `--data` is given,
-export the service endpoints into the environment the components inherit, open the MLflow parent run that every
+Steps: start (or reuse) the embedded S3/MLflow/Triton stack, generate the demo dataset unless `--data` is
+given,
+export the service endpoints into the environment the components inherit, open the MLflow parent run that
+every
 phase nests under, run the pipeline with kfp.local, then read each task's metrics back from its
 `executor_output.json` into one summary.
 
@@ -44,7 +46,8 @@ DEMO_PARAMS: dict[str, Any] = {
     "validate_subset": 96, "validate_image_size": 64, "validate_steps": 24,
     "images_per_shard": 256, "max_resolution": 96, "jpeg_quality": 90,
     # One FFCV worker: on 2 cores, two decoding threads fight torch's two compute threads (2.4x slower steps).
-    "arch": "resnet152", "epochs": 3, "batch_size": 32, "res_schedule": "64:64", "precision": "auto", "workers": 1,
+    "arch": "resnet152", "epochs": 3, "batch_size": 32, "res_schedule": "64:64", "precision": "auto",
+    "workers": 1,
     "calibration_images": 100, "max_accuracy_drop": 2.0,
     "benchmark_concurrency": "1,4,8", "benchmark_duration_s": 4.0,
 }
@@ -59,7 +62,8 @@ class LocalRunConfig:
     params: dict[str, Any] = field(default_factory=dict)  # pipeline parameter overrides (`--param k=v`)
     work_dir: Path | None = None                  # where kfp.local keeps run outputs; default: state dir
     runner: str = "subprocess"                    # "subprocess" or "docker" (RUNNERS)
-    triton_container: bool = False                # serve from the triton-openvino image (docker runner's default)
+    # serve from the triton-openvino image (docker runner's default)
+    triton_container: bool = False
     on_step: Callable[[str], None] = print        # receives one line per step as it starts and ends
 
 
@@ -104,7 +108,8 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
         summary = summarize(task_metrics)
         parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         url = parent.run_url
-    return LocalRunResult(run_dir, log_dir, time.perf_counter() - started, data, params, summary, task_metrics, url)
+    return LocalRunResult(run_dir, log_dir, time.perf_counter() - started, data, params, summary,
+                          task_metrics, url)
 
 
 def _start_stack(triton_container: bool) -> Endpoints:
@@ -139,7 +144,8 @@ def _check_docker(pipeline_root: Path, data: Path | None) -> None:
 
 
 def demo_data_dir() -> Path:
-    return state_dir() / "demo-data" / f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
+    name = f"synth-{DEMO_DATA.classes}x{DEMO_DATA.train_per_class}-s{DEMO_DATA.seed}"
+    return state_dir() / "demo-data" / name
 
 
 def _pipeline_params(data: Path, config: LocalRunConfig) -> dict[str, Any]:
@@ -183,7 +189,8 @@ def _subprocess_runner() -> Any:
 
 
 def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path) -> Any:
-    """Each task in its phase's image, run as the manifests run it; kfp.local mounts the pipeline root itself."""
+    """Each task in its phase's image, run as the manifests run it; kfp.local mounts the pipeline root
+    itself."""
     from kfp import local
     from kfp.local import docker_task_handler
 
@@ -191,7 +198,8 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
     docker_task_handler.run_docker_container = containers.run_task_container
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    pipeline_root.chmod(0o1777)  # kfp.local creates it as this user; the tasks write their outputs as uid 10001
+    # kfp.local creates it as this user; the tasks write their outputs as uid 10001
+    pipeline_root.chmod(0o1777)
     run_args = containers.container_run_args(environment, mounts=[(data, data, True)])
     # The task's command replaces the image's entrypoint, as Kubernetes' `command` does in a cluster
     # ([""] is the engine's spelling of "no entrypoint"; the SDK's `command` alone would only replace CMD).
@@ -200,7 +208,8 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
 
 def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any,
                   on_step: Callable[[str], None]) -> tuple[Path, Path]:
-    """Run the DAG with kfp.local; its output goes to one log file per step, one line per step to `on_step`."""
+    """Run the DAG with kfp.local; its output goes to one log file per step, one line per step to
+    `on_step`."""
     from kfp import local
 
     from .pipeline import visionnode_pipeline
@@ -265,7 +274,8 @@ class _StepReporter:
             return
         seconds = time.perf_counter() - self.started.get(event.step, time.perf_counter())
         if event.kind == "retrying":
-            self.on_step(f"{event.step:<9} failed  {seconds:5.0f} s  retrying ({event.status})  log: {event.log}")
+            self.on_step(f"{event.step:<9} failed  {seconds:5.0f} s  retrying ({event.status})  log: "
+                         f"{event.log}")
             return
         word = "done" if event.status == "SUCCESS" else "FAILED"
         run_dir = self.run_dir()
@@ -303,7 +313,8 @@ def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "validate_loss_first": ("validate", "loss_first"), "validate_loss_last": ("validate", "loss_last"),
         "suggested_lr": ("validate", "suggested_lr"), "train_peak_lr": ("train", "peak_lr"),
         "shard_images": ("shard", "images_written"), "transfer_MBps": ("transfer", "mb_per_s"),
-        "train_loss": ("train", "final_loss"), "train_top1": ("train", "top1"), "train_top5": ("train", "top5"),
+        "train_loss": ("train", "final_loss"), "train_top1": ("train", "top1"),
+        "train_top5": ("train", "top5"),
         "fp32_top1": ("quantize", "fp32_top1"), "int8_top1": ("quantize", "int8_top1"),
         "int8_agreement": ("quantize", "top1_agreement"), "int8_size_mb": ("quantize", "int8_size_mb"),
         "qps": ("benchmark", "best_qps"), "p99_ms": ("benchmark", "best_p99_ms"),

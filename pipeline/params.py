@@ -48,7 +48,8 @@ def _check_uris(params: dict[str, Any], local: bool) -> None:
 def _validate(params: dict[str, Any]) -> None:
     from visionnode.components.validate.config import ValidateConfig
 
-    ValidateConfig(data=_PLACEHOLDER, subset=params["validate_subset"], image_size=params["validate_image_size"],
+    ValidateConfig(data=_PLACEHOLDER, subset=params["validate_subset"],
+                   image_size=params["validate_image_size"],
                    steps=params["validate_steps"], lr_range_steps=params["validate_lr_range_steps"]).checked()
 
 
@@ -73,7 +74,8 @@ def _train(params: dict[str, Any]) -> None:
     res_start, res_end = parse_res_schedule(params["res_schedule"])
     TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["epochs"], batch_size=params["batch_size"],
                 arch=params["arch"], res_start=res_start, res_end=res_end, precision=params["precision"],
-                workers=params["workers"], recipe=Recipe(lr=params["lr"]), crop_min_scale=params["crop_min_scale"],
+                workers=params["workers"], recipe=Recipe(lr=params["lr"]),
+                crop_min_scale=params["crop_min_scale"],
                 flip=params["flip"], init_weights=params["init_weights"],
                 head_epochs=params["head_epochs"]).validate()
 
@@ -88,7 +90,8 @@ def _quantize(params: dict[str, Any]) -> None:
 def _deploy(params: dict[str, Any]) -> None:
     from visionnode.components.deploy.config import DeployConfig
 
-    DeployConfig(_PLACEHOLDER, repository=params["model_repository"], model_name=params["model_name"]).validate()
+    DeployConfig(_PLACEHOLDER, repository=params["model_repository"],
+                 model_name=params["model_name"]).validate()
 
 
 def _benchmark(params: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "VISIONNODE_S3_E
 
 def _with_services(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
     """Credentials from Kubernetes Secrets (never in the pipeline spec) and resource requests."""
-    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET,
+                                 secret_key_to_env={k: k for k in S3_SECRET_KEYS})
     kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET,
                                  secret_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
     task.set_cpu_request(cpu).set_memory_request(memory)
@@ -38,11 +39,13 @@ def _with_services(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.Pipelin
 
 def _retry(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """For steps that talk to services over the network: transient faults get exponential backoff."""
-    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0,
+                          backoff_max_duration="600s")
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
-              description="ResNet-152 on ImageNet-1K: validate, shard (FFCV), transfer (S3), train (DDP, AMP), "
+              description="ResNet-152 on ImageNet-1K: validate, shard (FFCV), transfer (S3), train (DDP, "
+              "AMP), "
                           "quantize (OpenVINO INT8), deploy (Triton), benchmark (QPS, P99, SLO).")
 def visionnode_pipeline(
     data_uri: str,
@@ -89,7 +92,8 @@ def visionnode_pipeline(
     raw.set_display_name("raw images")
 
     validate = validate_op(data=raw.output, subset=validate_subset, image_size=validate_image_size,
-                           steps=validate_steps, lr_range_steps=validate_lr_range_steps, pipeline_run_id=run_id)
+                           steps=validate_steps, lr_range_steps=validate_lr_range_steps,
+                           pipeline_run_id=run_id)
     _with_services(validate, cpu="2", memory="8G")
 
     shard = shard_op(data=raw.output, images_per_shard=images_per_shard, max_resolution=max_resolution,
@@ -100,12 +104,15 @@ def visionnode_pipeline(
                            concurrency=transfer_concurrency, pipeline_run_id=run_id)
     _retry(_with_services(transfer, cpu="2", memory="4G"))
 
-    train = train_op(remote_shards=transfer.outputs["remote_shards"], epochs=epochs, batch_size=batch_size, lr=lr,
+    train = train_op(remote_shards=transfer.outputs["remote_shards"], epochs=epochs, batch_size=batch_size,
+                     lr=lr,
                      suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
                      precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
-                     crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights, head_epochs=head_epochs,
+                     crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
+                     head_epochs=head_epochs,
                      pipeline_run_id=run_id)
-    _with_services(train, cpu="8", memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    _with_services(train, cpu="8",
+                   memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     # A preempted train task resumes from its newest checkpoint (`--resume auto`), so a retry is safe.
     _retry(train)
 
@@ -119,9 +126,11 @@ def visionnode_pipeline(
                        pipeline_run_id=run_id)
     _retry(_with_services(deploy, cpu="1", memory="2G"))
 
-    benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"], remote_shards=transfer.outputs["remote_shards"],
+    benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"],
+                             remote_shards=transfer.outputs["remote_shards"],
                              protocol=benchmark_protocol, concurrency=benchmark_concurrency,
-                             duration_s=benchmark_duration_s, target_qps=target_qps, target_p99_ms=target_p99_ms,
+                             duration_s=benchmark_duration_s, target_qps=target_qps,
+                             target_p99_ms=target_p99_ms,
                              pipeline_run_id=run_id)
     _with_services(benchmark, cpu="2", memory="2G")
 

@@ -84,7 +84,8 @@ class StepLog(io.TextIOBase):
             self._current = PIPELINE_LOG
         elif retrying := RETRYING.search(line):
             step = step_name(retrying[1])
-            self.on_event(StepEvent(step, "retrying", f"attempt {retrying[2]}/{retrying[3]}", self.log_path(step)))
+            self.on_event(StepEvent(step, "retrying", f"attempt {retrying[2]}/{retrying[3]}",
+                                    self.log_path(step)))
 
     def _file(self, step: str) -> TextIO:
         if step not in self._files:

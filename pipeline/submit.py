@@ -51,7 +51,8 @@ def submit_pipeline(config: SubmitConfig) -> SubmitResult:
     with tempfile.TemporaryDirectory() as scratch:
         package = compile_pipeline(Path(scratch) / "pipeline.yaml")
         pipeline_id, version_id = _upload(client, config.host, package)
-    experiment = _call(config.host, client.create_experiment, name=config.experiment, namespace=config.namespace)
+    experiment = _call(config.host, client.create_experiment, name=config.experiment,
+                       namespace=config.namespace)
     run = _call(config.host, client.run_pipeline, experiment_id=experiment.experiment_id,
                 job_name=config.run_name or f"{PIPELINE_NAME}-{project_version()}", params=config.params,
                 pipeline_id=pipeline_id, version_id=version_id)
@@ -63,8 +64,10 @@ def _client(config: SubmitConfig) -> Any:
     import kfp
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we require 2.x
-        return kfp.Client(host=config.host, existing_token=os.environ.get(TOKEN_ENV), namespace=config.namespace)
+        warnings.simplefilter("ignore",
+                              FutureWarning)  # "only works with KFP >= 2.0.0-beta.2": we require 2.x
+        return kfp.Client(host=config.host, existing_token=os.environ.get(TOKEN_ENV),
+                          namespace=config.namespace)
 
 
 def _preflight(host: str) -> None:
@@ -73,7 +76,8 @@ def _preflight(host: str) -> None:
 
     parsed = urlparse(host)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"--host {host!r} is not a URL", "give the KFP API endpoint as http(s)://host:port, "
+        raise ConfigError(f"--host {host!r} is not a URL",
+                          "give the KFP API endpoint as http(s)://host:port, "
                                                            "e.g. http://localhost:8080")
     request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz")
     if os.environ.get(TOKEN_ENV):
@@ -88,7 +92,8 @@ def _preflight(host: str) -> None:
 
 
 def _upload(client: Any, host: str, package: Path) -> tuple[str, str]:
-    """Same pipeline name every time; each distinct compiled spec becomes one version (re-submits reuse it)."""
+    """Same pipeline name every time; each distinct compiled spec becomes one version (re-submits reuse
+    it)."""
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
     version_name = f"{project_version()}-{digest}"
     pipeline_id = _call(host, client.get_pipeline_id, PIPELINE_NAME)

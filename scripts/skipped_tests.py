@@ -13,7 +13,8 @@ from collections import Counter
 
 
 def node_id(classname: str, name: str) -> str:
-    """pytest's node id from a JUnit testcase: tests.test_x.TestY + test_z[p] -> tests/test_x.py::TestY::test_z[p]."""
+    """pytest's node id from a JUnit testcase: tests.test_x.TestY + test_z[p] ->
+    tests/test_x.py::TestY::test_z[p]."""
     parts = classname.split(".") if classname else name.split(".")
     module_end = next((i for i, part in enumerate(parts) if part.startswith("test_")), len(parts) - 1) + 1
     path = "/".join(parts[:module_end]) + ".py"

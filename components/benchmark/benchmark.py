@@ -137,13 +137,15 @@ def best_level(levels: list[LevelStats], target_p99_ms: float) -> int | None:
     return max(meeting, key=lambda i: levels[i].qps) if meeting else None
 
 
-def verdict(levels: list[LevelStats], best: int | None, target_qps: float, target_p99_ms: float) -> tuple[bool, str]:
+def verdict(levels: list[LevelStats], best: int | None, target_qps: float,
+            target_p99_ms: float) -> tuple[bool, str]:
     if best is None:
         return False, f"SLO missed: no level kept P99 ≤ {target_p99_ms:g} ms without errors"
     level = levels[best]
     met = level.qps >= target_qps
     word = "met" if met else "missed"
-    return met, (f"SLO {word}: {level.qps:.1f} QPS at P99 {level.p99_ms:.1f} ms (concurrency {level.concurrency}); "
+    return met, (f"SLO {word}: {level.qps:.1f} QPS at P99 {level.p99_ms:.1f} ms (concurrency "
+                 f"{level.concurrency}); "
                  f"target ≥ {target_qps:g} QPS at P99 ≤ {target_p99_ms:g} ms")
 
 
@@ -161,8 +163,9 @@ def input_spec(http_url: str, model: str) -> tuple[str, str, int]:
     tensor = metadata["inputs"][0]
     shape = [int(d) for d in tensor["shape"]]
     if tensor["datatype"] != "UINT8" or len(shape) != 4 or shape[3] != 3:
-        raise ConfigError(f"model '{model}' takes {tensor['datatype']} {shape}, not uint8 images [N, S, S, 3]",
-                          "benchmark the tensor model, not the _jpeg front end")
+        raise ConfigError(
+            f"model '{model}' takes {tensor['datatype']} {shape}, not uint8 images [N, S, S, 3]",
+            "benchmark the tensor model, not the _jpeg front end")
     return tensor["name"], metadata["outputs"][0]["name"], shape[1]
 
 
@@ -195,7 +198,8 @@ def benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
     served = resolve_served(config)  # a user mistake fails here, before an MLflow run is opened
     with tracked_run("benchmark", tags={"phase": "benchmark", "model": config.model}) as tracker:
         result = run_benchmark(config, pool, baselines, served)
-        tracker.log_params({"protocol": config.protocol, "concurrency": config.concurrency, "rate": config.rate,
+        tracker.log_params({"protocol": config.protocol, "concurrency": config.concurrency,
+                            "rate": config.rate,
                             "duration_s": config.duration_s, "images_source": result.images_source})
         for level in result.levels:
             tracker.log_metrics({f"{level.mode}_qps": level.qps, f"{level.mode}_p99_ms": level.p99_ms,
@@ -218,7 +222,8 @@ class Served:
 def resolve_served(config: BenchmarkConfig) -> Served:
     endpoints = resolve_endpoints()
     http_url = config.triton_http or endpoints.triton_http or ""
-    url = config.triton_url or (endpoints.triton_grpc if config.protocol == "grpc" else endpoints.triton_http) or ""
+    url = config.triton_url or (endpoints.triton_grpc if config.protocol == "grpc"
+                                else endpoints.triton_http) or ""
     if not url:
         raise ConfigError(f"no Triton {config.protocol} address is known",
                           "pass --triton-url HOST:PORT or start the stack (`visionnode stack up`)")
@@ -226,8 +231,10 @@ def resolve_served(config: BenchmarkConfig) -> Served:
         http_url = url
     elif config.triton_url and not config.triton_http:
         http_url = http_beside_grpc(url)
-        console.print(f"Triton HTTP address not given: using {http_url}, the port below gRPC's as in Triton's "
-                      "default layout (pass --triton-http HOST:PORT to set it)", highlight=False, soft_wrap=True)
+        console.print(f"Triton HTTP address not given: using {http_url}, the port below gRPC's as in "
+                      "Triton's "
+                      "default layout (pass --triton-http HOST:PORT to set it)", highlight=False,
+                      soft_wrap=True)
     if not http_url:
         raise ConfigError("Triton's HTTP address is needed for model metadata",
                           "pass --triton-http HOST:PORT (or set VISIONNODE_TRITON_HTTP)")
@@ -253,7 +260,8 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
     if pool is None:
         pool = sample_images(config.shards, config.pool_images, size)
     if pool.images.shape[1:] != (size, size, 3):
-        raise ConfigError(f"request images are {list(pool.images.shape[1:])}, the model takes [{size}, {size}, 3]")
+        raise ConfigError(f"request images are {list(pool.images.shape[1:])}, the model takes [{size}, "
+                          f"{size}, 3]")
     if baselines is None:
         baselines = (measure_baselines(config, pool.images, http_url) if config.baselines
                      else Baselines(len(pool.images), config.baseline_batch, notes=["baselines skipped"]))

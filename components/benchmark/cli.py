@@ -45,22 +45,26 @@ def benchmark_command(
         Optional[str], typer.Option(help="Val shards (dir or s3://) for request images.")
     ] = DEFAULTS.shards,
     model_dir: Annotated[Optional[Path], typer.Option(
-        help="Quantize output for the OpenVINO baseline (default: the IR Triton serves).")] = DEFAULTS.model_dir,
+        help="Quantize output for the OpenVINO baseline (default: the IR Triton serves).")
+    ] = DEFAULTS.model_dir,
     fp32_model: Annotated[Optional[Path], typer.Option(
-        help="Train output for the PyTorch eager FP32 baseline (skipped when absent).")] = DEFAULTS.fp32_model,
+        help="Train output for the PyTorch eager FP32 baseline (skipped when absent).")
+    ] = DEFAULTS.fp32_model,
     baselines: Annotated[bool, typer.Option(help="Measure the in-process baselines.")] = DEFAULTS.baselines,
     metrics_url: Annotated[
         str, typer.Option(help="Triton metrics HOST:PORT (default: settings).")
     ] = DEFAULTS.metrics_url,
     json_path: JsonOption = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
+    report: Annotated[Optional[Path],
+                      typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
 ) -> None:
     """Load-test a Triton model (closed-loop sweep, optional open loop) with baselines and an SLO verdict."""
     from .benchmark import benchmark  # imports numpy and tritonclient: only when the command runs
 
     config = BenchmarkConfig(model=model, protocol=protocol, triton_url=triton_url, triton_http=triton_http,
                              metrics_url=metrics_url,
-                             concurrency=parse_levels(concurrency), rate=rate, duration_s=duration, warmup_s=warmup,
+                             concurrency=parse_levels(concurrency), rate=rate, duration_s=duration,
+                             warmup_s=warmup,
                              max_requests=max_requests, target_qps=target_qps, target_p99_ms=target_p99_ms,
                              shards=shards, model_dir=model_dir, fp32_model=fp32_model, baselines=baselines,
                              report_path=report)

@@ -17,7 +17,8 @@ def benchmark_op(
     target_p99_ms: float = 150.0,
     pipeline_run_id: str = "",
 ):
-    """Closed-loop concurrency sweep against the deployed model with real val images, plus in-process baselines.
+    """Closed-loop concurrency sweep against the deployed model with real val images, plus in-process
+    baselines.
 
     The verdict is reported (metrics slo_met 1/0 and the report), never raised: a missed SLO does not fail
     the run.

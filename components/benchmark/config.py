@@ -30,7 +30,8 @@ class BenchmarkConfig:
     target_p99_ms: float = 150.0
     shards: str | None = None
     pool_images: int = 64
-    model_dir: Path | None = None     # the IR for the OpenVINO baseline; None = fetched from Triton's repository
+    # the IR for the OpenVINO baseline; None = fetched from Triton's repository
+    model_dir: Path | None = None
     fp32_model: Path | None = None    # train output for the PyTorch eager baseline; None = skipped
     baselines: bool = True
     baseline_seconds: float = 5.0
@@ -42,7 +43,8 @@ class BenchmarkConfig:
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol '{self.protocol}'", "use grpc or http")
         if not self.concurrency or min(self.concurrency) < 1:
-            raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers", "e.g. 1,2,4,8,16")
+            raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers",
+                              "e.g. 1,2,4,8,16")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.max_requests < 1:
             raise ConfigError("duration must be positive, warm-up non-negative, max requests at least 1")
         if self.rate is not None and self.rate <= 0:

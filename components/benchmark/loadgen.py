@@ -97,8 +97,10 @@ class AsyncTritonClient:
         try:
             ready = await asyncio.wait_for(self.client.is_model_ready(self.target.model), wait_s)
         except Exception as exc:  # connection refused / unavailable / timeout surface as different types
-            raise ServiceError(f"Triton at {self.target.url} ({self.target.protocol}) is not reachable or did not "
-                               f"answer within {wait_s:g} s ({_error_kind(exc)})", "start it with `visionnode "
+            raise ServiceError(f"Triton at {self.target.url} ({self.target.protocol}) is not reachable or "
+                               "did not "
+                               f"answer within {wait_s:g} s ({_error_kind(exc)})",
+                               "start it with `visionnode "
                                "stack up` or pass --triton-url HOST:PORT") from None
         if not ready:
             raise ServiceError(f"model '{self.target.model}' is not ready on Triton at {self.target.url}",
@@ -239,7 +241,8 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     executions, inferences = delta("nv_inference_exec_count"), delta("nv_inference_count")
     success = delta("nv_inference_request_success")
     return {"mean_batch": inferences / executions if executions > 0 else None,
-            "server_queue_ms": delta("nv_inference_queue_duration_us") / success / 1e3 if success > 0 else None,
+            "server_queue_ms": delta("nv_inference_queue_duration_us") / success / 1e3 if success > 0
+            else None,
             "server_compute_ms": (delta("nv_inference_compute_infer_duration_us") / success / 1e3
                                   if success > 0 else None)}
 
@@ -316,7 +319,8 @@ async def _run_level_async(target: Target, images: np.ndarray, plan: LevelPlan, 
             else:
                 if not plan.rate or plan.rate <= 0:
                     raise ConfigError(f"open-loop rate {plan.rate} must be positive")
-                warm = asyncio.ensure_future(open_loop(client.infer, plan.rate, plan.duration_s, plan.warmup_s,
+                warm = asyncio.ensure_future(open_loop(client.infer, plan.rate, plan.duration_s,
+                                                       plan.warmup_s,
                                                        plan.max_requests, plan.concurrency))
             await asyncio.sleep(plan.warmup_s)
             before = await loop.run_in_executor(None, scrape_metrics, metrics_url, target.model)

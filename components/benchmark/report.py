@@ -1,4 +1,5 @@
-"""The benchmark report: plots (PNG files, logged to MLflow) and one self-contained HTML page with them embedded."""
+"""The benchmark report: plots (PNG files, logged to MLflow) and one self-contained HTML page with them
+embedded."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
         if level.latencies_ms:
             label = f"c={level.concurrency}" if level.mode == "closed" else f"open {level.target_rate:g}/s"
             ax.hist(level.latencies_ms, bins=60, histtype="step", label=label)
-    ax.axvline(result.target_p99_ms, color="red", linestyle="--", label=f"P99 target {result.target_p99_ms:g} ms")
+    ax.axvline(result.target_p99_ms, color="red", linestyle="--",
+               label=f"P99 target {result.target_p99_ms:g} ms")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("requests")
     ax.set_title(f"{result.model} over {result.protocol}: latency per level")
@@ -49,7 +51,8 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
     ax.set_ylabel("QPS")
     twin = ax.twinx()
     twin.plot(xs, [s.p99_ms for s in closed], "s-", color="tab:red", label="P99")
-    twin.axhline(result.target_p99_ms, color="tab:red", linestyle=":", label=f"P99 target {result.target_p99_ms:g}")
+    twin.axhline(result.target_p99_ms, color="tab:red", linestyle=":",
+                 label=f"P99 target {result.target_p99_ms:g}")
     twin.set_ylabel("P99 latency (ms)")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
@@ -62,7 +65,8 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
 
 def level_table(result: "BenchmarkResult") -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """The per-level table (header, rows of cells) that the CLI prints and the HTML report shows."""
-    head = ("mode", "concurrency", "rate", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms", "max ms",
+    head = ("mode", "concurrency", "rate", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms",
+            "max ms",
             "server batch", "queue ms", "Triton RSS MB")
     rows = [(s.mode, str(s.concurrency), format_number(s.target_rate, 0), str(s.requests), str(s.errors),
              format_number(s.qps), format_number(s.p50_ms), format_number(s.p95_ms), format_number(s.p99_ms),
@@ -88,14 +92,16 @@ def _errors(result: "BenchmarkResult") -> str:
             kinds[kind] = kinds.get(kind, 0) + count
     if not kinds:
         return "<p>No errors.</p>"
-    return "<ul>" + "".join(f"<li>{count} × {html.escape(kind)}</li>" for kind, count in kinds.items()) + "</ul>"
+    return "<ul>" + "".join(f"<li>{count} × {html.escape(kind)}</li>" for kind,
+                            count in kinds.items()) + "</ul>"
 
 
 def render_html(result: "BenchmarkResult", images: list[Path]) -> str:
     b = result.baselines
     colour = "green" if result.slo_met else "#b00"
     embedded = "".join(
-        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in images)
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in images)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in b.notes)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>VisionNode benchmark: {html.escape(result.model)}</title>
@@ -103,11 +109,14 @@ def render_html(result: "BenchmarkResult", images: list[Path]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:49%}}</style></head><body>
 <h1>Triton benchmark: {html.escape(result.model)} over {html.escape(result.protocol)}</h1>
 <p style="font-size:1.3em;color:{colour}"><b>{html.escape(result.verdict)}</b></p>
-<p>Server {html.escape(result.url)}; input {result.input_shape}; request images: {html.escape(result.images_source)}.</p>
+<p>Server {html.escape(result.url)}; input {result.input_shape};
+request images: {html.escape(result.images_source)}.</p>
 <h2>Baselines (same images, this process, same machine)</h2>
 <table><tr><th>engine</th><th>img/s (batch {b.batch})</th><th>best served QPS ÷ engine</th></tr>
-<tr><td>raw OpenVINO INT8 (ceiling)</td><td>{format_number(b.openvino_int8_ips)}</td><td>{format_number(result.served_vs_openvino, 2)}</td></tr>
-<tr><td>PyTorch eager FP32</td><td>{format_number(b.pytorch_fp32_ips)}</td><td>{format_number(result.served_vs_pytorch, 2)}</td></tr>
+<tr><td>raw OpenVINO INT8 (ceiling)</td><td>{format_number(b.openvino_int8_ips)}</td>
+<td>{format_number(result.served_vs_openvino, 2)}</td></tr>
+<tr><td>PyTorch eager FP32</td><td>{format_number(b.pytorch_fp32_ips)}</td>
+<td>{format_number(result.served_vs_pytorch, 2)}</td></tr>
 </table><ul>{notes}</ul>
 <h2>Levels</h2>{_table(result)}
 <p>Best level (highest QPS with P99 ≤ {result.target_p99_ms:g} ms and no errors) highlighted.

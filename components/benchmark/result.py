@@ -1,4 +1,5 @@
-"""What a benchmark run found: per-level figures, the best level under the P99 target, the baselines, the verdict."""
+"""What a benchmark run found: per-level figures, the best level under the P99 target, the baselines, the
+verdict."""
 
 from __future__ import annotations
 

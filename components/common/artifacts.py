@@ -17,7 +17,8 @@ from .errors import DataError
 from .jsonio import read_json, write_json
 from .storage import parse_s3_uri
 
-# torchvision's ImageNet normalisation (RGB, after scaling to 0..1). Kept here, not in model.py, so that reading
+# torchvision's ImageNet normalisation (RGB, after scaling to 0..1). Kept here, not in model.py, so that
+# reading
 # artifacts never imports torch (the transfer CLI starts seconds faster).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -213,7 +214,8 @@ def _preprocessing(data: dict[str, Any]) -> Preprocessing:
 
 
 def check_shard_source(source: str) -> None:
-    """Fail fast on shards that cannot be read: a malformed s3 URI, or a local dir without a shard manifest."""
+    """Fail fast on shards that cannot be read: a malformed s3 URI, or a local dir without a shard
+    manifest."""
     if not str(source).startswith("s3://"):
         ShardManifest.load(source)
     else:

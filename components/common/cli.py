@@ -39,7 +39,8 @@ out_console = Console(width=pipe_width(sys.stdout))
 
 
 def _writable_json_path(value: Optional[Path]) -> Optional[Path]:
-    """Checked before the command does any work: a summary that cannot be written must not fail it at the end."""
+    """Checked before the command does any work: a summary that cannot be written must not fail it at the
+    end."""
     if value is None or str(value) == "-":
         return value
     try:
@@ -48,7 +49,8 @@ def _writable_json_path(value: Optional[Path]) -> Optional[Path]:
         with tempfile.NamedTemporaryFile(dir=value.parent, prefix=f".{value.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] --json {value}: {exc.strerror} (pass a file in a writable, existing "
+        err_console.print(f"[bold red]error:[/] --json {value}: {exc.strerror} (pass a file in a writable, "
+                          "existing "
                           "folder, or - for standard output)", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     return value
@@ -74,7 +76,8 @@ def user_errors(fn: F) -> F:
                 raise
             # A path the user gave that cannot be used: missing parent, wrong kind, no permission, disk full.
             path = _user_path(exc.filename)
-            err_console.print(f"[bold red]error:[/] cannot use {path}: {exc.strerror} (check that the path and "
+            err_console.print(f"[bold red]error:[/] cannot use {path}: {exc.strerror} (check that the path "
+                              "and "
                               "its parent exist, are what the option asks for, and are writable)",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

@@ -114,7 +114,8 @@ def train_pipelines(resolution: int,
     from ffcv.transforms import ToTensor, ToTorchImage
 
     decoder = RandomResizedCropRGBImageDecoder((resolution, resolution), scale=(augmentation.min_scale, 1.0))
-    image = [decoder, flip_normalize_op() if augmentation.flip else normalize_op(), ToTensor(), ToTorchImage()]
+    image = [decoder, flip_normalize_op() if augmentation.flip else normalize_op(), ToTensor(),
+             ToTorchImage()]
     return decoder, {IMAGE_FIELD: image, LABEL_FIELD: _label_pipeline(as_tensor=True)}
 
 

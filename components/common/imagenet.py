@@ -144,7 +144,8 @@ def _read_synset_mapping(path: Path) -> dict[str, str]:
 
 
 def _find_val_solution(root: Path) -> Path | None:
-    return next((p for p in (root / VAL_SOLUTION_FILE, root / "val" / VAL_SOLUTION_FILE) if p.is_file()), None)
+    return next((p for p in (root / VAL_SOLUTION_FILE, root / "val" / VAL_SOLUTION_FILE) if p.is_file()),
+                None)
 
 
 def _read_val_solution(path: Path) -> dict[str, str]:
@@ -154,4 +155,5 @@ def _read_val_solution(path: Path) -> dict[str, str]:
         if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
             raise DataError(f"{path} lacks the ImageId/PredictionString columns",
                             "use the LOC_val_solution.csv that ships with ImageNet")
-        return {row["ImageId"]: row["PredictionString"].split()[0] for row in reader if row["PredictionString"]}
+        return {row["ImageId"]: row["PredictionString"].split()[0] for row in reader
+                if row["PredictionString"]}

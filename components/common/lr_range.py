@@ -40,7 +40,8 @@ class LRRangeConfig:
     steps: int = 40              # optimizer steps at most (stops earlier when the loss diverges)
     min_lr: float = 1e-4
     max_lr: float = 1.0
-    smoothing: float = 0.8       # EMA beta; fastai's 0.98 suits its 100 steps, here the lag would be 1+ decade
+    # EMA beta; fastai's 0.98 suits its 100 steps, here the lag would be 1+ decade
+    smoothing: float = 0.8
     diverge_factor: float = 4.0  # stop when the smoothed loss exceeds this x the best smoothed loss
     min_loss_divisor: float = 3.0  # the suggestion is the smoothed loss's minimum LR over this (module doc)
     band_low: float = 1e-3       # the suggestion is clamped to [band_low, band_high]
@@ -52,7 +53,8 @@ class LRRangeConfig:
                               "use at least 8 (default 40), or 0 to skip the test")
         if not 0 < self.min_lr < self.max_lr or not 0 < self.band_low <= self.band_high:
             raise ConfigError(f"LR range {self.min_lr:g}..{self.max_lr:g} (band {self.band_low:g}.."
-                              f"{self.band_high:g}) is invalid", "use 0 < min_lr < max_lr and 0 < low <= high")
+                              f"{self.band_high:g}) is invalid",
+                              "use 0 < min_lr < max_lr and 0 < low <= high")
         if not 0 <= self.smoothing < 1 or self.diverge_factor <= 1 or self.min_loss_divisor < 1:
             raise ConfigError("LR range smoothing, divergence factor or min-loss divisor is out of range",
                               "use 0 <= smoothing < 1, diverge_factor > 1 and min_loss_divisor >= 1")
@@ -162,7 +164,8 @@ def lr_range_figure(result: LRRangeResult, title: str):
     axes.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed (EMA)")
     axes.axvline(result.suggested_lr, color="tab:red", linestyle="--",
                  label=f"suggested {result.suggested_lr:.3g}" + (" (clamped)" if result.clamped else ""))
-    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"min loss {result.min_loss_lr:.3g}")
+    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":",
+                 label=f"min loss {result.min_loss_lr:.3g}")
     axes.set_xscale("log")
     axes.set_xlabel("learning rate")
     axes.set_ylabel("loss")

@@ -12,7 +12,8 @@ def parse_int_list(text: str, option: str, example: str) -> list[int]:
     try:
         values = [int(v) for v in str(text).split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{option} '{text}' is not a comma-separated list of integers", f"e.g. {example}") from None
+        raise ConfigError(f"{option} '{text}' is not a comma-separated list of integers",
+                          f"e.g. {example}") from None
     if not values:
         raise ConfigError(f"{option} names no value", f"e.g. {example}")
     return values

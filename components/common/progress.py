@@ -46,7 +46,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"-- {self.unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"-- {self.unit}/s",
+                    style="progress.data.speed")
 
 
 def progress_enabled() -> bool:

@@ -45,7 +45,8 @@ class Recipe:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown LR schedule '{self.schedule}'", f"use one of {', '.join(SCHEDULES)}")
         if self.lr < 0 or self.lr_per_256 <= 0:
-            raise ConfigError(f"learning rate {self.lr} is negative", "use --lr 0 to scale it from the batch size")
+            raise ConfigError(f"learning rate {self.lr} is negative",
+                              "use --lr 0 to scale it from the batch size")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("momentum, weight decay or label smoothing is out of range",
                               "use 0 <= momentum < 1, weight decay >= 0, 0 <= label smoothing < 1")
@@ -98,7 +99,8 @@ def resolve_lr(lr: float, suggested_lr: float) -> float:
 
 
 def parse_lr(text: str) -> tuple[bool, float]:
-    """`--lr`: 'auto' -> (True, 0.0): an LR range test picks it; a number -> (False, it); 0 = the batch rule."""
+    """`--lr`: 'auto' -> (True, 0.0): an LR range test picks it; a number -> (False, it); 0 = the batch
+    rule."""
     if str(text).strip().lower() == "auto":
         return True, 0.0
     try:
@@ -107,7 +109,8 @@ def parse_lr(text: str) -> tuple[bool, float]:
         value = float("nan")
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"--lr '{text}' is invalid",
-                          "write auto for an LR range test, 0 for the batch rule 0.1 x batch / 256, or an LR > 0")
+                          "write auto for an LR range test, 0 for the batch rule 0.1 x batch / 256, or an LR "
+                          "> 0")
     return False, value
 
 

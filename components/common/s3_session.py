@@ -1,6 +1,7 @@
 """One S3 client and TransferManager with the error translation and whole-object retries every transfer uses.
 
-boto3's TransferManager (s3transfer) does parallel multipart upload and ranged parallel download on one bounded
+boto3's TransferManager (s3transfer) does parallel multipart upload and ranged parallel download on one
+bounded
 thread pool, with botocore's adaptive retries from `storage.s3_client`. What it does not do is here: errors a
 retry cannot fix become one-line user errors, and each object is retried as a whole (backoff + full jitter),
 since a server restart can outlast botocore's per-request retries or leave a multipart upload broken.
@@ -107,8 +108,9 @@ class S3Session:
         if isinstance(exc, VisionNodeError):
             return exc
         if isinstance(exc, NoCredentialsError):
-            return ServiceError(f"no S3 credentials for {self.endpoint}",
-                                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or run `visionnode stack up`")
+            return ServiceError(
+                f"no S3 credentials for {self.endpoint}",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or run `visionnode stack up`")
         if isinstance(exc, ClientError):
             code = s3_error_code(exc)
             if code in _AUTH_CODES:

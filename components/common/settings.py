@@ -74,7 +74,8 @@ def service_env(endpoints: Endpoints, credentials: "S3Credentials | None") -> di
         "VISIONNODE_S3_ENDPOINT": endpoints.s3_endpoint, "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
         "VISIONNODE_TRITON_HTTP": endpoints.triton_http, "VISIONNODE_TRITON_GRPC": endpoints.triton_grpc,
         "VISIONNODE_TRITON_METRICS": endpoints.triton_metrics,
-        "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository, "AWS_DEFAULT_REGION": endpoints.s3_region,
+        "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository,
+        "AWS_DEFAULT_REGION": endpoints.s3_region,
     }
     if credentials:
         values.update(credentials.as_env())

@@ -1,7 +1,8 @@
 """Shards between S3 and a local cache: fetch (ranged parallel GETs, each file sha256-checked, resumable) and
 `materialize_shards`, which every phase that reads shards calls; plus the result type uploads share.
 
-A fetched file gets a sidecar stamp (sha256 at its size and mtime), so a 150 GB cache is not re-hashed on every
+A fetched file gets a sidecar stamp (sha256 at its size and mtime), so a 150 GB cache is not re-hashed on
+every
 run; a killed fetch leaves only `.partial` temp files, which the next run removes.
 """
 
@@ -225,7 +226,8 @@ def fetch_shards(config: FetchConfig) -> TransferResult:
                                         lambda s: fetch_one(session, s, cache_dir, source, advance))
             local_manifest = manifest.save(cache_dir)  # last: its presence means every shard is verified
             seconds = time.perf_counter() - start
-            result = transfer_result("fetch", source.uri, str(cache_dir), source.child(MANIFEST_FILE).uri, manifest,
+            result = transfer_result("fetch", source.uri, str(cache_dir), source.child(MANIFEST_FILE).uri,
+                                     manifest,
                              outcomes, seconds, session.retries.count, 0, str(local_manifest))
             tracker.log_metrics(result.metrics())
             return result
@@ -238,7 +240,8 @@ def default_cache_dir(location: S3Location) -> Path:
     return state_dir() / "shard-cache" / safe
 
 
-def materialize_shards(source: str | Path, cache_dir: Path | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> Path:
+def materialize_shards(source: str | Path, cache_dir: Path | None = None,
+                       concurrency: int = DEFAULT_CONCURRENCY) -> Path:
     """A local dir with manifest.json and verified .beton files, for FFCV (which needs local, seekable files).
 
     `source` is a local shard dir (returned as is once its files check out), a remote-manifest dir (the
@@ -256,7 +259,8 @@ def materialize_shards(source: str | Path, cache_dir: Path | None = None, concur
     if all(is_local_copy_ok(directory / s.file, s) for s in manifest.shards):
         return directory
     if not manifest.base_uri:
-        raise DataError(f"{directory} lacks shard files its manifest names and has no base_uri to fetch them from",
+        raise DataError(f"{directory} lacks shard files its manifest names and has no base_uri to fetch them "
+                        "from",
                         "re-create the shards with `visionnode shard`")
     location = parse_s3_uri(manifest.base_uri)
     target = Path(cache_dir) if cache_dir else default_cache_dir(location)

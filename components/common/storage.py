@@ -82,7 +82,8 @@ def s3_client(config: S3Config | None = None):
         config=Config(
             signature_version="s3v4",
             s3={"addressing_style": "path",
-                **({} if config.payload_signing is None else {"payload_signing_enabled": config.payload_signing})},
+                **({} if config.payload_signing is None
+                   else {"payload_signing_enabled": config.payload_signing})},
             retries={"mode": "adaptive", "max_attempts": config.max_attempts},
             max_pool_connections=config.max_pool_connections,
             connect_timeout=config.connect_timeout_s,

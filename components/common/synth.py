@@ -40,7 +40,8 @@ class SynthConfig:
     min_side: int = 96
     max_side: int = 256
     flat_val: bool = False  # flat val/ + LOC_val_solution.csv, as Kaggle's ImageNet ships it
-    clutter: bool = True    # distractors, noise, coloured backgrounds; False: a strong class signal (module doc)
+    # distractors, noise, coloured backgrounds; False: a strong class signal (module doc)
+    clutter: bool = True
 
     def validate(self) -> None:
         if not 2 <= self.classes <= 1000:
@@ -110,7 +111,8 @@ def render_image(class_id: int, rng: np.random.Generator, min_side: int, max_sid
     image = Image.fromarray(_background(rng, width, height))
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 4))):  # distractors: random shape kinds and colours
-        _draw_shape(draw, rng, SHAPES[int(rng.integers(len(SHAPES)))], _random_colour(rng), width, height, 0.25)
+        _draw_shape(draw, rng, SHAPES[int(rng.integers(len(SHAPES)))], _random_colour(rng), width, height,
+                    0.25)
     mask = Image.new("L", image.size, 0)
     _draw_shape(ImageDraw.Draw(mask), rng, SHAPES[class_id % len(SHAPES)], 255, width, height, 0.6)
     image.paste(Image.fromarray(_class_fill(class_id, rng, width, height)), mask=mask)

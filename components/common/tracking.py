@@ -129,7 +129,8 @@ def _probe(uri: str) -> None:
                                                                  timeout=PROBE_TIMEOUT_S):
             pass
     except (OSError, ValueError) as exc:  # refused, timed out, HTTP error (URLError/HTTPError are OSErrors)
-        raise ServiceError(f"MLflow at {uri} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} s "
+        raise ServiceError(f"MLflow at {uri} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} "
+                           "s "
                            f"({getattr(exc, 'reason', None) or exc})",
                            "start it with `visionnode stack up` or unset MLFLOW_TRACKING_URI") from None
 

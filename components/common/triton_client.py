@@ -35,7 +35,8 @@ class RepositoryTarget:
 
     def sibling(self, suffix: str) -> "RepositoryTarget":
         if self.local_dir is not None:
-            return RepositoryTarget(self.uri + suffix, local_dir=self.local_dir.with_name(self.local_dir.name + suffix))
+            return RepositoryTarget(self.uri + suffix,
+                                    local_dir=self.local_dir.with_name(self.local_dir.name + suffix))
         assert self.location is not None
         key = self.location.key.rstrip("/") + suffix
         return RepositoryTarget(self.uri.rstrip("/") + suffix, location=S3Location(self.location.bucket, key),
@@ -43,7 +44,8 @@ class RepositoryTarget:
 
 
 def parse_repository(uri: str) -> RepositoryTarget:
-    """A dir, `s3://bucket/prefix` (on the configured S3 endpoint) or Triton's `s3://host:port/bucket/prefix`."""
+    """A dir, `s3://bucket/prefix` (on the configured S3 endpoint) or Triton's
+    `s3://host:port/bucket/prefix`."""
     from visionnode.components.common.stack.triton import parse_triton_repository
 
     parsed = parse_triton_repository(uri)
@@ -60,18 +62,21 @@ def triton_http_client(url: str, timeout_s: float = 60.0):
     """A client for Triton's HTTP API, after a liveness probe that gives up within PROBE_TIMEOUT_S."""
     import tritonclient.http as httpclient
 
-    probe = httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S, network_timeout=PROBE_TIMEOUT_S)
+    probe = httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S,
+                                             network_timeout=PROBE_TIMEOUT_S)
     try:
         with waiting_for("Triton", url):
             live = probe.is_server_live()
     except Exception as exc:  # connection refused / DNS / timeout all surface as different types
-        raise ServiceError(f"Triton at {url} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} s "
+        raise ServiceError(f"Triton at {url} is not reachable or did not answer within {PROBE_TIMEOUT_S:.0f} "
+                           "s "
                            f"({one_line(exc)})", STACK_HINT) from None
     finally:
         probe.close()
     if not live:
         raise ServiceError(f"Triton at {url} answers but is not live", STACK_HINT)
-    return httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S, network_timeout=timeout_s)
+    return httpclient.InferenceServerClient(url, connection_timeout=PROBE_TIMEOUT_S,
+                                            network_timeout=timeout_s)
 
 
 def ready_version(client, name: str) -> int | None:

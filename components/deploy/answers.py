@@ -49,7 +49,8 @@ def _agreement(reference: np.ndarray, served: np.ndarray) -> float:
 def _infer_http(client, model: str, inputs: list, output: str, class_count: int = 0) -> object:
     import tritonclient.http as httpclient
 
-    return client.infer(model, inputs, outputs=[httpclient.InferRequestedOutput(output, class_count=class_count)])
+    return client.infer(model, inputs, outputs=[httpclient.InferRequestedOutput(output,
+                                                                                class_count=class_count)])
 
 
 def served_logits(client, name: str, meta: InferenceMetadata, images: np.ndarray, batch: int) -> np.ndarray:
@@ -64,7 +65,8 @@ def served_logits(client, name: str, meta: InferenceMetadata, images: np.ndarray
     return np.concatenate(outputs)
 
 
-def served_jpeg_logits(client, name: str, meta: InferenceMetadata, images: np.ndarray, batch: int) -> np.ndarray:
+def served_jpeg_logits(client, name: str, meta: InferenceMetadata, images: np.ndarray,
+                       batch: int) -> np.ndarray:
     import tritonclient.http as httpclient
 
     outputs = []
@@ -97,15 +99,18 @@ def check_answers(client, config: DeployConfig, meta: InferenceMetadata) -> Answ
     jpeg = served_jpeg_logits(client, config.model_name + JPEG_SUFFIX, meta, samples.images, batch)
     index, label = classification_label(client, config.model_name, meta, samples.images[0])
     check = AnswerCheck(images=len(samples.images), source=samples.source,
-                        top1_agreement=_agreement(reference, served), jpeg_top1_agreement=_agreement(reference, jpeg),
+                        top1_agreement=_agreement(reference, served),
+                        jpeg_top1_agreement=_agreement(reference, jpeg),
                         max_abs_logit_diff=float(np.abs(reference - served).max()),
                         classification_label=f"{index}:{label}")
     if check.top1_agreement < 1.0 or check.jpeg_top1_agreement < 1.0:
         raise IntegrityError(f"Triton's top-1 differs from local OpenVINO on the same images "
-                             f"(tensor {check.top1_agreement:.0%}, jpeg {check.jpeg_top1_agreement:.0%} agree)",
+                             f"(tensor {check.top1_agreement:.0%}, jpeg {check.jpeg_top1_agreement:.0%} "
+                             "agree)",
                              "the served files differ from --model; redeploy")
     if index != int(reference[0].argmax()) or label != meta.classes.names[index]:
         raise IntegrityError(f"Triton's classification answer '{index}:{label}' does not match class "
-                             f"{int(reference[0].argmax())} '{meta.classes.names[int(reference[0].argmax())]}'",
+                             f"{int(reference[0].argmax())} "
+                             f"'{meta.classes.names[int(reference[0].argmax())]}'",
                              "labels.txt is out of step with model.json; redeploy")
     return check

@@ -28,7 +28,8 @@ def deploy_op(
         triton_http: Triton HTTP host:port; "" = from settings (env / stack.json).
         triton_grpc: Triton gRPC host:port; "" = from settings.
         model_name: Triton model name; the encoded-image front end is served as `<model_name>_jpeg`.
-        instances: Triton model instances (KIND_CPU); one alone lets Triton's batcher stall some requests 500 ms.
+        instances: Triton model instances (KIND_CPU); one alone lets Triton's batcher stall some requests 500
+            ms.
         pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
@@ -39,11 +40,13 @@ def deploy_op(
     from visionnode.components.deploy.repository import ServingConfig
 
     enter_pipeline_context(pipeline_run_id)
-    result = deploy(DeployConfig(model_dir=Path(int8_model.path), repository=repository, triton_http=triton_http,
+    result = deploy(DeployConfig(model_dir=Path(int8_model.path), repository=repository,
+                                 triton_http=triton_http,
                                  triton_grpc=triton_grpc, model_name=model_name,
                                  serving=ServingConfig(instances=instances)))
     write_json(endpoint.path, result)
-    for key in ("model_name", "model_version", "jpeg_model_name", "http_url", "grpc_url", "triton_repository"):
+    for key in ("model_name", "model_version", "jpeg_model_name", "http_url", "grpc_url",
+                "triton_repository"):
         endpoint.metadata[key] = getattr(result, key)
     for key, value in result.metrics().items():
         metrics.log_metric(key, value)

@@ -20,7 +20,8 @@ class ServingConfig:
     queue_timeout_us: int = 2_000_000     # a request waiting longer than this is rejected
     max_queue_size: int = 64              # requests beyond this are rejected at once (overload)
     # Two instances, not one: Triton 2.51 seems to wake its dynamic batcher for a new request only while an
-    # instance waits for work (our reading of its source), so with one instance a request that lands just after
+    # instance waits for work (our reading of its source), so with one instance a request that lands just
+    # after
     # the previous response waits out the batcher's 500 ms idle timeout (measured: 5 of ~1,300 sequential
     # requests, 64 of 2,400 at concurrency 8; none with two; tests/test_deploy.py checks it).
     instances: int = 2
@@ -44,7 +45,8 @@ class ServingConfig:
 @dataclass
 class DeployConfig:
     model_dir: Path
-    repository: str = ""          # extra place to publish (s3://bucket/prefix or a dir); "" = only Triton's own
+    # extra place to publish (s3://bucket/prefix or a dir); "" = only Triton's own
+    repository: str = ""
     triton_http: str = ""         # "" = from settings (env / stack.json)
     triton_grpc: str = ""
     model_name: str = DEFAULT_MODEL_NAME

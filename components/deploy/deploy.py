@@ -119,7 +119,8 @@ class _Preflight:
 
 
 def preflight(config: DeployConfig) -> _Preflight:
-    """Everything that can be wrong before anything is written: settings, the model files, Triton's address."""
+    """Everything that can be wrong before anything is written: settings, the model files, Triton's
+    address."""
     config.validate()
     meta = check_model_dir(Path(config.model_dir))
     endpoints = resolve_endpoints()
@@ -169,10 +170,12 @@ def deploy_model(config: DeployConfig, checked: _Preflight | None = None) -> Dep
     check_served_input(client, config.model_name, version, meta)
     check = check_answers(client, config, meta)
     return DeployResult(
-        model_name=config.model_name, jpeg_model_name=names[1], model_version=version, previous_version=previous,
+        model_name=config.model_name, jpeg_model_name=names[1], model_version=version,
+        previous_version=previous,
         http_url=http_url, grpc_url=grpc_url, triton_repository=served_from.uri,
         published=[t.uri for t in targets], openvino_backend_repository=ov_target.uri,
-        input_name=meta.input.name, input_shape=[-1, *meta.input.shape[1:]], load_s=round(load_s, 2), check=check)
+        input_name=meta.input.name, input_shape=[-1, *meta.input.shape[1:]], load_s=round(load_s, 2),
+        check=check)
 
 
 def _triton_message(exc: Exception) -> str:

@@ -13,7 +13,8 @@ from visionnode.components.common.triton_client import RepositoryTarget, parse_r
 from .repository import CONFIG_FILE, LABELS_FILE, existing_versions
 
 
-def repository_targets(user_repository: str, triton_repository: str | None) -> tuple[RepositoryTarget, list[RepositoryTarget]]:
+def repository_targets(user_repository: str, triton_repository: str | None) -> tuple[RepositoryTarget,
+                                                                                     list[RepositoryTarget]]:
     """(the repository Triton loads from, every repository to publish to)."""
     targets: list[RepositoryTarget] = []
     for uri in (triton_repository, user_repository):
@@ -23,7 +24,8 @@ def repository_targets(user_repository: str, triton_repository: str | None) -> t
                 targets.append(target)
     if not targets:
         raise ConfigError("no model repository is known",
-                          "pass --repository s3://bucket/prefix|DIR, or start the stack (`visionnode stack up`)")
+                          "pass --repository s3://bucket/prefix|DIR, or start the stack (`visionnode stack "
+                          "up`)")
     return targets[0], targets
 
 
@@ -35,7 +37,8 @@ def remote_versions(target: RepositoryTarget, name: str) -> list[int]:
     try:
         pages = s3_client(target.s3).get_paginator("list_objects_v2").paginate(
             Bucket=target.location.bucket, Prefix=prefix, Delimiter="/")
-        names = [p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes", [])]
+        names = [p["Prefix"][len(prefix):].strip("/") for page in pages for p in page.get("CommonPrefixes",
+                                                                                          [])]
     except Exception as exc:  # botocore raises ClientError / EndpointConnectionError / NoCredentialsError
         raise ServiceError(f"cannot list {target.uri}/{name}: {one_line(exc)}",
                            "check the S3 endpoint, bucket and credentials") from None

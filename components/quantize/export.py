@@ -1,6 +1,7 @@
 """Trained weights -> a serving graph that takes uint8 NHWC RGB images: ONNX (portable) and OpenVINO IR.
 
-The preprocessing is folded into the torch module before export (`common.trained_model.ServingModel`), so the ONNX file, the IR
+The preprocessing is folded into the torch module before export (`common.trained_model.ServingModel`), so the
+ONNX file, the IR
 converted from that ONNX file and every server that loads either of them do exactly the same arithmetic:
 uint8 -> float32, NHWC -> NCHW, (x/255 - mean)/std. Clients send uint8 pixels, 4x fewer bytes than float32.
 """

@@ -208,11 +208,13 @@ def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "
     import nncf
 
     fp32_convolutions = [] if full_int8 else fidelity_convolutions(fp32_model)
-    ignored = nncf.IgnoredScope(names=fp32_convolutions, types=["Add"], validate=False) if fp32_convolutions else None
+    ignored = nncf.IgnoredScope(names=fp32_convolutions, types=["Add"],
+                                validate=False) if fp32_convolutions else None
     with _nncf_log_level(logging.WARNING):  # NNCF logs one INFO line per ignored operation: 55 for ResNet-152
         quantized = nncf.quantize(
             fp32_model, nncf.Dataset(calibration),
-            preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            preset=nncf.QuantizationPreset.MIXED if preset == "mixed"
+            else nncf.QuantizationPreset.PERFORMANCE,
             target_device=nncf.TargetDevice.CPU, subset_size=len(calibration),
             fast_bias_correction=fast_bias_correction, ignored_scope=ignored,
         )

@@ -1,4 +1,5 @@
-"""shard's settings and their defaults, importable without torch or FFCV (CLI, component and pipeline read them)."""
+"""shard's settings and their defaults, importable without torch or FFCV (CLI, component and pipeline read
+them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Decoding for shard: read each file by content, convert to RGB, shrink to the longest side, JPEG-encode, in a
+"""Decoding for shard: read each file by content, convert to RGB, shrink to the longest side, JPEG-encode, in
+a
 process pool that streams results back in file order."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""shard's resume journal: per written shard, which slice of the shuffled file list it holds, a digest of those
+"""shard's resume journal: per written shard, which slice of the shuffled file list it holds, a digest of
+those
 files (path, size, mtime), the settings, its sha256 and the files skipped in the slice."""
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def source_digest(records: list[ImageRecord], root: Path) -> str:
     digest = hashlib.sha256()
     for record in records:
         stat = record.path.stat()
-        digest.update(f"{relative_path(record.path, root)}\t{record.label}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
-                      .encode())
+        line = f"{relative_path(record.path, root)}\t{record.label}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+        digest.update(line.encode())
     return digest.hexdigest()
 
 

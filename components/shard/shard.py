@@ -112,11 +112,13 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
         return _shard_into(config, layout, scans, out)
     except BaseException:
         if created_out and not any(SHARD_NAME.match(p.name) for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)  # nothing written: no empty output that looks like a result
+            shutil.rmtree(out,
+                          ignore_errors=True)  # nothing written: no empty output that looks like a result
         raise
 
 
-def _shard_into(config: ShardConfig, layout: ImageNetLayout, scans: dict[str, SplitScan], out: Path) -> ShardResult:
+def _shard_into(config: ShardConfig, layout: ImageNetLayout, scans: dict[str, SplitScan],
+                out: Path) -> ShardResult:
     _remove_partials(out)
     settings = config.settings()
     journal = Journal(out, settings)
@@ -211,7 +213,8 @@ def _close(decoded: Any) -> None:
 
 
 def _collect(decoded: Iterator[tuple[ImageRecord, Prepared]], records: list[ImageRecord], start: int,
-             limit: int, root: Path, advance: Any) -> tuple[list[tuple[EncodedImage, int]], list[SkippedFile], int]:
+             limit: int, root: Path, advance: Any) -> tuple[list[tuple[EncodedImage, int]], list[SkippedFile],
+                                                            int]:
     """The next `limit` readable images from `start` on, the files skipped on the way, and the stop index."""
     samples: list[tuple[EncodedImage, int]] = []
     skipped: list[SkippedFile] = []

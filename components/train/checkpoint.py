@@ -157,19 +157,23 @@ class CheckpointStore:
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     """Read a checkpoint (local path or s3:// URI) with `weights_only=True`; one clear error if unusable."""
-    state = load_torch_file(uri, "checkpoint", "pass --resume never to start over, or --resume PATH of an older "
+    state = load_torch_file(uri, "checkpoint",
+                            "pass --resume never to start over, or --resume PATH of an older "
                                                "checkpoint")
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing or state.get("format") != CHECKPOINT_FORMAT:
-        raise IntegrityError(f"{uri} is not a VisionNode training checkpoint (missing {', '.join(missing) or 'format'})",
+        raise IntegrityError(f"{uri} is not a VisionNode training checkpoint (missing "
+                             f"{', '.join(missing) or 'format'})",
                              "pass --resume never to start over, or the path of a checkpoint `train` wrote")
     return state
 
 
 def load_torch_file(uri: str, what: str, hint: str,
-                    missing_hint: str = "pass --resume auto (newest in --checkpoint-uri), never, or an existing "
+                    missing_hint: str = "pass --resume auto (newest in --checkpoint-uri), never, or an "
+                    "existing "
                                         "file") -> Any:
-    """`torch.load(weights_only=True)` of a local file or s3:// object; unreadable ones are one IntegrityError."""
+    """`torch.load(weights_only=True)` of a local file or s3:// object; unreadable ones are one
+    IntegrityError."""
     data = read_bytes(uri, what, missing_hint)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -178,8 +182,10 @@ def load_torch_file(uri: str, what: str, hint: str,
         raise IntegrityError(f"{what} {uri} is corrupt or not a torch file ({reason})", hint) from None
 
 
-def read_bytes(uri: str, what: str = "checkpoint",
-               hint: str = "pass --resume auto (newest in --checkpoint-uri), never, or an existing file") -> bytes:
+RESUME_HINT = "pass --resume auto (newest in --checkpoint-uri), never, or an existing file"
+
+
+def read_bytes(uri: str, what: str = "checkpoint", hint: str = RESUME_HINT) -> bytes:
     """The bytes of a local file or an s3:// object; a missing one is a DataError naming `what` + `hint`."""
     if not is_s3_uri(uri):
         path = Path(uri)

@@ -25,13 +25,15 @@ class TrainConfig:
     precision: str = "auto"
     checkpoint_uri: str = ""         # local dir or s3://...; empty means <out_dir>/checkpoints
     checkpoint_every: int = 0        # optimiser steps between checkpoints (0: only at each epoch end)
-    resume: str = "auto"             # auto (newest in checkpoint_uri, if any), never, or a checkpoint path/URI
+    # auto (newest in checkpoint_uri, if any), never, or a checkpoint path/URI
+    resume: str = "auto"
     compile: bool = False
     workers: int = 2
     max_steps: int = 0               # stop after this many optimiser steps in total (0: run all epochs)
     seed: int = 0
     log_every: int = 10              # steps between MLflow step metrics
-    overfit_batches: int = 0         # >0: repeat the first N batches (a sanity check that the model can learn)
+    # >0: repeat the first N batches (a sanity check that the model can learn)
+    overfit_batches: int = 0
     keep_checkpoints: int = 3
     cache_dir: Path | None = None    # where remote shards are cached (default: the transfer phase's)
     registered_model_name: str = ""  # MLflow model registry name; empty means visionnode-<arch>
@@ -49,7 +51,8 @@ class TrainConfig:
 
         depth_from_arch(self.arch)
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}")
+            raise ConfigError(f"precision {self.precision!r} is not known",
+                              f"use one of {', '.join(PRECISIONS)}")
         self.recipe.validate()
         if self.epochs < 1 or self.batch_size < 1 or self.workers < 1:
             raise ConfigError("--epochs, --batch-size and --workers must be at least 1")

@@ -29,9 +29,11 @@ class InitWeights:
 
 
 def load_state_dict_file(uri: str) -> dict[str, torch.Tensor]:
-    state = load_torch_file(uri, "init weights", "pass a state dict saved with torch.save(model.state_dict(), PATH)",
+    state = load_torch_file(uri, "init weights",
+                            "pass a state dict saved with torch.save(model.state_dict(), PATH)",
                             "pass --init-weights with an existing state-dict file or s3:// URI")
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v,
+                                                                      torch.Tensor) for v in state.values()):
         raise IntegrityError(f"init weights {uri} are not a state dict of tensors",
                              "pass a state dict saved with torch.save(model.state_dict(), PATH)")
     return state
@@ -51,7 +53,8 @@ def load_init_weights(model: nn.Module, uri: str, arch: str) -> InitWeights:
     unexpected = [k for k in state if k not in own]
     if mismatched or missing or unexpected:
         named = ", ".join((mismatched + missing + unexpected)[:3])
-        raise ConfigError(f"init weights {uri} do not fit {arch}: {len(mismatched)} tensors of another shape, "
+        raise ConfigError(f"init weights {uri} do not fit {arch}: {len(mismatched)} tensors of another "
+                          "shape, "
                           f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {named})",
                           "pass weights of the same architecture as --arch")
     model.load_state_dict(state, strict=not replaced)

@@ -82,7 +82,8 @@ def plot_loss_curve(trainer: Trainer) -> Path | None:
 
 
 def register_model(trainer: Trainer) -> str | None:
-    """Log weights.pt + model.json as an MLflow 3 logged model of this run and register it as a new version."""
+    """Log weights.pt + model.json as an MLflow 3 logged model of this run and register it as a new
+    version."""
     tracker = trainer.tracker
     if not tracker.enabled:
         return None
@@ -92,7 +93,8 @@ def register_model(trainer: Trainer) -> str | None:
     out = Path(trainer.config.out_dir)
     name = trainer.config.model_name
     metrics = {k: v for k, v in trainer.last_metrics.items() if isinstance(v, (int, float))}
-    logged = mlflow.initialize_logged_model(name=name, source_run_id=tracker.run_id, model_type="image-classifier",
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=tracker.run_id,
+                                            model_type="image-classifier",
                                             params={"arch": trainer.config.arch})
     client = mlflow.MlflowClient()
     for file_name in (WEIGHTS_FILE, MODEL_METADATA_FILE):
@@ -101,7 +103,8 @@ def register_model(trainer: Trainer) -> str | None:
         mlflow.log_metrics(metrics, model_id=logged.model_id, run_id=tracker.run_id)
     mlflow.finalize_logged_model(logged.model_id, "READY")
     try:
-        client.create_registered_model(name, description="VisionNode ResNet classifier (weights.pt + model.json)")
+        client.create_registered_model(name,
+                                       description="VisionNode ResNet classifier (weights.pt + model.json)")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
             raise

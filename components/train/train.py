@@ -80,7 +80,8 @@ class TrainResult:
     wall_s: float
 
     def metrics(self) -> dict[str, float]:
-        """The scalar figures a dashboard (KFP Metrics, MLflow) shows; figures a run did not produce are left out."""
+        """The scalar figures a dashboard (KFP Metrics, MLflow) shows; figures a run did not produce are left
+        out."""
         names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
@@ -106,7 +107,8 @@ def shard_files(directory: Path, manifest: ShardManifest, split: str) -> list[Pa
 
 
 def default_checkpoint_uri(shards: Path, pipeline_run_id: str) -> str:
-    """Beside the remote shards in the same bucket (survives a retried pod), else a local dir in the state dir."""
+    """Beside the remote shards in the same bucket (survives a retried pod), else a local dir in the state
+    dir."""
     from visionnode.components.common.settings import state_dir
 
     run = pipeline_run_id or "adhoc"
@@ -163,7 +165,8 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     torch.manual_seed(config.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     shard_dir = local_shards(config, ctx)
     manifest = ShardManifest.load(shard_dir)
-    train_files, val_files = shard_files(shard_dir, manifest, "train"), shard_files(shard_dir, manifest, "val")
+    train_files, val_files = shard_files(shard_dir, manifest, "train"), shard_files(shard_dir, manifest,
+                                                                                    "val")
 
     model = build_resnet(depth_from_arch(config.arch), manifest.classes.num_classes)
     store = CheckpointStore(config.checkpoint_location, keep=config.keep_checkpoints)
@@ -191,14 +194,17 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
 
     net: nn.Module = model
     if ctx.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model,
+                                                  device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
+                                                  else None)
     if config.compile:
         net = torch.compile(net)
 
     tracking = (tracked_run("train", tags={"arch": config.arch, "phase": "train"})
                 if ctx.is_main and config.tracking else contextlib.nullcontext(Tracker()))
     with tracking as tracker:
-        trainer = Trainer(config=config, ctx=ctx, precision=precision, model=model, net=net, optimizer=optimizer,
+        trainer = Trainer(config=config, ctx=ctx, precision=precision, model=model, net=net,
+                          optimizer=optimizer,
                           scheduler=scheduler, scaler=grad_scaler(precision, ctx.device),
                           criterion=nn.CrossEntropyLoss(label_smoothing=config.recipe.label_smoothing),
                           store=store, tracker=tracker, stop=stop, steps_per_epoch=steps_per_epoch,
@@ -243,7 +249,8 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
         )
         if ctx.is_main and status != "preempted":
             write_model(trainer, manifest, {k: v for k, v in to_jsonable(result).items()
-                                            if k in ("status", "steps", "epochs_completed", "precision", "world_size",
+                                            if k in ("status", "steps", "epochs_completed", "precision",
+                                                     "world_size",
                                                      "global_batch", "peak_lr", "mlflow_run_id")})
             write_train_log(trainer)
             tracker.log_artifact(Path(config.out_dir) / TRAIN_LOG_FILE)
@@ -324,11 +331,13 @@ def _run_epochs(trainer: Trainer, train_data: Any, val_data: Any) -> str:
         trainer.last_metrics = trainer.evaluate(val_data)
         epoch_rates = [r[4] for r in trainer.history if r[1] == trainer.epoch - 1]
         trainer.tracker.log_metrics({**trainer.last_metrics, "resolution": resolution,
-                                     "epoch_img_per_s": statistics.median(epoch_rates) if epoch_rates else 0.0},
+                                     "epoch_img_per_s": statistics.median(epoch_rates) if epoch_rates
+                                     else 0.0},
                                     step=trainer.epoch)
         if trainer.ctx.is_main:
             console.print(f"epoch {trainer.epoch}/{config.epochs} @ {resolution}px: "
-                          f"top-1 {trainer.last_metrics['top1']:.2f}%  top-5 {trainer.last_metrics['top5']:.2f}%")
+                          f"top-1 {trainer.last_metrics['top1']:.2f}%  top-5 "
+                          f"{trainer.last_metrics['top5']:.2f}%")
         trainer.save_checkpoint()
         if outcome == "max_steps":
             status = "max_steps"

@@ -95,7 +95,8 @@ class Trainer:
         """Returns "epoch_done", "max_steps" or "preempted"."""
         self.net.train()
         remaining = self.steps_per_epoch - self.batch_in_epoch
-        with progress_bar(remaining * self.global_batch, f"epoch {self.epoch + 1}/{self.config.epochs}") as advance:
+        with progress_bar(remaining * self.global_batch,
+                          f"epoch {self.epoch + 1}/{self.config.epochs}") as advance:
             last = time.perf_counter()
             for images, labels in self.batches(loader):
                 loss, lr = self.train_step(images, labels)
@@ -142,7 +143,8 @@ class Trainer:
         sums = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images, loss sum
         k = min(5, self.class_index_size)
         for images, labels in loader:
-            images = images.to(self.ctx.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            images = images.to(self.ctx.device,
+                               non_blocking=True).contiguous(memory_format=torch.channels_last)
             labels = labels.to(self.ctx.device, non_blocking=True).long().view(-1)
             with autocast(self.precision, self.ctx.device):
                 logits = self.model(images)
@@ -152,7 +154,8 @@ class Trainer:
                                   loss.item()], dtype=torch.float64)
         sums = all_reduce_sum(sums, self.ctx)
         if sums[2] == 0:
-            raise DataError("the val shards yielded no images", "create shards with `visionnode shard --split both`")
+            raise DataError("the val shards yielded no images",
+                            "create shards with `visionnode shard --split both`")
         return {"top1": float(100 * sums[0] / sums[2]), "top5": float(100 * sums[1] / sums[2]),
                 "val_loss": float(sums[3] / sums[2]), "val_images": float(sums[2])}
 
@@ -190,7 +193,8 @@ class Trainer:
         barrier(self.ctx)
 
     def restore(self, state: dict[str, Any], source: str) -> None:
-        if state.get("arch") != self.config.arch or state.get("classes", {}).get("wnids") != self.class_index["wnids"]:
+        if state.get("arch") != self.config.arch or state.get("classes",
+                                                              {}).get("wnids") != self.class_index["wnids"]:
             raise ConfigError(f"checkpoint {source} is for {state.get('arch')} with other classes",
                               "use a --checkpoint-uri of its own per model and dataset, or --resume never")
         try:
@@ -201,7 +205,8 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise IntegrityError(f"checkpoint {source} does not fit this model/recipe ({str(exc)[:120]})",
                                  "resume with the settings it was written with, or --resume never") from None
-        self.epoch, self.step, self.batch_in_epoch = int(state["epoch"]), int(state["step"]), int(state["batch_in_epoch"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
         self.history = state["history"].tolist() if "history" in state else []
         self.last_metrics = dict(state.get("metrics", {}))
         self.last_saved_step = self.step

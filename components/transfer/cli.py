@@ -50,7 +50,8 @@ def fetch_command(
     """Download shards with ranged parallel GETs, each sha256-checked; verified files are skipped."""
     from ..common.shard_sync import fetch_shards
 
-    emit_result(fetch_shards(FetchConfig(source, cache_dir, concurrency, part_size)), json_path, "transfer fetch")
+    emit_result(fetch_shards(FetchConfig(source, cache_dir, concurrency, part_size)), json_path,
+                "transfer fetch")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""transfer's settings and their defaults, importable without boto3 (CLI, component and pipeline read them)."""
+"""transfer's settings and their defaults, importable without boto3 (CLI, component and pipeline read
+them)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ from ..common.storage import S3Location, parse_s3_uri
 from ..common.tracking import tracked_run
 from .config import UploadConfig
 
-__all__ = ["FetchConfig", "TransferResult", "UploadConfig", "fetch_shards", "materialize_shards", "upload_shards"]
+__all__ = ["FetchConfig", "TransferResult", "UploadConfig", "fetch_shards", "materialize_shards",
+           "upload_shards"]
 
 
 def abort_stale_uploads(session: S3Session, bucket: str, keys: set[str], prefix: str) -> int:
@@ -103,7 +104,8 @@ def upload_one(session: S3Session, shard: ShardInfo, shards_dir: Path, dest: S3L
     loc = shard_location(dest, shard)
     if path.stat().st_size != shard.bytes:
         raise _local_mismatch(path, path.stat().st_size, "size", shard)
-    part_sizes = planned_part_sizes(shard.bytes, session.part_size, session.transfer_config.multipart_threshold)
+    part_sizes = planned_part_sizes(shard.bytes, session.part_size,
+                                    session.transfer_config.multipart_threshold)
     head = session.with_object_retries(f"check {loc.uri}", loc.bucket, lambda: head_or_none(session, loc))
     if head is not None:  # resume: hash first, skip when the stored object is exactly this file
         local = _checked_digest(path, part_sizes, shard)
@@ -199,11 +201,13 @@ def upload_shards(config: UploadConfig) -> TransferResult:
             local_manifest = remote.save(config.output_dir) if config.output_dir else None
             body = (json.dumps(to_jsonable(remote), indent=2, sort_keys=True) + "\n").encode()
             manifest_loc = dest.child(MANIFEST_FILE)
-            session.with_object_retries(f"upload {manifest_loc.uri}", dest.bucket, lambda: session.client.put_object(
+            session.with_object_retries(f"upload {manifest_loc.uri}", dest.bucket,
+                                        lambda: session.client.put_object(
                 Bucket=dest.bucket, Key=manifest_loc.key, Body=body, ChecksumAlgorithm="SHA256",
                 Metadata={"sha256": hashlib.sha256(body).hexdigest()}))
             seconds = time.perf_counter() - start
-            result = transfer_result("upload", str(shards_dir), dest.uri, manifest_loc.uri, manifest, outcomes,
+            result = transfer_result("upload", str(shards_dir), dest.uri, manifest_loc.uri, manifest,
+                                     outcomes,
                              seconds, session.retries.count, aborted,
                              str(local_manifest) if local_manifest else None)
             tracker.log_metrics(result.metrics())

@@ -1,4 +1,5 @@
-"""What validate found: the data it used, the three checks and the LR range test, and whether the gates passed."""
+"""What validate found: the data it used, the three checks and the LR range test, and whether the gates
+passed."""
 
 from __future__ import annotations
 

@@ -141,7 +141,8 @@ def write_outputs(result: ValidateResult, config: ValidateConfig, tracker: Track
         lr_plot_path = report_path.with_name(report_path.stem + "_lr_range.png")
         if result.lr_range is not None:
             figure = lr_range_figure(
-                result.lr_range, f"LR range test {config.arch}, SGD as train runs it, batch {config.batch_size}"
+                result.lr_range,
+                f"LR range test {config.arch}, SGD as train runs it, batch {config.batch_size}"
             )
             save_figure(figure, lr_plot_path, tracker)
             close_figure(figure)

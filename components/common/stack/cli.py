@@ -27,22 +27,26 @@ stack_app = typer.Typer(
 StateDir = Annotated[Optional[Path], typer.Option(
     "--state-dir", help="Where data, logs, PID files and stack.json live (default: $VISIONNODE_STATE_DIR "
                         "or ~/.local/state/visionnode).")]
-JsonPath = Annotated[Optional[Path], typer.Option("--json", help="Also write the service table as JSON here.")]
+JsonPath = Annotated[Optional[Path],
+                     typer.Option("--json", help="Also write the service table as JSON here.")]
 
 
 @stack_app.command("up")
 @user_errors
 def up_command(
     state_dir: StateDir = None,
-    s3_port: Annotated[int, typer.Option(help="S3 API port (SeaweedFS's internal ports are picked free).")] = 8333,
+    s3_port: Annotated[int,
+                       typer.Option(help="S3 API port (SeaweedFS's internal ports are picked free).")] = 8333,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     triton_http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
     triton_grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
     triton_metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
     s3: Annotated[bool, typer.Option("--s3/--no-s3", help="Run the embedded S3; --no-s3 uses "
                                      "VISIONNODE_S3_ENDPOINT + AWS_* instead.")] = True,
-    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Run the embedded MLflow server; "
-                                         "--no-mlflow uses VISIONNODE_MLFLOW_URI / MLFLOW_TRACKING_URI.")] = True,
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow/--no-mlflow",
+        help="Run the embedded MLflow server; --no-mlflow uses VISIONNODE_MLFLOW_URI / MLFLOW_TRACKING_URI.")
+    ] = True,
     triton: Annotated[bool, typer.Option("--triton/--no-triton", help="Run the embedded Triton; "
                                          "--no-triton uses VISIONNODE_TRITON_HTTP/GRPC/METRICS.")] = True,
     triton_repository: Annotated[Optional[str], typer.Option(
@@ -51,14 +55,16 @@ def up_command(
     triton_container: Annotated[bool, typer.Option(
         "--triton-container", help="Run Triton from the visionnode/triton-openvino image (host network, uid "
                                    "10001, read-only root; build it with `make images`).")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to become healthy.")] = 120.0,
+    timeout: Annotated[float,
+                       typer.Option(help="Seconds to wait for each service to become healthy.")] = 120.0,
     json_path: JsonPath = None,
 ) -> None:
     """Start the services that are not running yet (idempotent) and write STATE_DIR/stack.json."""
     config = StackConfig(state_dir=state_dir or default_state_dir(), s3_port=s3_port, mlflow_port=mlflow_port,
                          triton_http_port=triton_http_port, triton_grpc_port=triton_grpc_port,
                          triton_metrics_port=triton_metrics_port, with_s3=s3, with_mlflow=mlflow,
-                         with_triton=triton, triton_repository=triton_repository, triton_container=triton_container,
+                         with_triton=triton, triton_repository=triton_repository,
+                         triton_container=triton_container,
                          startup_timeout_s=timeout)
     stack = LocalStack(config)
     _show(stack.up(), "stack up", json_path)
@@ -70,7 +76,8 @@ def up_command(
 @stack_app.command("status")
 @user_errors
 def status_command(state_dir: StateDir = None, json_path: JsonPath = None) -> None:
-    """Show each service's health, PID and URL. Exit code 1 when a running service is unhealthy or none runs."""
+    """Show each service's health, PID and URL. Exit code 1 when a running service is unhealthy or none
+    runs."""
     statuses = LocalStack(StackConfig(state_dir=state_dir or default_state_dir())).status()
     _show(statuses, "stack status", json_path)
     running = [s for s in statuses if s.running]
@@ -81,7 +88,8 @@ def status_command(state_dir: StateDir = None, json_path: JsonPath = None) -> No
 @stack_app.command("down")
 @user_errors
 def down_command(state_dir: StateDir = None, json_path: JsonPath = None) -> None:
-    """Stop exactly the server PIDs recorded by `up` (SIGTERM, then SIGKILL) and remove stack.json. Data is kept."""
+    """Stop exactly the server PIDs recorded by `up` (SIGTERM, then SIGKILL) and remove stack.json. Data is
+    kept."""
     _show(LocalStack(StackConfig(state_dir=state_dir or default_state_dir())).down(), "stack down", json_path)
 
 
@@ -91,7 +99,8 @@ def env_file_command(
     out: Annotated[Path, typer.Argument(help="Where to write the KEY=VALUE lines (mode 0600).")],
     state_dir: StateDir = None,
 ) -> None:
-    """Write the stack's endpoints and S3 credentials as an env file for `docker run --env-file` (never printed)."""
+    """Write the stack's endpoints and S3 credentials as an env file for `docker run --env-file` (never
+    printed)."""
     directory = state_dir or default_state_dir()
     values = service_env(resolve_endpoints(directory), resolve_s3_credentials(directory))
     if not values:
@@ -99,7 +108,8 @@ def env_file_command(
     with atomic_path(out) as tmp:
         tmp.chmod(0o600)  # before the secret is in it
         tmp.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    out_console.print(f"{len(values)} variables written to {out} (mode 0600)", highlight=False, soft_wrap=True)
+    out_console.print(f"{len(values)} variables written to {out} (mode 0600)", highlight=False,
+                      soft_wrap=True)
 
 
 @stack_app.command("triton")
@@ -112,13 +122,15 @@ def triton_command(
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
     address: Annotated[str, typer.Option(
-        help="Address every port binds; in a Kubernetes pod, all interfaces (the manifest sets it).")] = LOOPBACK,
+        help="Address every port binds; in a Kubernetes pod, all interfaces (the manifest sets it).")
+    ] = LOOPBACK,
 ) -> None:
     """Run Triton in the foreground with explicit model control: the triton-openvino image's entrypoint."""
     spec = triton_spec(default_state_dir(), http_port, grpc_port, metrics_port, repository,
                        resolve_s3_credentials(), resolve_endpoints().s3_region, address=address)
     ensure_ports_free("triton", spec.ports, local_address(address))
-    out_console.print(f"tritonserver on {address} (HTTP {http_port}, gRPC {grpc_port}, metrics {metrics_port}), "
+    out_console.print(f"tritonserver on {address} (HTTP {http_port}, gRPC {grpc_port}, metrics "
+                      f"{metrics_port}), "
                       f"models from {repository}", highlight=False, soft_wrap=True)
     exec_triton(spec)
 

@@ -98,7 +98,8 @@ def read_record(pid_file: Path) -> ProcessRecord | None:
     return None
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str], log_file: Path, pid_file: Path, cwd: Path | None = None,
+def spawn(argv: Sequence[str], env: Mapping[str, str], log_file: Path, pid_file: Path,
+          cwd: Path | None = None,
           ports: Sequence[int] = (), url: str | None = None, health_url: str | None = None,
           extra: Mapping[str, str] | None = None, die_with_parent: bool = False) -> ProcessRecord:
     """Start `argv` detached (own session, survives this CLI), output appended to `log_file`.
@@ -169,7 +170,8 @@ def wait_until_healthy(pending: Sequence[Pending], timeout_s: float) -> dict[str
 
 
 def stop(pid_file: Path, term_timeout_s: float = 15.0) -> int | None:
-    """SIGTERM the recorded process and its children, SIGKILL what is left after the timeout. Returns its PID."""
+    """SIGTERM the recorded process and its children, SIGKILL what is left after the timeout. Returns its
+    PID."""
     record = read_record(pid_file)
     if record is None:
         return None
@@ -203,7 +205,8 @@ def wait_ports_closed(ports: Sequence[int], timeout_s: float = 10.0, host: str =
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
     """True when GET `url` answers 2xx."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (loopback URLs we built)
+        with urllib.request.urlopen(url,
+                                    timeout=timeout_s) as response:  # noqa: S310 (loopback URLs we built)
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False

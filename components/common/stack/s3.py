@@ -61,7 +61,8 @@ def s3_spec(state_dir: Path, port: int, credentials: S3Credentials,
 def ensure_buckets(endpoint: str, credentials: S3Credentials, buckets: tuple[str, ...],
                    timeout_s: float = 30.0) -> None:
     """Create the buckets that do not exist yet; retried while the filer behind the gateway settles."""
-    client = s3_client(S3Config(endpoint=endpoint, credentials=credentials, region=DEFAULT_REGION, max_attempts=3))
+    client = s3_client(S3Config(endpoint=endpoint, credentials=credentials, region=DEFAULT_REGION,
+                                max_attempts=3))
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -124,7 +124,8 @@ class LocalStack:
         return [self._status(name) for name in SERVICE_ORDER]
 
     def down(self) -> list[ServiceStatus]:
-        """Stop the servers recorded in run/*.pid (Triton, MLflow, then S3) and wait for their ports to close."""
+        """Stop the servers recorded in run/*.pid (Triton, MLflow, then S3) and wait for their ports to
+        close."""
         results = []
         problems = []
         for name in reversed(SERVICE_ORDER):
@@ -167,7 +168,8 @@ class LocalStack:
         elif s3_record is not None:
             credentials, s3_endpoint = ensure_local_credentials(self.state_dir), s3_record.url
         else:  # an external S3 (or none): from the environment
-            credentials, s3_endpoint = resolve_s3_credentials(self.state_dir), self._external_endpoints().s3_endpoint
+            credentials = resolve_s3_credentials(self.state_dir)
+            s3_endpoint = self._external_endpoints().s3_endpoint
         region = self._external_endpoints().s3_region
         specs: dict[str, ServiceSpec] = {}
         if "s3" in names:
@@ -191,14 +193,16 @@ class LocalStack:
             return self._spawn_container(spec)
         if spec.before_start:
             spec.before_start()
-        record = process.spawn(spec.argv, spec.env, spec.log_file(self.state_dir), spec.pid_file(self.state_dir),
+        record = process.spawn(spec.argv, spec.env, spec.log_file(self.state_dir),
+                               spec.pid_file(self.state_dir),
                                cwd=spec.cwd, ports=[p.port for p in spec.ports], url=spec.url,
                                health_url=spec.health_url, extra=spec.extra,
                                die_with_parent=self.config.die_with_parent)
         return process.Pending(spec.name, record, lambda: _healthy(record), spec.log_file(self.state_dir))
 
     def _stop(self, name: str) -> int | None:
-        """Stop a service by its recorded PID; a service container is then removed (its output kept in the log)."""
+        """Stop a service by its recorded PID; a service container is then removed (its output kept in the
+        log)."""
         record = process.read_record(self._pid_file(name))
         pid = process.stop(self._pid_file(name))
         if record is not None and "container" in record.extra:
@@ -218,7 +222,8 @@ class LocalStack:
         args = ["--repository", spec.extra["repository"], "--http-port", str(ports["HTTP"]),
                 "--grpc-port", str(ports["gRPC"]), "--metrics-port", str(ports["metrics"])]
         environment = {k: v for k, v in spec.env.items() if k in CONTAINER_ENV}
-        container = containers.start_container(client, containers.ContainerSpec(image, args, name, environment))
+        container = containers.start_container(client, containers.ContainerSpec(image, args, name,
+                                                                                environment))
         pid = containers.main_pid(container)
         record = ProcessRecord(pid=pid, create_time=psutil.Process(pid).create_time(), argv=[image, *args],
                                ports=list(ports.values()), url=spec.url, health_url=spec.health_url,
@@ -243,14 +248,16 @@ class LocalStack:
         if record is None:
             return None
         # Running from an earlier `up`: wait for it (it may still be starting), then keep it.
-        process.wait_until_healthy([process.Pending(name, record, lambda: _healthy(record), self._log_file(name))],
+        process.wait_until_healthy([process.Pending(name, record, lambda: _healthy(record),
+                                                    self._log_file(name))],
                                    self.config.startup_timeout_s)
         return ServiceStatus(name, running=True, healthy=True, pid=record.pid, url=record.url,
                              log=str(self._log_file(name)), action="kept")
 
     def _status(self, name: str) -> ServiceStatus:
         record = self._record(name)
-        return ServiceStatus(name, running=record is not None, healthy=record is not None and _healthy(record),
+        return ServiceStatus(name, running=record is not None,
+                             healthy=record is not None and _healthy(record),
                              pid=record.pid if record else None, url=record.url if record else None,
                              log=str(self._log_file(name)))
 

@@ -63,7 +63,8 @@ def parse_triton_repository(uri: str) -> TritonRepository:
         bucket, _, key = path.partition("/")
         if not bucket:
             raise ConfigError(f"'{uri}' names no bucket", "write it as s3://host:port/bucket/prefix")
-        return TritonRepository(uri=uri, endpoint=f"http://{head}", location=S3Location(bucket, key.strip("/")))
+        return TritonRepository(uri=uri, endpoint=f"http://{head}",
+                                location=S3Location(bucket, key.strip("/")))
     return TritonRepository(uri=uri, location=S3Location(head, path.strip("/")))
 
 
@@ -103,7 +104,8 @@ def server_env(dist: Path, repository: TritonRepository, credentials: S3Credenti
                region: str) -> dict[str, str]:
     # The python backend stub links the system libpython: this interpreter's LIBDIR must come first, or
     # model loading fails in multiprocessing.resource_tracker (DESIGN.md).
-    lib_dirs = [sysconfig.get_config_var("LIBDIR"), str(_bundled_libs(dist)), os.environ.get("LD_LIBRARY_PATH")]
+    lib_dirs = [sysconfig.get_config_var("LIBDIR"), str(_bundled_libs(dist)),
+                os.environ.get("LD_LIBRARY_PATH")]
     # The stub's embedded interpreter finds its prefix through `python` on PATH: the venv's bin/ first
     # makes model.py files import numpy, openvino, ... from this environment.
     paths = [sysconfig.get_path("scripts"), os.environ.get("PATH")]
@@ -149,13 +151,16 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         f"--grpc-address={address}", f"--grpc-port={grpc_port}",
         f"--metrics-address={address}", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
-        # Server-side latency percentiles (nv_inference_*_summary_us{quantile=...}) beside the cumulative sums.
+        # Server-side latency percentiles (nv_inference_*_summary_us{quantile=...}) beside the cumulative
+        # sums.
         "--metrics-config=summary_latencies=true",
-        # Server readiness means "the server answers", not "every model ever loaded is ready": one failed model
+        # Server readiness means "the server answers", not "every model ever loaded is ready": one failed
+        # model
         # load (which deploy reports with Triton's own message) must not make the whole service look down.
         "--strict-readiness=false",
     ]
-    ports = [PortSpec(http_port, "HTTP", "--triton-http-port"), PortSpec(grpc_port, "gRPC", "--triton-grpc-port"),
+    ports = [PortSpec(http_port, "HTTP", "--triton-http-port"), PortSpec(grpc_port, "gRPC",
+                                                                         "--triton-grpc-port"),
              PortSpec(metrics_port, "metrics", "--triton-metrics-port")]
 
     def before_start() -> None:
@@ -182,7 +187,8 @@ def local_address(address: str) -> str:
 
 
 def exec_triton(spec: ServiceSpec) -> None:
-    """Replace this process with tritonserver (the Triton image's entrypoint: Triton is PID 1 and gets SIGTERM)."""
+    """Replace this process with tritonserver (the Triton image's entrypoint: Triton is PID 1 and gets
+    SIGTERM)."""
     if spec.before_start:
         spec.before_start()
     os.execve(spec.argv[0], spec.argv, spec.env)
