@@ -197,12 +197,3 @@ def test_cli_missing_model_dir_is_one_line_user_error(tiny_shards: Path, tmp_pat
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
     assert "does not exist" in result.stderr and not (tmp_path / "out").exists()
-
-
-def test_component_signature_matches_the_pipeline_contract() -> None:
-    from visionnode.components.quantize.component import quantize_op
-
-    spec = quantize_op.component_spec
-    assert set(spec.inputs) == {"model", "remote_shards", "calibration_images", "max_accuracy_drop",
-                                "full_int8", "pipeline_run_id"}
-    assert set(spec.outputs) == {"int8_model", "metrics"}

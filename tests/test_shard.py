@@ -356,16 +356,3 @@ def test_cli_rejects_bad_split(synth_dataset: Path, tmp_path: Path) -> None:
                                       "--split", "test"])
     assert result.exit_code == 2
     assert "error: --split 'test' is not valid" in result.output
-
-
-def test_component_has_the_contract_signature() -> None:
-    from visionnode.components.shard.component import shard_op
-
-    spec = shard_op.component_spec
-    assert list(spec.inputs) == ["data", "split", "images_per_shard", "max_resolution", "jpeg_quality",
-                                 "workers", "pipeline_run_id"]
-    assert list(spec.outputs) == ["shards", "metrics"]
-    defaults = {name: spec.inputs[name].default for name in list(spec.inputs)[1:]}
-    assert defaults == {"split": "both", "images_per_shard": 5000, "max_resolution": 256, "jpeg_quality": 90,
-                        "workers": 2, "pipeline_run_id": ""}
-

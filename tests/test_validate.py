@@ -359,17 +359,3 @@ def test_cli_user_errors_are_one_line_exit_2(args: list[str], message: str) -> N
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), result.output
     assert "Traceback" not in result.output
-
-
-def test_component_exposes_the_contract_signature(tmp_path: Path) -> None:
-    from kfp import compiler
-    from visionnode.components.validate.component import validate_op
-
-    path = tmp_path / "validate.yaml"
-    compiler.Compiler().compile(validate_op, str(path))
-    spec = validate_op.component_spec
-    assert set(spec.inputs) == {"data", "subset", "image_size", "steps", "lr_range_steps", "pipeline_run_id"}
-    assert set(spec.outputs) == {"report", "metrics", "suggested_lr"}
-    assert spec.outputs["suggested_lr"].type == "Float"
-    assert spec.inputs["subset"].default == 256 and spec.inputs["steps"].default == 30
-    assert path.stat().st_size > 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import colorsys
 import csv
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image, ImageDraw
 
 from .errors import ConfigError
 from .imagenet import SYNSET_MAPPING_FILE, VAL_SOLUTION_FILE
+from .jsonio import staged_dir
 from .progress import progress_bar
 
 SHAPES = ("disc", "square", "triangle", "ring")
@@ -77,12 +77,10 @@ def synthesize_dataset(out: str | Path, config: SynthConfig) -> SynthResult:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / SYNSET_MAPPING_FILE).is_file():
         raise ConfigError(f"{out} exists and is not a generated dataset", "choose an empty or new directory")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     wnids = [synthetic_wnid(c) for c in range(config.classes)]
     total = config.classes * (config.train_per_class + config.val_per_class)
     solution_rows: list[tuple[str, str]] = []
-    with progress_bar(total, "synthesising images") as advance:
+    with staged_dir(out) as staging, progress_bar(total, "synthesising images") as advance:
         for split, per_class in (("train", config.train_per_class), ("val", config.val_per_class)):
             for class_id, wnid in enumerate(wnids):
                 for index in range(per_class):
@@ -95,10 +93,7 @@ def synthesize_dataset(out: str | Path, config: SynthConfig) -> SynthResult:
                     if split == "val":
                         solution_rows.append((name, wnid))
                     advance(1)
-    _write_metadata(staging, wnids, solution_rows if config.flat_val else [])
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        _write_metadata(staging, wnids, solution_rows if config.flat_val else [])
     return SynthResult(out, config.classes, config.classes * config.train_per_class,
                        config.classes * config.val_per_class)
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
+from visionnode.components.common.jsonio import staged_dir
 from visionnode.components.common.storage import s3_client
 from visionnode.components.common.triton_client import RepositoryTarget, parse_repository
 
@@ -59,12 +60,8 @@ def publish(staging: Path, target: RepositoryTarget, model_names: list[str], ver
 
 
 def _publish_local(source: Path, model_dir: Path, version: int) -> None:
-    version_dir = model_dir / str(version)
-    partial = model_dir / f".{version}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source / str(version), partial)
-    shutil.rmtree(version_dir, ignore_errors=True)
-    partial.rename(version_dir)
+    with staged_dir(model_dir / str(version)) as staging:
+        shutil.copytree(source / str(version), staging, dirs_exist_ok=True)
     for name in (n for n in (LABELS_FILE, CONFIG_FILE) if (source / n).is_file()):
         tmp = model_dir / f".{name}.partial"
         shutil.copyfile(source / name, tmp)

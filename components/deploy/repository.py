@@ -17,7 +17,7 @@ from pathlib import Path
 
 from visionnode.components.common.artifacts import InferenceMetadata, TensorSpec
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.jsonio import atomic_write_text
+from visionnode.components.common.jsonio import atomic_write_text, staged_dir
 
 from .config import ServingConfig
 
@@ -184,17 +184,12 @@ def _write_model(repo: Path, name: str, version: int, config: str, labels: str,
     path (copied) or text (written)."""
     parse_config(config)
     model_dir = repo / name
-    version_dir = model_dir / str(version)
-    staging = model_dir / f".{version}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for target, source in files.items():
-        if isinstance(source, Path):
-            shutil.copyfile(source, staging / target)
-        else:
-            (staging / target).write_text(source, encoding="utf-8")
-    shutil.rmtree(version_dir, ignore_errors=True)
-    staging.rename(version_dir)  # the version dir appears complete or not at all
+    with staged_dir(model_dir / str(version)) as staging:
+        for target, source in files.items():
+            if isinstance(source, Path):
+                shutil.copyfile(source, staging / target)
+            else:
+                (staging / target).write_text(source, encoding="utf-8")
     atomic_write_text(model_dir / LABELS_FILE, labels)
     atomic_write_text(model_dir / CONFIG_FILE, config)
     return GeneratedModel(name, model_dir, version, config)
