@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 import yaml
+
 from visionnode.components.common.cli import JsonOption, emit_result, err_console, out_console, user_errors
 from visionnode.components.common.errors import ConfigError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.jsonio import atomic_write_bytes
 

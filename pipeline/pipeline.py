@@ -6,6 +6,7 @@ accepts and ignores them, so the same definition runs in a cluster and on one ma
 """
 
 from kfp import dsl, kubernetes
+
 from visionnode.components.benchmark.component import benchmark_op
 from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
 from visionnode.components.deploy.component import deploy_op

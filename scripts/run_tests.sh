@@ -34,6 +34,8 @@ if (($#)); then
   exit $status
 fi
 failed=()
+echo "==> ruff check"
+"$PYTHON" -m ruff check . || failed+=("(ruff check)")
 for module in tests/test_*.py; do
   echo "==> $module"
   "$PYTHON" -m pytest -q "$module" --junitxml="$reports/$(basename "$module" .py).xml" || failed+=("$module")

@@ -34,8 +34,10 @@ def rendered_text(url: str, budget_ms: int = 20_000) -> str:
         pytest.fail("chromium is not installed: scripts/install.sh installs Debian's chromium")
     with tempfile.TemporaryDirectory() as profile:
         # --no-sandbox: the tests run as root, where chromium's sandbox refuses to start.
-        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                               f"--virtual-time-budget={budget_ms}", "--window-size=1400,1000", "--dump-dom", url],
+        done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                               f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", "--window-size=1400,1000", "--dump-dom",
+                               url],
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout, done.stderr[-2000:]
     parser = _VisibleText()

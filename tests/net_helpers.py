@@ -8,7 +8,8 @@ import pytest
 
 
 def listeners_that_never_answer(count: int = 1) -> tuple[list[socket.socket], int]:
-    """`count` sockets on consecutive loopback ports (Triton's HTTP, gRPC layout when 2) that accept connections
+    """`count` sockets on consecutive loopback ports (Triton's HTTP, gRPC layout when 2) that accept
+    connections
     (the kernel's backlog does) and never send a byte; returns them and the first port."""
     for _ in range(50):
         sockets: list[socket.socket] = []

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from visionnode.components.common.errors import ConfigError, DataError
-from visionnode.components.common.images import UnreadableImage, load_rgb
 from visionnode.components.common.imagenet import open_imagenet
+from visionnode.components.common.images import UnreadableImage, load_rgb
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
 from visionnode.components.common.lr_range import LRRangeConfig, exponential_lrs, lr_range_test
 from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
@@ -125,15 +125,18 @@ def test_tracking_is_a_noop_without_uri(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "data", "synth", str(tmp_path / "x"),
-                             "--classes", "1"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "data", "synth",
+                             str(tmp_path / "x"),
+                             "--classes", "1"], capture_output=True, text=True,
+                             env={**os.environ, "COLUMNS": "200"})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: --classes 1 is out of range (use 2..1000)"]
 
 
-def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     from visionnode.components.common.tracking import PIPELINE_RUN_ENV, tracked_run
@@ -201,7 +204,8 @@ def test_lr_range_suggestion_stays_below_a_cliff_right_after_the_fall(smoothing:
 )
 def test_lr_range_suggestion_is_clamped_to_the_band_on_both_sides(rise_at: float, band_high: float,
                                                                   expected: float) -> None:
-    result = lr_range_test(_range_test_loss(rise_at / 30, rise_at), LRRangeConfig(smoothing=0.0, band_high=band_high))
+    result = lr_range_test(_range_test_loss(rise_at / 30, rise_at),
+                           LRRangeConfig(smoothing=0.0, band_high=band_high))
     assert result.suggested_lr == pytest.approx(expected)
     assert result.clamped is (expected != pytest.approx(result.min_loss_lr / 3))
 

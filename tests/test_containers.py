@@ -99,7 +99,8 @@ def _writable_out(shared_dir: Path, name: str) -> Path:
     return out
 
 
-def _run(client, image: str, args: list[str], mounts=(), environment=None, timeout_s: float = 600) -> tuple[int, str]:
+def _run(client, image: str, args: list[str], mounts=(), environment=None,
+         timeout_s: float = 600) -> tuple[int, str]:
     """`docker run --rm --network host --user 10001 --read-only --tmpfs /tmp IMAGE ARGS` through the SDK."""
     spec = containers.ContainerSpec(image, args, name="", environment=environment or {}, mounts=mounts)
     container = client.containers.create(image, args, **spec.run_args())
@@ -150,7 +151,8 @@ def test_shard_in_its_container_matches_the_host_byte_for_byte(client, images, d
     status, output = _run(client, images["shard"],
                           ["--data", str(dataset), "--out", f"{out}/shards", "--images-per-shard", "32",
                            "--max-resolution", "64", "--json", f"{out}/shard.json"],
-                          mounts=[(dataset, dataset, True), (out, out, False)], environment={"VISIONNODE_PROGRESS": "0"})
+                          mounts=[(dataset, dataset, True), (out, out, False)],
+                          environment={"VISIONNODE_PROGRESS": "0"})
     assert status == 0, output[-3000:]
     summary = json.loads((out / "shard.json").read_text())
     assert summary["images_written"] == 6 * (16 + 4) and summary["files_skipped"] == 0
@@ -164,9 +166,11 @@ def test_shard_in_its_container_matches_the_host_byte_for_byte(client, images, d
     assert container_digests == {s["file"]: s["sha256"] for s in host_manifest["shards"]}
 
 
-def test_killed_shard_container_fails_and_a_rerun_resumes(client, images, dataset: Path, shared_dir: Path) -> None:
+def test_killed_shard_container_fails_and_a_rerun_resumes(client, images, dataset: Path,
+                                                          shared_dir: Path) -> None:
     out = _writable_out(shared_dir, "shards-killed")
-    args = ["--data", str(dataset), "--out", f"{out}/shards", "--images-per-shard", "4", "--max-resolution", "64",
+    args = ["--data", str(dataset), "--out", f"{out}/shards", "--images-per-shard", "4", "--max-resolution",
+            "64",
             "--workers", "1", "--json", f"{out}/shard.json"]
     mounts = [(dataset, dataset, True), (out, out, False)]
     spec = containers.ContainerSpec(images["shard"], args, name="", environment={"VISIONNODE_PROGRESS": "0"},
@@ -186,7 +190,8 @@ def test_killed_shard_container_fails_and_a_rerun_resumes(client, images, datase
     assert status == 137, f"a killed task must fail, got exit code {status}"
     assert not (out / "shards" / "manifest.json").exists() and not (out / "shard.json").exists()
 
-    status, output = _run(client, images["shard"], args, mounts=mounts, environment={"VISIONNODE_PROGRESS": "0"})
+    status, output = _run(client, images["shard"], args, mounts=mounts,
+                          environment={"VISIONNODE_PROGRESS": "0"})
     assert status == 0, output[-3000:]
     summary = json.loads((out / "shard.json").read_text())
     assert summary["shards_reused"] >= 2 and summary["images_written"] == 6 * (16 + 4)
@@ -203,7 +208,8 @@ def _journaled(out: Path) -> int:
 
 # ------------------------------------------------------------------------------- against the embedded stack
 
-def test_transfer_upload_in_its_container_to_the_embedded_s3(client, images, container_stack, shared_dir: Path,
+def test_transfer_upload_in_its_container_to_the_embedded_s3(client, images, container_stack,
+                                                             shared_dir: Path,
                                                              tiny_shards: Path) -> None:
     shards = shared_dir / "upload-src"
     shutil.copytree(tiny_shards, shards)
@@ -222,7 +228,8 @@ def test_transfer_upload_in_its_container_to_the_embedded_s3(client, images, con
     remote = {obj["Key"].rsplit("/", 1)[1]: obj["Size"] for obj in listed}
     for name in local_files:
         assert remote.get(name) == (shards / name).stat().st_size, name
-    remote_manifest = json.loads(s3_client().get_object(Bucket=bucket, Key="shards/manifest.json")["Body"].read())
+    remote_manifest = json.loads(s3_client().get_object(Bucket=bucket,
+                                                        Key="shards/manifest.json")["Body"].read())
     local_manifest = json.loads((shards / "manifest.json").read_text())
     assert ({s["file"]: s["sha256"] for s in remote_manifest["shards"]}
             == {s["file"]: s["sha256"] for s in local_manifest["shards"]})
@@ -250,7 +257,8 @@ def test_triton_container_answers_http_and_grpc_from_the_host(client, container_
     assert record.name == "triton" and record.healthy and record.pid
     endpoints = container_stack.endpoints
     container = client.containers.get(f"visionnode-triton-{endpoints.triton_http.rsplit(':', 1)[1]}")
-    assert container.attrs["HostConfig"]["ReadonlyRootfs"] and container.attrs["Config"]["User"] == containers.IMAGE_USER
+    assert container.attrs["HostConfig"]["ReadonlyRootfs"]
+    assert container.attrs["Config"]["User"] == containers.IMAGE_USER
     assert container.attrs["State"]["Pid"] == record.pid  # `stack down` stops the PID it recorded
 
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -282,7 +290,8 @@ def test_benchmark_in_its_container_against_the_triton_container(client, images,
                                                                  served_model: str, shared_dir: Path) -> None:
     out = _writable_out(shared_dir, "bench-out")
     status, output = _run(client, images["benchmark"],
-                          ["--model", served_model, "--concurrency", "1,2", "--duration", "2", "--warmup", "0.5",
+                          ["--model", served_model, "--concurrency", "1,2", "--duration", "2", "--warmup",
+                           "0.5",
                            "--no-baselines", "--target-qps", "1", "--target-p99-ms", "5000",
                            "--json", f"{out}/bench.json", "--report", f"{out}/report.html"],
                           mounts=[(out, out, False)], environment=_service_env())
@@ -294,9 +303,11 @@ def test_benchmark_in_its_container_against_the_triton_container(client, images,
     assert (out / "report.html").stat().st_size > 10_000
 
 
-def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, container_stack, images, dataset: Path,
+def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, container_stack, images,
+                                                                    dataset: Path,
                                                                     shared_dir: Path) -> None:
-    """The seven tasks in their images. The train task's container is killed mid-run: the task fails (exit 137,
+    """The seven tasks in their images. The train task's container is killed mid-run: the task fails (exit
+    137,
     named), the pipeline's retry policy runs it again and the run completes. A second run reuses every object
     the first uploaded (transfer skips them), as with the subprocess runner."""
     from visionnode.pipeline.local_run import TASK_ORDER, LocalRunConfig, run_local
@@ -368,7 +379,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_docker_runner_without_images_is_one_line_naming_the_build_command(client, tmp_path: Path) -> None:
     done = _cli("pipeline", "run", "--local", "--runner", "docker",
-                env={"VISIONNODE_IMAGE_PREFIX": "nowhere.invalid/none", "VISIONNODE_STATE_DIR": str(tmp_path)})
+                env={"VISIONNODE_IMAGE_PREFIX": "nowhere.invalid/none",
+                     "VISIONNODE_STATE_DIR": str(tmp_path)})
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "not built" in lines[0] and "make images" in lines[0], done.stderr
@@ -377,7 +389,8 @@ def test_docker_runner_without_images_is_one_line_naming_the_build_command(clien
 
 def test_docker_runner_without_an_engine_is_one_line(tmp_path: Path) -> None:
     done = _cli("pipeline", "run", "--local", "--runner", "docker",
-                env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "VISIONNODE_STATE_DIR": str(tmp_path)})
+                env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
+                     "VISIONNODE_STATE_DIR": str(tmp_path)})
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Docker engine" in lines[0] and "dockerd.sh start" in lines[0], done.stderr

@@ -45,12 +45,14 @@ NAMESPACE = "visionnode"
 S3_ENV = MANIFESTS / "base" / "s3.env"            # user-created, git-ignored
 S3_ENV_EXAMPLE = MANIFESTS / "base" / "s3.example.env"
 # Every credential file (X.env, user-created from X.example.env, git-ignored) and the Secret it becomes.
-ENV_SECRETS = {"minio-root": "minio-root", "s3": "visionnode-s3", "mlflow-s3": "mlflow-s3", "triton-s3": "triton-s3"}
+ENV_SECRETS = {"minio-root": "minio-root", "s3": "visionnode-s3", "mlflow-s3": "mlflow-s3",
+               "triton-s3": "triton-s3"}
 ENV_EXAMPLES = {MANIFESTS / "base" / f"{stem}.example.env": secret for stem, secret in ENV_SECRETS.items()}
 USER_ENV_FILES = {MANIFESTS / "base" / f"{stem}.env" for stem in ENV_SECRETS}
 ROOT_SECRET = "minio-root"
 OPERATOR_DIR = MANIFESTS / "training-operator"
-OPERATOR_VERSION = "v1.9.0"          # kubeflow/training-operator: the last line serving kubeflow.org/v1 PyTorchJob
+# kubeflow/training-operator: the last line serving kubeflow.org/v1 PyTorchJob
+OPERATOR_VERSION = "v1.9.0"
 OPERATOR_TEMPLATE = OPERATOR_DIR / "pytorch-init-container.gotmpl"
 # The operator's flags and defaults (cmd/training-operator.v1/main.go, pkg/config/config.go in release-1.9).
 OPERATOR_TEMPLATE_FILE = "/etc/config/initContainer.yaml"   # --pytorch-init-container-template-file
@@ -137,8 +139,10 @@ def operator_pod_spec(job: dict[str, Any], role: str, template: str | None = Non
 # Pod Security Standards, "restricted" (which includes "baseline"), as the admission controller checks a pod.
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                       "projected", "secret"}
-BASELINE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+BASELINE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                    "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range",
+                    "net.ipv4.ip_local_reserved_ports",
                     "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
                     "net.ipv4.tcp_keepalive_probes"}
 
@@ -280,7 +284,8 @@ def test_strategic_patches_target_base_objects():
     for directory in kustomization_dirs():
         kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
         if any(r.startswith("github.com/") for r in kustomization.get("resources", [])):
-            continue  # patches an upstream base: checked by test_training_operator_reads_our_init_container_template
+            # patches an upstream base: checked by test_training_operator_reads_our_init_container_template
+            continue
         for patch in kustomization.get("patches", []):
             if "target" in patch:  # JSON 6902: checked by rendering
                 continue
@@ -468,7 +473,8 @@ def test_minio_takes_its_root_credentials_from_the_secret(rendered):
     minio = one(docs, "Deployment", "minio")
     container = minio["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
-    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {"name": ROOT_SECRET, "key": "MINIO_ROOT_USER"}
+    assert env["MINIO_ROOT_USER"]["valueFrom"]["secretKeyRef"] == {"name": ROOT_SECRET,
+                                                                   "key": "MINIO_ROOT_USER"}
     assert env["MINIO_ROOT_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": ROOT_SECRET,
                                                                        "key": "MINIO_ROOT_PASSWORD"}
     volumes = {v["name"]: v for v in minio["spec"]["template"]["spec"]["volumes"]}
@@ -553,7 +559,8 @@ def test_bucket_job_creates_what_the_services_read(rendered):
 
 
 def env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+    return dict(line.split("=",
+                           1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
 def job_env(container: dict[str, Any], secrets_: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -565,7 +572,8 @@ def job_env(container: dict[str, Any], secrets_: dict[str, dict[str, str]]) -> d
     return env
 
 
-def run_bucket_job(tmp_path: Path, secrets_: dict[str, dict[str, str]], mc: bool) -> tuple[int, str, list[str]]:
+def run_bucket_job(tmp_path: Path, secrets_: dict[str, dict[str, str]], mc: bool) -> tuple[int, str,
+                                                                                           list[str]]:
     """The Job's script with its Secrets; `mc` a stand-in that logs each call (or none on PATH)."""
     container = one(base_resources(), "Job", "minio-buckets")["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["/bin/sh", "-ec"]
@@ -575,7 +583,8 @@ def run_bucket_job(tmp_path: Path, secrets_: dict[str, dict[str, str]], mc: bool
         (bin_dir / "mc").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
         (bin_dir / "mc").chmod(0o755)
     shell = {"PATH": f"{bin_dir}:{os.path.dirname(shutil.which('sh') or '/bin/sh')}"}
-    done = subprocess.run(["/bin/sh", "-ec", container["args"][0]], capture_output=True, text=True, timeout=30,
+    done = subprocess.run(["/bin/sh", "-ec", container["args"][0]], capture_output=True, text=True,
+                          timeout=30,
                           env={**shell, **job_env(container, secrets_)})
     return done.returncode, done.stderr, log.read_text().splitlines() if log.exists() else []
 
@@ -585,7 +594,8 @@ def test_bucket_job_refuses_the_example_placeholders(tmp_path: Path):
     placeholders = {secret: env_file(example) for example, secret in ENV_EXAMPLES.items()}
     code, stderr, calls = run_bucket_job(tmp_path, placeholders, mc=True)
     assert code == 1 and calls == []
-    assert stderr.startswith("error: a Secret (minio-root, visionnode-s3, mlflow-s3, triton-s3) is empty or still")
+    assert stderr.startswith("error: a Secret (minio-root, visionnode-s3, mlflow-s3, triton-s3) is empty or "
+                             "still")
 
 
 def test_bucket_job_gives_each_client_its_own_scoped_user(tmp_path: Path):
@@ -738,7 +748,8 @@ OPERATOR_DEFAULT_TEMPLATE = """
 
 
 def test_restricted_check_refuses_the_operators_default_init_container(rendered):
-    """Both sides of the admission check: our Worker pod passes, the same pod with the built-in one does not."""
+    """Both sides of the admission check: our Worker pod passes, the same pod with the built-in one does
+    not."""
     job = training_job_in("production-training", rendered)
     assert restricted_violations(operator_pod_spec(job, "Worker")) == []
     refused = restricted_violations(operator_pod_spec(job, "Worker", template=OPERATOR_DEFAULT_TEMPLATE))
@@ -774,13 +785,17 @@ def render_operator_kustomization(tmp_path: Path) -> list[dict[str, Any]]:
     shutil.copytree(OPERATOR_DIR, copy)
     kustomization = yaml.safe_load((copy / "kustomization.yaml").read_text())
     remote = [r for r in kustomization["resources"] if r.startswith("github.com/")]
-    assert remote == [f"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref={OPERATOR_VERSION}"]
-    # the upstream standalone overlay's Deployment (manifests/base/deployment.yaml), as far as the patch touches it
+    upstream = "github.com/kubeflow/training-operator.git/manifests/overlays/standalone"
+    assert remote == [f"{upstream}?ref={OPERATOR_VERSION}"]
+    # the upstream standalone overlay's Deployment (manifests/base/deployment.yaml), as far as the patch
+    # touches it
     (copy / "upstream.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "training-operator", "namespace": "kubeflow"},
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "training-operator",
+                                                                    "namespace": "kubeflow"},
         "spec": {"selector": {"matchLabels": {"control-plane": "kubeflow-training-operator"}},
                  "template": {"metadata": {"labels": {"control-plane": "kubeflow-training-operator"}},
-                              "spec": {"containers": [{"name": "training-operator", "image": "kubeflow/training-operator",
+                              "spec": {"containers": [{"name": "training-operator",
+                                                       "image": "kubeflow/training-operator",
                                                        "command": ["/manager"]}]}}}}))
     kustomization["resources"] = ["upstream.yaml"]
     (copy / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
@@ -844,7 +859,8 @@ def test_training_job_survives_one_preemption_per_node(rendered, overlay: str):
     job = training_job_in(overlay, rendered)
     nodes = sum(r["replicas"] for r in job["spec"]["pytorchReplicaSpecs"].values())
     limit = job["spec"]["runPolicy"]["backoffLimit"]
-    assert survives(limit, nodes), f"backoffLimit {limit} < {restarts_counted(nodes, 1) + 1} for {nodes} nodes"
+    assert survives(limit,
+                    nodes), f"backoffLimit {limit} < {restarts_counted(nodes, 1) + 1} for {nodes} nodes"
     assert not survives(3, nodes), "the check would have passed the old limit"
     for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
         container = next(c for c in replica["template"]["spec"]["containers"] if c["name"] == "pytorch")
@@ -920,7 +936,8 @@ def run_triton_hook(command: list[str], container: dict[str, Any], url: str) -> 
     path = Path(command[1])
     assert command[0] == "python" and str(path.parent) in mounts and path.name == "triton_models.py"
     env = {name: e["value"] for name, e in env_of(container).items() if "value" in e}
-    done = subprocess.run([sys.executable, "-c", script, *command[2:]], capture_output=True, text=True, timeout=30,
+    done = subprocess.run([sys.executable, "-c", script, *command[2:]], capture_output=True, text=True,
+                          timeout=30,
                           env={**env, "TRITON_LOCAL_URL": url, "TRITON_START_WAIT_S": "5"})
     return done.returncode
 
@@ -964,7 +981,8 @@ def secret_refs(container: dict[str, Any]) -> set[str]:
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
 def test_minio_root_credentials_reach_only_minio_and_its_setup_job(rendered, overlay: str):
-    expected = {"Deployment/minio": {ROOT_SECRET}, "Job/minio-buckets": {ROOT_SECRET, "visionnode-s3", "mlflow-s3",
+    expected = {"Deployment/minio": {ROOT_SECRET}, "Job/minio-buckets": {ROOT_SECRET, "visionnode-s3",
+                                                                         "mlflow-s3",
                                                                          "triton-s3"},
                 "Deployment/mlflow": {"mlflow-s3"}, "Deployment/triton": {"triton-s3"},
                 "PyTorchJob/resnet152-train/Master": {"visionnode-s3", "visionnode-mlflow"},
@@ -974,7 +992,8 @@ def test_minio_root_credentials_reach_only_minio_and_its_setup_job(rendered, ove
     for label, spec in specs.items():
         used = set().union(*(secret_refs(c) for c in spec.get("initContainers", []) + spec["containers"]))
         assert used == expected[label], label
-    for secret in (d for d in rendered[overlay] if d["kind"] == "Secret" and d["metadata"]["name"] != ROOT_SECRET):
+    for secret in (d for d in rendered[overlay] if d["kind"] == "Secret"
+                   and d["metadata"]["name"] != ROOT_SECRET):
         assert not any(key.startswith("MINIO_ROOT") for key in secret["data"]), secret["metadata"]["name"]
 
 
@@ -1001,7 +1020,8 @@ def test_each_s3_user_is_limited_to_its_bucket():
     assert policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"],
                                           "Resource": ["arn:aws:s3:::*"]}]}) == {"*"}
     with pytest.raises(AssertionError):
-        policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::mlflow"]}]})
+        policy_buckets({"Statement": [{"Effect": "Allow", "Action": ["s3:*"],
+                                       "Resource": ["arn:aws:s3:::mlflow"]}]})
 
 
 # --------------------------------------------------------------------------------- MLflow allowed hosts
@@ -1013,7 +1033,8 @@ def test_mlflow_accepts_only_its_own_host_names(rendered):
     env = env_of(one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0])
     allowed = [h.strip() for h in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")]
     port = one(docs, "Service", "mlflow")["spec"]["ports"][0]["port"]
-    tracking = base64.b64decode(one(docs, "Secret", "visionnode-mlflow")["data"]["MLFLOW_TRACKING_URI"]).decode()
+    tracking = base64.b64decode(one(docs, "Secret",
+                                    "visionnode-mlflow")["data"]["MLFLOW_TRACKING_URI"]).decode()
     for host in (tracking.split("//", 1)[1], f"mlflow:{port}", f"mlflow.{NAMESPACE}:{port}",
                  f"mlflow.{NAMESPACE}.svc:{port}", "localhost:5000", "127.0.0.1:15000"):
         assert is_allowed_host_header(allowed, host), host

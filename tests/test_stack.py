@@ -58,7 +58,8 @@ def test_many_buckets_each_take_writes(stack: LocalStack) -> None:
         for name in names:
             client.create_bucket(Bucket=name)
             client.put_object(Bucket=name, Key="x", Body=b"written")
-        assert [client.get_object(Bucket=n, Key="x")["Body"].read() for n in names] == [b"written"] * len(names)
+        assert [client.get_object(Bucket=n,
+                                  Key="x")["Body"].read() for n in names] == [b"written"] * len(names)
     finally:
         for name in names:
             client.delete_object(Bucket=name, Key="x")
@@ -77,7 +78,8 @@ def test_wrong_credentials_are_refused(stack: LocalStack) -> None:
     good = resolve_s3_config()
     from visionnode.components.common.settings import S3Credentials
 
-    bad = S3Config(endpoint=good.endpoint, credentials=S3Credentials(good.credentials.access_key, "wrong-secret"),
+    bad = S3Config(endpoint=good.endpoint, credentials=S3Credentials(good.credentials.access_key,
+                                                                     "wrong-secret"),
                    region=good.region, max_attempts=1)
     with pytest.raises(ClientError):
         s3_client(bad).list_buckets()
@@ -239,7 +241,8 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path, monkeypatch: pytest.Monkey
     assert json.loads(creds_file.read_text())["secret_key"] not in up.output
 
     try:
-        status = runner.invoke(app, ["stack", "status", "--state-dir", str(state), "--json", str(tmp_path / "s.json")])
+        status = runner.invoke(app, ["stack", "status", "--state-dir", str(state), "--json",
+                                     str(tmp_path / "s.json")])
         assert status.exit_code == 0, status.output
         services = json.loads((tmp_path / "s.json").read_text())["services"]
         assert [s["name"] for s in services] == ["s3", "mlflow", "triton"]
@@ -276,12 +279,14 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_cli_up_uses_external_services_it_is_told_to_leave_out(stack: LocalStack, tmp_path: Path) -> None:
-    """--no-s3 --no-mlflow: only Triton starts, reading its repository from the S3 named in the environment."""
+    """--no-s3 --no-mlflow: only Triton starts, reading its repository from the S3 named in the
+    environment."""
     state = tmp_path / "state"
     external_s3 = os.environ["VISIONNODE_S3_ENDPOINT"]  # the session stack's S3 plays "a real MinIO"
     triton_ports = [str(v) for flag in ("--triton-http-port", "--triton-grpc-port", "--triton-metrics-port")
                     for v in (flag, free_port())]
-    up = runner.invoke(app, ["stack", "up", "--state-dir", str(state), "--no-s3", "--no-mlflow", *triton_ports,
+    up = runner.invoke(app, ["stack", "up", "--state-dir", str(state), "--no-s3", "--no-mlflow",
+                             *triton_ports,
                              "--json", str(tmp_path / "up.json")])
     try:
         assert up.exit_code == 0, up.output
@@ -317,8 +322,8 @@ def test_stop_kills_a_server_that_ignores_sigterm_and_only_its_own_pid(tmp_path:
 
     from visionnode.components.common.stack import process
 
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
-               "time.sleep(120)"
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('up', flush=True); time.sleep(120)")
     pid_file, log_file = tmp_path / "run" / "stubborn.pid", tmp_path / "stubborn.log"
     record = process.spawn([sys.executable, "-c", stubborn], os.environ, log_file, pid_file)
     bystander = psutil.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

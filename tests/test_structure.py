@@ -62,7 +62,8 @@ def test_the_import_check_finds_absolute_and_relative_phase_to_phase_imports(tmp
     components = tmp_path / "components"
     for phase in PHASES:
         (components / phase).mkdir(parents=True)
-    (components / "train" / "fine.py").write_text("from ..common.recipe import Recipe\nfrom .config import X\n")
+    (components / "train" / "fine.py").write_text("from ..common.recipe import Recipe\nfrom .config import "
+                                                  "X\n")
     (components / "benchmark" / "late.py").write_text(
         "def f():\n    from visionnode.components.deploy.deploy import deploy\n")
     (components / "quantize" / "relative.py").write_text("from ..transfer import transfer\n")
@@ -76,7 +77,8 @@ def test_configs_and_clis_import_without_the_heavy_libraries() -> None:
     modules = [f"visionnode.components.{p}.{m}" for p in PHASES for m in ("config", "cli")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
             + f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_LIBRARIES!r})))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=ROOT)
     assert loaded.stdout.strip() == "[]"
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 from visionnode.components.common.progress import console
@@ -91,6 +92,7 @@ def openvino_throughput(xml: Path, images: np.ndarray, batch: int, seconds: floa
 def pytorch_throughput(fp32_model: Path, images: np.ndarray, batch: int, seconds: float) -> float:
     """Images/s of the trained FP32 model in PyTorch eager (the serving graph with folded preprocessing)."""
     import torch
+
     from visionnode.components.common.trained_model import load_trained_model
 
     module = load_trained_model(fp32_model).serving_module()

@@ -1,6 +1,7 @@
 """KFP v2 component: load-test the deployed endpoint and report the SLO verdict."""
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

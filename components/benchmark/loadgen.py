@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 
 from .config import PROTOCOLS

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.errors import IntegrityError
 from visionnode.components.common.samples import encode_png, sample_images

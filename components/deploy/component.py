@@ -1,6 +1,7 @@
 """KFP v2 component: serve the INT8 model on Triton and hand on the endpoint."""
 
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

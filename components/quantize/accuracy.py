@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
 from visionnode.components.common.progress import progress_bar
 
 Logits = Callable[[np.ndarray], np.ndarray]

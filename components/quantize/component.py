@@ -1,6 +1,7 @@
 """KFP v2 component: FP32 model -> INT8 OpenVINO IR (+ ONNX) with accuracy, size and speed reported."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

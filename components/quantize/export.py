@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from visionnode.components.common.jsonio import atomic_path
 from visionnode.components.common.trained_model import (
     INPUT_NAME,

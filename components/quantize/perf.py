@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from visionnode.components.common.errors import DataError
 
 PYTORCH_FP32 = "pytorch_fp32"

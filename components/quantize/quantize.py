@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from visionnode.components.common.artifacts import InferenceMetadata, ShardManifest
 from visionnode.components.common.errors import DataError, IntegrityError, QualityGateError
 from visionnode.components.common.jsonio import write_json

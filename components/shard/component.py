@@ -1,6 +1,7 @@
 """KFP v2 component: FFCV shards from raw ImageNet-layout images (thin adapter over shard.shard_dataset)."""
 
 from kfp.dsl import Dataset, Input, Metrics, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from visionnode.components.common.errors import DataError, IntegrityError, ServiceError
 from visionnode.components.common.jsonio import atomic_path, atomic_write_text
 from visionnode.components.common.storage import (

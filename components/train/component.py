@@ -1,6 +1,7 @@
 """KFP v2 component: train ResNet-152 on the remote shards and hand on the Model."""
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

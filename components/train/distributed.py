@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from visionnode.components.common.errors import ConfigError
 
 

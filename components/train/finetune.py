@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from visionnode.components.common.errors import ConfigError, IntegrityError
 
 from .checkpoint import load_torch_file

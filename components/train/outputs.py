@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from visionnode.components.common.artifacts import (
     MODEL_METADATA_FILE,
     WEIGHTS_FILE,

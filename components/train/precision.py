@@ -12,6 +12,7 @@ import contextlib
 from typing import ContextManager
 
 import torch
+
 from visionnode.components.common.errors import ConfigError
 
 from .config import PRECISIONS

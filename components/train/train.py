@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import to_jsonable

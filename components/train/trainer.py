@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import to_jsonable
 from visionnode.components.common.progress import progress_bar

@@ -1,6 +1,7 @@
 """KFP v2 component: upload shards to S3 and hand on the remote manifest."""
 
 from kfp.dsl import Dataset, Input, Metrics, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

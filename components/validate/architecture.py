@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 
 IMAGENET_CLASSES = 1000

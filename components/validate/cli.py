@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from visionnode.components.common.cli import JsonOption, emit_result, user_errors
 
 from .config import DEFAULTS, ValidateConfig

@@ -3,6 +3,7 @@
 from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+
 from visionnode.components.common.kfp_support import phase_component
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
 from visionnode.components.common.artifacts import SkippedFile
 from visionnode.components.common.imagenet import ImageRecord
 from visionnode.components.common.images import UnreadableImage, load_rgb

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from visionnode.components.common.imagenet import ImageRecord
 from visionnode.components.common.model import build_resnet, depth_from_arch
 from visionnode.components.common.progress import progress_bar

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
 from visionnode.components.common.lr_range import LRRangeResult, lr_range_test
 from visionnode.components.common.model import build_resnet, depth_from_arch
 from visionnode.components.common.progress import progress_bar
@@ -172,6 +173,7 @@ def lr_range_on_subset(
     each image random-resized-cropped and flipped as train's loader does (un-augmented, the few hundred
     images are memorised within the test and the suggestion comes out several times too high)."""
     from torchvision.transforms import v2 as T
+
     from visionnode.components.common.recipe import Recipe, build_optimizer
 
     recipe = Recipe()

@@ -1,8 +1,10 @@
 """Keeps Triton serving what `visionnode deploy` published, across restarts (ConfigMap triton-models).
 
 Triton runs with explicit model control, so a restarted or rescheduled server starts with no model loaded.
-  python /etc/visionnode/triton_models.py load    postStart hook: once Triton answers, load every deployed model
-  python /etc/visionnode/triton_models.py ready   readiness probe: exit 0 only when every deployed model is ready
+  python /etc/visionnode/triton_models.py load    postStart hook: once Triton answers, load every deployed
+  model
+  python /etc/visionnode/triton_models.py ready   readiness probe: exit 0 only when every deployed model is
+  ready
 "Deployed" = named in TRITON_MODELS and present in Triton's repository index. Before the first deploy nothing
 is deployed and the pod is ready, so deploy reaches it through the Service and loads the model itself.
 """
@@ -51,7 +53,8 @@ def load(wait_s: float) -> int:
                 return 1
             time.sleep(1)
     for name in deployed():
-        call("POST", f"/v2/repository/models/{name}/load", 600)  # a failed load raises: the container restarts
+        call("POST", f"/v2/repository/models/{name}/load",
+             600)  # a failed load raises: the container restarts
         print(f"loaded {name}")
     return 0
 

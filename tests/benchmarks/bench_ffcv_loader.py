@@ -73,7 +73,8 @@ def export_stored_jpegs(data: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000, help="train images to generate (10 classes; 2 shards)")
+    parser.add_argument("--images", type=int, default=2000,
+                        help="train images to generate (10 classes; 2 shards)")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -84,9 +85,11 @@ def main() -> None:
         tmp = Path(tmp)
         per_class = max(1, args.images // 10)
         print(f"generating {per_class * 10} synthetic photo-sized JPEGs (300-500 px) ...", flush=True)
-        data = synthesize_dataset(tmp / "data", SynthConfig(classes=10, train_per_class=per_class, val_per_class=0,
+        data = synthesize_dataset(tmp / "data", SynthConfig(classes=10, train_per_class=per_class,
+                                                            val_per_class=0,
                                                             seed=2, min_side=300, max_side=500)).root
-        shard_dataset(ShardConfig(data=data, out=tmp / "shards", split="train", images_per_shard=per_class * 5,
+        shard_dataset(ShardConfig(data=data, out=tmp / "shards", split="train",
+                                  images_per_shard=per_class * 5,
                                   max_resolution=MAX_SIDE, workers=args.workers, readback=False))
         export_stored_jpegs(data, tmp / "stored")
         paths = [tmp / "shards" / s.file for s in ShardManifest.load(tmp / "shards").shards]
@@ -97,7 +100,8 @@ def main() -> None:
         stored_rates = epoch_rates(torchvision_loader(tmp / "stored", args.resolution, args.batch_size,
                                                       args.workers), args.epochs)
         print("tv/stored", " ".join(f"{r:8.1f}" for r in stored_rates), "img/s per epoch", flush=True)
-        raw_rates = epoch_rates(torchvision_loader(data / "train", args.resolution, args.batch_size, args.workers),
+        raw_rates = epoch_rates(torchvision_loader(data / "train", args.resolution, args.batch_size,
+                                                   args.workers),
                                 args.epochs)
         print("tv/raw ", " ".join(f"{r:8.1f}" for r in raw_rates), "img/s per epoch", flush=True)
         ffcv_rates += epoch_rates(ffcv, 2)  # measured again after the baselines: load on a shared box drifts
@@ -106,7 +110,8 @@ def main() -> None:
     stored_median = statistics.median(stored_rates[1:])
     raw_median = statistics.median(raw_rates[1:])
     print()
-    print(f"images {per_class * 10}, resolution {args.resolution}, batch {args.batch_size}, workers {args.workers}, "
+    print(f"images {per_class * 10}, resolution {args.resolution}, batch {args.batch_size}, workers "
+          f"{args.workers}, "
           f"RandomResizedCrop+flip+normalise, cpus {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}")
     print(f"FFCV train_loader:                      median {ffcv_median:8.1f} img/s")
     print(f"torchvision ImageFolder, stored JPEGs:  median {stored_median:8.1f} img/s  "

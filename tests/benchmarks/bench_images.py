@@ -1,13 +1,17 @@
 """Container images: build times (cold, warm, after a one-line change under components/), disk for all nine
-images against the base alone, and the local DAG's wall time with the subprocess runner vs the docker runner on
+images against the base alone, and the local DAG's wall time with the subprocess runner vs the docker runner
+on
 the same data, side by side in one run (the same clock: wall time of the same CLI command).
 
-Targets (issue 15): warm rebuild after a one-line change <= 60 s on 2 cores; all nine images <= 1.3x the base's
+Targets (issue 15): warm rebuild after a one-line change <= 60 s on 2 cores; all nine images <= 1.3x the
+base's
 disk; docker DAG <= 1.3x the subprocess DAG.
 
     .venv/bin/python tests/benchmarks/bench_images.py              # warm builds, sizes, tiny DAG x1 each
-    .venv/bin/python tests/benchmarks/bench_images.py --cold       # also a cold build (drops images, cache, wheelhouse)
-    .venv/bin/python tests/benchmarks/bench_images.py --demo --repeats 2   # the demo's DAG, alternated, medians
+    .venv/bin/python tests/benchmarks/bench_images.py --cold       # also a cold build (drops images, cache,
+    wheelhouse)
+    .venv/bin/python tests/benchmarks/bench_images.py --demo --repeats 2   # the demo's DAG, alternated,
+    medians
 
 Needs root and a Docker engine (scripts/dockerd.sh start).
 """
@@ -71,7 +75,8 @@ def one_line_change_build() -> float:
     """docker/build.sh in a copy of the tree with one comment line added to a module under components/."""
     with tempfile.TemporaryDirectory(prefix="visionnode-tree-") as tmp:
         tree = Path(tmp) / "tree"
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                               capture_output=True,
                                text=True, check=True).stdout.split()
         for name in files:
             if (ROOT / name).is_file():
@@ -113,9 +118,11 @@ def dag_seconds(runner: str, data: Path, work: Path, params: dict[str, object]) 
     state.mkdir(parents=True)
     state.chmod(0o755)
     env = {**os.environ, "VISIONNODE_STATE_DIR": str(state), "VISIONNODE_PROGRESS": "0"}
-    for key in ("VISIONNODE_S3_ENDPOINT", "MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI", "VISIONNODE_TRITON_HTTP"):
+    for key in ("VISIONNODE_S3_ENDPOINT", "MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI",
+                "VISIONNODE_TRITON_HTTP"):
         env.pop(key, None)
-    argv = [str(VENV_BIN / "visionnode"), "pipeline", "run", "--local", "--runner", runner, "--data", str(data),
+    argv = [str(VENV_BIN / "visionnode"), "pipeline", "run", "--local", "--runner", runner, "--data",
+            str(data),
             "--json", str(state / "summary.json")]
     for key, value in params.items():
         argv += ["-p", f"{key}={value}"]
@@ -132,9 +139,12 @@ def dag_seconds(runner: str, data: Path, work: Path, params: dict[str, object]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cold", action="store_true", help="also time a build from nothing (slow, drops caches)")
-    parser.add_argument("--demo", action="store_true", help="the demo's DAG (ResNet-152, 3 epochs) instead of tiny")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cold", action="store_true",
+                        help="also time a build from nothing (slow, drops caches)")
+    parser.add_argument("--demo", action="store_true",
+                        help="the demo's DAG (ResNet-152, 3 epochs) instead of tiny")
     parser.add_argument("--repeats", type=int, default=1, help="DAG runs per runner, alternated")
     parser.add_argument("--no-dag", action="store_true", help="builds and sizes only")
     args = parser.parse_args()
@@ -159,7 +169,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="visionnode-bench-dag-", dir="/var/tmp"))
     work.chmod(0o755)
     try:
-        config = DEMO_DATA if args.demo else SynthConfig(classes=6, train_per_class=16, val_per_class=4, seed=7,
+        config = DEMO_DATA if args.demo else SynthConfig(classes=6, train_per_class=16, val_per_class=4,
+                                                         seed=7,
                                                          min_side=64, max_side=160)
         data = synthesize_dataset(work / "data", config).root
         subprocess.run(["chmod", "-R", "a+rX", str(work)], check=True)

@@ -4,11 +4,13 @@
         [--val-per-class 60] [--batch-size 32] [--workers 1] [--calibration-images 300] [--work DIR]
         [--preset mixed|performance] [--full-int8] [--cli "COMMAND"]
 
-Generated data (10 classes, the synth generator) -> `visionnode shard` -> `visionnode train` (ResNet-152, 64 px,
+Generated data (10 classes, the synth generator) -> `visionnode shard` -> `visionnode train` (ResNet-152, 64
+px,
 so that it trains on 2 CPU cores in minutes) -> `visionnode quantize` with its default settings (NNCF MIXED
 preset, full bias correction, residual Adds, stem and shortcut projections left in FP32) unless --preset /
 --full-int8 say otherwise. The trained model is cached in --work: a second run only re-quantizes.
-Targets (issue 6): agreement >= 99 % and top-1 drop <= 0.5 pt. The report also gives the FP32 top-1/top-2 logit
+Targets (issue 6): agreement >= 99 % and top-1 drop <= 0.5 pt. The report also gives the FP32 top-1/top-2
+logit
 margin (median, and the largest among the images where INT8 answers differently): a barely trained model has
 near-tied logits that any rounding flips, so read agreement together with how decided the FP32 model is.
 Training picks the GPU when there is one (the train phase's own choice), so on a GPU machine a model trained
@@ -34,13 +36,15 @@ TARGET_AGREEMENT, TARGET_DROP = 99.0, 0.5
 
 def visionnode(cli: list[str], *args: str) -> None:
     command = [*cli, *args]
-    completed = subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    completed = subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
     if completed.returncode != 0:
         raise SystemExit(f"error: {' '.join(args[:1])} failed:\n{completed.stderr[-2000:]}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "visionnode-bench-int8")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--val-per-class", type=int, default=60)
@@ -56,7 +60,8 @@ def main() -> int:
     os.environ.setdefault("VISIONNODE_PROGRESS", "0")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     work = args.work / cache_key(("shard", "train"), train_per_class=args.train_per_class,
-                                 val_per_class=args.val_per_class, epochs=args.epochs, batch_size=args.batch_size,
+                                 val_per_class=args.val_per_class, epochs=args.epochs,
+                                 batch_size=args.batch_size,
                                  workers=args.workers)
     data, shards, model = work / "data", work / "shards", work / "model"
     variant = f"{args.preset}{'-full' if args.full_int8 else ''}-c{args.calibration_images}"
@@ -69,10 +74,12 @@ def main() -> int:
         visionnode(cli, "shard", "--data", str(data), "--out", str(shards), "--max-resolution", "96",
                    "--images-per-shard", "1000", "--no-readback")
     if not (model / "model.json").is_file():
-        print(f"training ResNet-152 at 64 px for {args.epochs} epochs on {10 * args.train_per_class} images ...",
+        print(f"training ResNet-152 at 64 px for {args.epochs} epochs on {10 * args.train_per_class} images "
+              "...",
               flush=True)
         visionnode(cli, "train", "--shards", str(shards), "--out", str(model), "--epochs", str(args.epochs),
-                   "--batch-size", str(args.batch_size), "--res-schedule", "64", "--workers", str(args.workers),
+                   "--batch-size", str(args.batch_size), "--res-schedule", "64", "--workers",
+                   str(args.workers),
                    "--resume", "never", "--json", str(work / "train.json"))
     visionnode(cli, "quantize", "--model", str(model), "--shards", str(shards), "--out", str(int8),
                "--calibration-images", str(args.calibration_images), "--max-accuracy-drop", "100",
@@ -92,7 +99,8 @@ def main() -> int:
           f"{args.calibration_images} calibration images): "
           f"top-1 {acc['int8_top1']:.2f} %, drop {acc['top1_drop_pts']:+.2f} pts (target <= {TARGET_DROP}), "
           f"agreement {acc['top1_agreement']:.2f} % (target >= {TARGET_AGREEMENT:g})")
-    print(f"FP32 top-1/top-2 logit margin: median {acc['median_margin']:.3f}; largest among INT8 disagreements "
+    print(f"FP32 top-1/top-2 logit margin: median {acc['median_margin']:.3f}; largest among INT8 "
+          "disagreements "
           f"{acc['flip_max_margin']:.3f} -> {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 

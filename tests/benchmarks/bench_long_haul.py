@@ -86,7 +86,8 @@ def build_link(link: Link, rate_mbit: float, delay_ms: float, loss_pct: float) -
     sh("ip", "link", "add", link.server_if, "netns", link.server_ns, "type", "veth",
        "peer", "name", link.client_if, "netns", link.client_ns)
     method = "tc netem"
-    for ns, dev, ip in ((link.server_ns, link.server_if, SERVER_IP), (link.client_ns, link.client_if, CLIENT_IP)):
+    for ns, dev, ip in ((link.server_ns, link.server_if, SERVER_IP),
+                        (link.client_ns, link.client_if, CLIENT_IP)):
         sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
         sh(*in_ns(ns, "ip", "addr", "add", f"{ip}/30", "dev", dev))
         sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
@@ -97,11 +98,13 @@ def build_link(link: Link, rate_mbit: float, delay_ms: float, loss_pct: float) -
             sh(*in_ns(ns, "sysctl", "-q", "-w", f"{key}={value}"))
         # Each direction: one-way delay, the link's rate and a queue deep enough for the BDP.
         netem = ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", f"{delay_ms:g}ms",
-                 "rate", f"{rate_mbit:g}mbit", "limit", "100000"] + (["loss", f"{loss_pct:g}%"] if loss_pct else [])
+                 "rate", f"{rate_mbit:g}mbit", "limit", "100000"] + (["loss",
+                                                                      f"{loss_pct:g}%"] if loss_pct else [])
         if sh(*in_ns(ns, *netem), check=False).returncode == 0:
             continue
         # This kernel has no sch_netem (CONFIG_NET_SCH_NETEM unset): rate via tbf on egress, delay (and loss)
-        # via an NFQUEUE agent that holds each *arriving* packet's verdict for `delay_ms` (payload stays in the
+        # via an NFQUEUE agent that holds each *arriving* packet's verdict for `delay_ms` (payload stays in
+        # the
         # kernel). Holding packets on arrival, not departure, matters: a held outgoing skb still belongs to
         # its socket, and TCP Small Queues would then throttle the sender to ~2 packets per delay.
         method = "tbf rate + NFQUEUE delay agent (no sch_netem in this kernel)"
@@ -154,7 +157,8 @@ def start_s3(link: Link, data_dir: Path) -> subprocess.Popen:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"weed mini exited; see {data_dir.parent / 'weed.log'}")
-        ok = sh(*in_ns(link.server_ns, "curl", "-sf", "-o", "/dev/null", f"http://{SERVER_IP}:{S3_PORT}/healthz"),
+        ok = sh(*in_ns(link.server_ns, "curl", "-sf", "-o", "/dev/null",
+                       f"http://{SERVER_IP}:{S3_PORT}/healthz"),
                 check=False).returncode == 0
         if ok and bucket_exists(link):
             return proc
@@ -183,7 +187,8 @@ def stop_process(proc: subprocess.Popen | None) -> None:
 
 
 def client_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW", "VISIONNODE", "AWS_", "RCLONE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW", "VISIONNODE", "AWS_",
+                                                                    "RCLONE"))}
     env.update(VISIONNODE_S3_ENDPOINT=f"http://{SERVER_IP}:{S3_PORT}", AWS_ACCESS_KEY_ID=ACCESS_KEY,
                AWS_SECRET_ACCESS_KEY=SECRET_KEY, VISIONNODE_PROGRESS="0",
                VISIONNODE_STATE_DIR=str(Path(tempfile.gettempdir()) / f"vnbench-state-{os.getpid()}"))
@@ -265,7 +270,8 @@ RAW_SOURCE = textwrap.dedent("""
 def raw_tcp_ceiling(link: Link, streams: int, seconds: float = 12.0) -> float:
     """MB/s that plain TCP (no S3, no hashing) gets through the emulated link on this machine right now."""
     args = [SERVER_IP, "5201", str(streams), str(seconds)]
-    sink = subprocess.Popen(in_ns(link.server_ns, sys.executable, "-c", RAW_SINK, *args), stdout=subprocess.PIPE,
+    sink = subprocess.Popen(in_ns(link.server_ns, sys.executable, "-c", RAW_SINK, *args),
+                            stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         sink.stdout.readline()  # "ready"
@@ -310,7 +316,8 @@ def run_rclone(link: Link, shards: Path, prefix: str, transfers: int, upload_con
     remote = {  # an S3 remote named BENCH, configured entirely by environment variables
         "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
         "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": ACCESS_KEY, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET_KEY,
-        "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://{SERVER_IP}:{S3_PORT}", "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
+        "RCLONE_CONFIG_BENCH_ENDPOINT": f"http://{SERVER_IP}:{S3_PORT}",
+        "RCLONE_CONFIG_BENCH_REGION": "us-east-1",
         "RCLONE_CONFIG": "/dev/null",
     }
     files = [p for p in shards.glob("*.beton")]
@@ -324,7 +331,8 @@ def run_rclone(link: Link, shards: Path, prefix: str, transfers: int, upload_con
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"rclone copy failed: {done.stderr.strip()[-500:]}")
-    return {"seconds": wall, "wall_seconds": wall, "bytes": sum(p.stat().st_size for p in files), "retries": 0}
+    return {"seconds": wall, "wall_seconds": wall, "bytes": sum(p.stat().st_size for p in files),
+            "retries": 0}
 
 
 # --------------------------------------------------------------------------------------------- delay agent
@@ -400,7 +408,8 @@ def _read_packets(sock: socket.socket, held, delay_s: float, loss: float) -> Non
                         break
                     attr += (attr_len + 3) & ~3
             elif kind == NLMSG_ERROR and struct.unpack_from("=i", data, offset + 16)[0]:
-                print("delay agent: netlink error", struct.unpack_from("=i", data, offset + 16)[0], file=sys.stderr)
+                print("delay agent: netlink error", struct.unpack_from("=i", data, offset + 16)[0],
+                      file=sys.stderr)
             offset += (length + 3) & ~3
 
 
@@ -441,14 +450,16 @@ def main() -> int:
         capacity = args.rate_mbit * 1e6 / 8 / 1e6  # MB/s on the wire, before any header overhead
         print(f"link: {args.rate_mbit:g} Mbit/s = {capacity:.1f} MB/s, one-way delay {args.delay_ms:g} ms "
               f"(ping RTT {measured_rtt_ms(link):.0f} ms), loss {args.loss:g}%; "
-              f"tcp_rmem/tcp_wmem max 64 MiB, tcp_slow_start_after_idle=0 in both namespaces; shaping: {shaping}")
+              "tcp_rmem/tcp_wmem max 64 MiB, tcp_slow_start_after_idle=0 in both namespaces; shaping: "
+              f"{shaping}")
         ceiling = raw_tcp_ceiling(link, streams=4)
         print(f"plain TCP through this link right now (4 streams, no S3, steady state): {ceiling:.1f} MB/s "
               f"= {ceiling / capacity:.2f} of the link (the ceiling this shared machine allows)")
         print(f"data: {total / 1e9:.2f} GB in {len(list((work / 'shards').glob('*.beton')))} files "
               f"of {args.file_mb} MB; server weed mini in {link.server_ns}, clients in {link.client_ns}")
         runners = {
-            "visionnode": lambda p: run_visionnode(link, work / "shards", p, args.concurrency, args.part_size, work),
+            "visionnode": lambda p: run_visionnode(link, work / "shards", p, args.concurrency, args.part_size,
+                                                   work),
             "single": lambda p: run_single_stream(link, work / "shards", p),
             "rclone": lambda p: run_rclone(link, work / "shards", p, args.rclone_transfers,
                                            args.rclone_upload_concurrency, args.part_size),
@@ -468,13 +479,17 @@ def main() -> int:
                 rates[method].append(run["bytes"] / run["wall_seconds"] / 1e6)
                 own_clock[method].append(run["bytes"] / run["seconds"] / 1e6)
                 print(f"  run {repeat + 1} {method:<10} {rates[method][-1]:7.1f} MB/s "
-                      f"({run['bytes'] / 1e9:.2f} GB in {run['wall_seconds']:.1f} s wall; the tool's own clock "
+                      f"({run['bytes'] / 1e9:.2f} GB in {run['wall_seconds']:.1f} s wall; the tool's own "
+                      "clock "
                       f"{run['seconds']:.1f} s; retries {run['retries']})", flush=True)
         medians = {m: statistics.median(v) for m, v in rates.items()}
-        print("\nmedian MB/s, wall clock (1 MB = 1e6 B)   MB/s   of link   vs rclone   (the tool's own clock)")
+        print("\nmedian MB/s, wall clock (1 MB = 1e6 B)   MB/s   of link   vs rclone   "
+              "(the tool's own clock)")
         for method in methods:
-            vs_rclone = (f"{medians[method] / medians['rclone']:8.2f}x" if medians.get("rclone") else "       -")
-            print(f"  {labels[method]}\n  {'':<38}{medians[method]:6.1f}   {medians[method] / capacity:6.2f}  "
+            vs_rclone = (f"{medians[method] / medians['rclone']:8.2f}x" if medians.get("rclone")
+                         else "       -")
+            print(f"  {labels[method]}\n  {'':<38}{medians[method]:6.1f}   {medians[method] / capacity:6.2f} "
+                  " "
                   f"{vs_rclone}   ({statistics.median(own_clock[method]):.1f} MB/s)")
         print(f"  (of link = MB/s / {capacity:g} MB/s; plain-TCP ceiling measured above: {ceiling:.1f} MB/s)")
         print(json.dumps({"capacity_mb_s": capacity, "tcp_ceiling_mb_s": ceiling, "median_mb_s": medians,

@@ -27,10 +27,19 @@ from visionnode.components.common.artifacts import ClassIndex, ModelMetadata, Pr
 from visionnode.components.common.model import build_resnet, normalize_uint8_nchw
 from visionnode.components.common.synth import SynthConfig, synthesize_dataset, synthetic_wnid
 from visionnode.components.quantize.accuracy import compare_accuracy
-from visionnode.components.quantize.export import (convert_to_openvino, export_onnx, load_trained_model,
-                                                   save_ir, torch_logits)
-from visionnode.components.quantize.perf import (ENGINES, compile_openvino, measure_performance,
-                                                 openvino_logits)
+from visionnode.components.quantize.export import (
+    convert_to_openvino,
+    export_onnx,
+    load_trained_model,
+    save_ir,
+    torch_logits,
+)
+from visionnode.components.quantize.perf import (
+    ENGINES,
+    compile_openvino,
+    measure_performance,
+    openvino_logits,
+)
 from visionnode.components.quantize.quantize import quantize_openvino
 
 SIZE, RESIZE, CLASSES = 224, 256, 1000
@@ -88,7 +97,8 @@ def main() -> int:
     parser.add_argument("--preset", default="mixed", choices=("mixed", "performance"))
     parser.add_argument("--fast-bias-correction", action="store_true")
     parser.add_argument("--full-int8", action="store_true",
-                        help="quantize the Adds, stem and projections too (the product default keeps them FP32)")
+                        help="quantize the Adds, stem and projections too (the product default keeps them "
+                        "FP32)")
     args = parser.parse_args()
 
     steps: dict[str, float] = {}

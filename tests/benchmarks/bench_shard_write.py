@@ -79,7 +79,8 @@ def main() -> None:
         tmp = Path(tmp)
         per_class = max(1, args.images // 10)
         print(f"generating {per_class * 10} synthetic photo-sized JPEGs (300-500 px) ...", flush=True)
-        data = synthesize_dataset(tmp / "data", SynthConfig(classes=10, train_per_class=per_class, val_per_class=0,
+        data = synthesize_dataset(tmp / "data", SynthConfig(classes=10, train_per_class=per_class,
+                                                            val_per_class=0,
                                                             seed=1, min_side=300, max_side=500)).root
         images_per_shard = max(1, per_class * 10 // 3)  # three shards
         ours_rates, stock_rates, ours_shas, stock_shas = [], [], [], []

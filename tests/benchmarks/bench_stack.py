@@ -20,7 +20,8 @@ from visionnode.components.common.stack.process import free_port
 
 def one_round(state_dir: Path) -> dict[str, float]:
     config = StackConfig(state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(),
-                         triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port())
+                         triton_http_port=free_port(), triton_grpc_port=free_port(),
+                         triton_metrics_port=free_port())
     stack = LocalStack(config)
     began = time.monotonic()
     statuses = stack.up()

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from visionnode.components.common.model import build_resnet
-from visionnode.components.train.precision import autocast, cpu_has_fast_bf16, grad_scaler
 from visionnode.components.common.recipe import Recipe, build_optimizer
+from visionnode.components.train.precision import autocast, cpu_has_fast_bf16, grad_scaler
 
 
 @dataclass
@@ -37,7 +37,8 @@ def make_step(mode: Mode, batch: int, resolution: int, classes: int, device: tor
     optimizer = build_optimizer(model, Recipe(), batch)
     scaler = grad_scaler(mode.precision, device)
     net = torch.compile(model) if mode.compile else model
-    images = torch.randn(batch, 3, resolution, resolution, device=device).contiguous(memory_format=memory_format)
+    images = torch.randn(batch, 3, resolution, resolution,
+                         device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, classes, (batch,), device=device)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -88,7 +89,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last + torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure bf16 + channels_last + torch.compile")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but PyTorch sees no CUDA GPU")
@@ -116,7 +118,8 @@ def main() -> None:
         print(f"{mode.name:40s} {rate:12.2f} {rate / baseline:6.2f}x  "
               + " ".join(f"{t:.3f}" for t in times[mode.name]))
     if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB (all modes' models together)")
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB (all modes' models "
+              "together)")
 
 
 if __name__ == "__main__":

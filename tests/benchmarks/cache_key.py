@@ -1,4 +1,5 @@
-"""Keys for the models benchmarks cache between runs: a model made by other code or settings is never reused."""
+"""Keys for the models benchmarks cache between runs: a model made by other code or settings is never
+reused."""
 
 from __future__ import annotations
 
