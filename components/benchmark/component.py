@@ -41,14 +41,14 @@ def benchmark_op(
     from pathlib import Path
 
     from visionnode.components.benchmark.benchmark import benchmark
-    from visionnode.components.benchmark.config import DEFAULTS, BenchmarkConfig, parse_levels
+    from visionnode.components.benchmark.config import BenchmarkConfig, parse_levels
     from visionnode.components.common.kfp_support import enter_pipeline_context
 
     enter_pipeline_context(pipeline_run_id)
-    meta = endpoint.metadata
-    url = meta.get("grpc_url" if protocol == "grpc" else "http_url", "")
-    result = benchmark(BenchmarkConfig(model=meta.get("model_name", DEFAULTS.model), protocol=protocol,
-                                       triton_url=url, triton_http=meta.get("http_url", ""),
+    meta = endpoint.metadata  # deploy's endpoint artifact always names the model and both URLs
+    url = meta["grpc_url" if protocol == "grpc" else "http_url"]
+    result = benchmark(BenchmarkConfig(model=meta["model_name"], protocol=protocol,
+                                       triton_url=url, triton_http=meta["http_url"],
                                        concurrency=parse_levels(concurrency), duration_s=duration_s,
                                        target_qps=target_qps, target_p99_ms=target_p99_ms,
                                        shards=remote_shards.path, report_path=Path(report.path)))
