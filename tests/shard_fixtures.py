@@ -17,8 +17,8 @@ def tiny_shard_result(synth_dataset: Path, tmp_path_factory: pytest.TempPathFact
     """The ShardResult of sharding `synth_dataset` (6 classes) at max side 64 (no read-back: that JIT-compiles
     FFCV's pipeline, which the tests that read shards pay for themselves)."""
     config = ShardConfig(data=synth_dataset, out=tmp_path_factory.mktemp("shards") / "tiny",
-                         images_per_shard=TINY_IMAGES_PER_SHARD, max_resolution=TINY_MAX_RESOLUTION, workers=2,
-                         readback=False)
+                         images_per_shard=TINY_IMAGES_PER_SHARD, max_resolution=TINY_MAX_RESOLUTION,
+                         workers=2, readback=False)
     return shard_dataset(config)
 
 

@@ -22,8 +22,15 @@ from tests.data_fixtures import MessyDataset
 from tests.shard_fixtures import TINY_IMAGES_PER_SHARD, TINY_MAX_RESOLUTION
 from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.ffcv_io import (IMAGE_FIELD, LABEL_FIELD, flip_normalize_op, normalize_op,
-                                                   train_loader, uint8_batches, val_loader)
+from visionnode.components.common.ffcv_io import (
+    IMAGE_FIELD,
+    LABEL_FIELD,
+    flip_normalize_op,
+    normalize_op,
+    train_loader,
+    uint8_batches,
+    val_loader,
+)
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.shard.shard import JOURNAL_FILE, ShardConfig, ShardResult, shard_dataset
 from visionnode.pipeline.cli import app
@@ -63,7 +70,8 @@ def test_tiny_shards_manifest_matches_files(tiny_shards: Path, tiny_shard_result
 
 
 def test_shards_are_read_back_with_the_ffcv_train_pipeline(synth_dataset: Path, tmp_path: Path) -> None:
-    result = _shard(synth_dataset, tmp_path / "val", split="val", images_per_shard=12, workers=1, readback=True)
+    result = _shard(synth_dataset, tmp_path / "val", split="val", images_per_shard=12, workers=1,
+                    readback=True)
     assert result.readback_resolution == TINY_MAX_RESOLUTION
     assert result.loader_images_per_s is not None and result.loader_images_per_s > 0
     assert result.loader_warmup_s is not None and result.loader_warmup_s > 0
@@ -88,7 +96,8 @@ def test_messy_tree_skips_bad_files_with_reasons(messy_dataset: MessyDataset, tm
     assert result.images_written + result.files_skipped == result.files_found
 
 
-def test_same_input_gives_byte_identical_shards(synth_dataset: Path, tiny_shards: Path, tmp_path: Path) -> None:
+def test_same_input_gives_byte_identical_shards(synth_dataset: Path, tiny_shards: Path,
+                                                tmp_path: Path) -> None:
     again = _shard(synth_dataset, tmp_path / "again")
     assert _shas(again.out) == _shas(tiny_shards)
     assert {f: sha256_file(again.out / f) for f in _shas(again.out)} == _shas(tiny_shards)
@@ -162,8 +171,8 @@ def test_rerun_after_a_source_image_changed_rebuilds_only_its_shard(synth_datase
 
 def test_one_and_two_workers_write_byte_identical_shards_and_manifest(synth_dataset: Path, tiny_shards: Path,
                                                                       tmp_path: Path) -> None:
-    one = _shard(synth_dataset, tmp_path / "one-worker", workers=1)
-    assert _files_on_disk(one.out) == _files_on_disk(tiny_shards) == _shas(tiny_shards)  # tiny_shards: 2 workers
+    one = _shard(synth_dataset, tmp_path / "one-worker", workers=1)  # tiny_shards: 2 workers
+    assert _files_on_disk(one.out) == _files_on_disk(tiny_shards) == _shas(tiny_shards)
     assert (one.out / "manifest.json").read_bytes() == (tiny_shards / "manifest.json").read_bytes()
 
 
@@ -240,7 +249,9 @@ def test_fused_flip_normalize_equals_stock_normalize_flipped_or_not(tiny_shards:
 
     def batches(operation):
         decoder = CenterCropRGBImageDecoder((32, 32), ratio=1.0)
-        loader = Loader(str(tiny_shards / ShardManifest.load(tiny_shards).shards_for("train")[0].file), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL,
+        first_train = ShardManifest.load(tiny_shards).shards_for("train")[0].file
+        loader = Loader(str(tiny_shards / first_train), batch_size=16, num_workers=1,
+                        order=OrderOption.SEQUENTIAL,
                         pipelines={IMAGE_FIELD: [decoder, operation, ToTensor()], LABEL_FIELD: None})
         return np.concatenate([images.numpy() for images, *_ in loader])
 
@@ -278,7 +289,8 @@ def test_val_loader_and_uint8_batches_cover_val_in_order(tiny_shards: Path) -> N
     assert [len(c[0]) for c in limited] == [8, 2]
 
 
-def test_distributed_loader_needs_a_process_group_and_splits_by_rank(tiny_shards: Path, tmp_path: Path) -> None:
+def test_distributed_loader_needs_a_process_group_and_splits_by_rank(tiny_shards: Path,
+                                                                     tmp_path: Path) -> None:
     import torch.distributed as dist
 
     paths = [tiny_shards / s.file for s in ShardManifest.load(tiny_shards).shards_for("train")]
@@ -293,7 +305,8 @@ def test_distributed_loader_needs_a_process_group_and_splits_by_rank(tiny_shards
 
 
 def _rank_labels(rank: int, world: int, paths: list[str], rendezvous: str, out_dir: str, epochs: int) -> None:
-    """One DDP rank (spawned): the labels its train loader yields, per epoch, written to out_dir/<rank>.json."""
+    """One DDP rank (spawned): the labels its train loader yields, per epoch, written to
+    out_dir/<rank>.json."""
     import torch.distributed as dist
 
     from visionnode.components.common.ffcv_io import train_loader
@@ -308,8 +321,9 @@ def _rank_labels(rank: int, world: int, paths: list[str], rendezvous: str, out_d
 
 
 def test_two_ranks_read_disjoint_parts_that_cover_every_shard(tmp_path: Path) -> None:
-    """Two gloo processes as DDP runs them. One image per class, so a label names its image: in every epoch the
-    ranks' images are disjoint and together are the whole train split (a rank-dependent order would overlap)."""
+    """Two gloo processes as DDP runs them. One image per class, so a label names its image: in every epoch
+    the ranks' images are disjoint and together are the whole train split (a rank-dependent order would
+    overlap)."""
     import torch.multiprocessing as mp
 
     from visionnode.components.common.synth import SynthConfig, synthesize_dataset
@@ -317,7 +331,8 @@ def test_two_ranks_read_disjoint_parts_that_cover_every_shard(tmp_path: Path) ->
     synthesize_dataset(tmp_path / "data", SynthConfig(classes=16, train_per_class=1, val_per_class=1, seed=3,
                                                       min_side=40, max_side=48))
     _shard(tmp_path / "data", tmp_path / "shards", images_per_shard=8, max_resolution=48, split="train")
-    paths = [str(tmp_path / "shards" / s.file) for s in ShardManifest.load(tmp_path / "shards").shards_for("train")]
+    train_shards = ShardManifest.load(tmp_path / "shards").shards_for("train")
+    paths = [str(tmp_path / "shards" / s.file) for s in train_shards]
     assert len(paths) == 2
     mp.spawn(_rank_labels, args=(2, paths, f"file://{tmp_path / 'pg'}", str(tmp_path), 2), nprocs=2)
     per_rank = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
@@ -348,7 +363,8 @@ def test_cli_user_error_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: dataset directory") and "does not exist" in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: dataset directory") and "does not exist" in lines[0]
 
 
 def test_cli_rejects_bad_split(synth_dataset: Path, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_serving import prepare_models, start_stack  # beside this script
+
 from visionnode.components.benchmark.benchmark import BenchmarkConfig, resolve_served
 from visionnode.components.benchmark.loadgen import LevelPlan, Target, run_level
 from visionnode.components.deploy.deploy import DeployConfig, deploy
@@ -111,8 +112,9 @@ def print_table(pooled: dict[tuple[int, int], Pooled], levels: list[int], args: 
         for instances in VARIANTS:
             cell = pooled[(instances, concurrency)]
             rounds = " ".join(f"{q:.1f}" for q in cell.round_qps)
+            slowest = max(cell.latencies_ms, default=0.0)
             print(f"{concurrency:>4}{instances:>5}{cell.qps:>8.1f}{cell.percentile(50):>8.1f}"
-                  f"{cell.percentile(95):>8.1f}{cell.percentile(99):>8.1f}{max(cell.latencies_ms, default=0):>8.1f}"
+                  f"{cell.percentile(95):>8.1f}{cell.percentile(99):>8.1f}{slowest:>8.1f}"
                   f"{cell.stalls(args.stall_ms):>8}{cell.errors:>5}   {rounds}")
         one, two = pooled[(1, concurrency)], pooled[(2, concurrency)]
         print(f"{concurrency:>4} 2/1  QPS {two.qps / one.qps if one.qps else float('nan'):.2f}x, "
@@ -120,7 +122,8 @@ def print_table(pooled: dict[tuple[int, int], Pooled], levels: list[int], args: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "visionnode-bench-serving")
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--full-int8", action="store_true")
@@ -130,7 +133,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per level and variant")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--max-batch", type=int, default=ServingConfig.max_batch_size)
-    parser.add_argument("--preferred", default=",".join(str(b) for b in ServingConfig().preferred_batch_sizes))
+    preferred = ",".join(str(b) for b in ServingConfig().preferred_batch_sizes)
+    parser.add_argument("--preferred", default=preferred)
     parser.add_argument("--delay-us", type=int, default=ServingConfig.max_queue_delay_us)
     parser.add_argument("--stall-ms", type=float, default=400.0)
     args = parser.parse_args()

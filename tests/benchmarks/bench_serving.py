@@ -26,15 +26,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from cache_key import cache_key  # beside this script
 
-from visionnode.components.benchmark.benchmark import (Baselines, BenchmarkConfig, benchmark, openvino_throughput,
-                                                       pytorch_throughput)
+from visionnode.components.benchmark.benchmark import (
+    Baselines,
+    BenchmarkConfig,
+    benchmark,
+    openvino_throughput,
+    pytorch_throughput,
+)
 from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.samples import SampleImages
 from visionnode.components.deploy.deploy import DeployConfig, deploy
 from visionnode.components.deploy.repository import ServingConfig
-from visionnode.components.common.samples import SampleImages
 
 TARGET_QPS, TARGET_P99_MS, TARGET_RATIO = 150.0, 100.0, 0.8
 HERE = Path(__file__).resolve().parent
@@ -54,7 +58,12 @@ def prepare_models(work: Path, calibration: int, full_int8: bool) -> tuple[Path,
     fp32_dir, int8_dir, images_file = work / "fp32", work / "int8", work / "images.npy"
     if (int8_dir / "model.json").is_file() and (fp32_dir / "model.json").is_file() and images_file.is_file():
         return fp32_dir, int8_dir, np.load(images_file)
-    from visionnode.components.quantize.export import convert_to_openvino, export_onnx, load_trained_model, save_ir
+    from visionnode.components.quantize.export import (
+        convert_to_openvino,
+        export_onnx,
+        load_trained_model,
+        save_ir,
+    )
     from visionnode.components.quantize.quantize import quantize_openvino
 
     bq = _bench_quantize()
@@ -102,7 +111,8 @@ def start_stack(state_dir: Path):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "visionnode-bench-serving")
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
@@ -130,9 +140,10 @@ def main() -> int:
     pt_ips = pytorch_throughput(fp32_dir, pool.images, 8, args.baseline_seconds)
     baselines = Baselines(images=len(pool.images), batch=8, openvino_int8_ips=ov_ips, pytorch_fp32_ips=pt_ips)
 
-    serving = ServingConfig(max_batch_size=args.max_batch, preferred_batch_sizes=[int(b) for b in args.preferred.split(",")],
-                            max_queue_delay_us=args.delay_us, instances=args.instances, ov_performance_hint=args.hint,
-                            ov_num_streams=args.streams)
+    serving = ServingConfig(max_batch_size=args.max_batch,
+                            preferred_batch_sizes=[int(b) for b in args.preferred.split(",")],
+                            max_queue_delay_us=args.delay_us, instances=args.instances,
+                            ov_performance_hint=args.hint, ov_num_streams=args.streams)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-stack-") as state:
         stack = start_stack(Path(state))
@@ -145,25 +156,32 @@ def main() -> int:
                 report = args.report_dir / f"serving_{protocol}.html" if args.report_dir else None
                 config = BenchmarkConfig(model="resnet152_int8", protocol=protocol,
                                          concurrency=[int(c) for c in args.concurrency.split(",")],
-                                         duration_s=args.duration, warmup_s=args.warmup, target_qps=TARGET_QPS,
-                                         target_p99_ms=TARGET_P99_MS, report_path=report)
+                                         duration_s=args.duration, warmup_s=args.warmup,
+                                         target_qps=TARGET_QPS, target_p99_ms=TARGET_P99_MS,
+                                         report_path=report)
                 results[protocol] = benchmark(config, pool, baselines)
         finally:
             stack.down()
 
-    print(f"\nResNet-152 INT8 on Triton (python backend + OpenVINO {args.hint}, streams={args.streams or '1 per 4 cores'}), "
+    print(f"\nResNet-152 INT8 on Triton (python backend + OpenVINO {args.hint}, "
+          f"streams={args.streams or '1 per 4 cores'}), "
           f"max_batch {args.max_batch}, preferred {args.preferred}, delay {args.delay_us} us, "
-          f"{args.instances} instance(s); {os.cpu_count()} cores shared with the load generator; random weights")
-    print(f"deploy: version {deployed.model_version} loaded in {deployed.load_s:.1f} s (total {deploy_s:.1f} s), "
+          f"{args.instances} instance(s); {os.cpu_count()} cores shared with the load generator; "
+          "random weights")
+    print(f"deploy: version {deployed.model_version} loaded in {deployed.load_s:.1f} s "
+          f"(total {deploy_s:.1f} s), "
           f"top-1 agreement with local OpenVINO {deployed.check.top1_agreement:.0%} "
           f"(JPEG path {deployed.check.jpeg_top1_agreement:.0%}); model prep {prepare_s:.0f} s")
-    print(f"baselines (batch 8, same images): raw OpenVINO INT8 {ov_ips:.1f} img/s, PyTorch eager FP32 {pt_ips:.1f} img/s")
-    print(f"{'protocol':<6}{'conc':>5}{'QPS':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}{'err':>6}{'batch':>7}{'RSS MB':>8}")
+    print(f"baselines (batch 8, same images): raw OpenVINO INT8 {ov_ips:.1f} img/s, "
+          f"PyTorch eager FP32 {pt_ips:.1f} img/s")
+    print(f"{'protocol':<6}{'conc':>5}{'QPS':>8}{'p50':>8}{'p95':>8}{'p99':>8}{'max':>8}{'err':>6}"
+          f"{'batch':>7}{'RSS MB':>8}")
     for protocol, result in results.items():
         for i, s in enumerate(result.levels):
             mark = " <- best" if i == result.best_level else ""
             print(f"{protocol:<6}{s.concurrency:>5}{s.qps:>8.1f}{s.p50_ms:>8.1f}{s.p95_ms:>8.1f}{s.p99_ms:>8.1f}"
-                  f"{s.max_ms:>8.1f}{s.errors:>6}{(s.mean_batch or 0):>7.2f}{(s.triton_rss_mb or 0):>8.0f}{mark}")
+                  f"{s.max_ms:>8.1f}{s.errors:>6}{(s.mean_batch or 0):>7.2f}"
+                  f"{(s.triton_rss_mb or 0):>8.0f}{mark}")
     print()
     ok = True
     for protocol, result in results.items():
@@ -174,7 +192,8 @@ def main() -> int:
         print(f"{protocol}: max {result.max_qps:.1f} QPS = {result.max_qps / ov_ips:.2f}x raw OpenVINO, "
               f"{result.max_qps / pt_ips:.1f}x eager FP32; best meeting P99 {TARGET_P99_MS:g} ms: "
               f"{result.best_qps:.1f} QPS at P99 {result.best_p99_ms:.1f} ms; "
-              f"served/raw OpenVINO {ratio_ov:.2f} (goal >= {TARGET_RATIO}); served/eager FP32 {ratio_pt:.1f}x; "
+              f"served/raw OpenVINO {ratio_ov:.2f} (goal >= {TARGET_RATIO}); "
+              f"served/eager FP32 {ratio_pt:.1f}x; "
               f"peak Triton RSS {result.triton_rss_mb or 0:.0f} MB -> {'OK' if goal else 'MISSED'}")
     return 0 if ok else 1
 
