@@ -1,9 +1,9 @@
 """`visionnode pipeline run --local`: the whole DAG on this machine with kfp.local against the embedded stack.
 
-Steps: start (or reuse) the embedded S3/MLflow/Triton stack, generate the demo dataset unless `--data` is
-given,
-export the service endpoints into the environment the components inherit, open the MLflow parent run that
-every
+Steps: start (or reuse) the embedded S3/MLflow/Triton stack,
+generate the demo dataset unless `--data` is given,
+export the service endpoints into the environment the components inherit,
+open the MLflow parent run that every
 phase nests under, run the pipeline with kfp.local, then read each task's metrics back from its
 `executor_output.json` into one summary.
 
@@ -189,8 +189,8 @@ def _subprocess_runner() -> Any:
 
 
 def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path) -> Any:
-    """Each task in its phase's image, run as the manifests run it; kfp.local mounts the pipeline root
-    itself."""
+    """Each task in its phase's image, run as the manifests run it;
+    kfp.local mounts the pipeline root itself."""
     from kfp import local
     from kfp.local import docker_task_handler
 
@@ -208,8 +208,8 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
 
 def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any,
                   on_step: Callable[[str], None]) -> tuple[Path, Path]:
-    """Run the DAG with kfp.local; its output goes to one log file per step, one line per step to
-    `on_step`."""
+    """Run the DAG with kfp.local; its output goes to one log file per step,
+    one line per step to `on_step`."""
     from kfp import local
 
     from .pipeline import visionnode_pipeline

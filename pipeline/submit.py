@@ -92,8 +92,8 @@ def _preflight(host: str) -> None:
 
 
 def _upload(client: Any, host: str, package: Path) -> tuple[str, str]:
-    """Same pipeline name every time; each distinct compiled spec becomes one version (re-submits reuse
-    it)."""
+    """Same pipeline name every time; each distinct compiled spec becomes one version
+    (re-submits reuse it)."""
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
     version_name = f"{project_version()}-{digest}"
     pipeline_id = _call(host, client.get_pipeline_id, PIPELINE_NAME)

@@ -18,19 +18,19 @@ def benchmark_op(
     target_p99_ms: float = 150.0,
     pipeline_run_id: str = "",
 ):
-    """Closed-loop concurrency sweep against the deployed model with real val images, plus in-process
-    baselines.
+    """Closed-loop concurrency sweep against the deployed model with real val images,
+    plus in-process baselines.
 
-    The verdict is reported (metrics slo_met 1/0 and the report), never raised: a missed SLO does not fail
-    the run.
+    The verdict is reported (metrics slo_met 1/0 and the report), never raised:
+    a missed SLO does not fail the run.
 
     Args:
         endpoint: Deploy output; its metadata names model_name, http_url and grpc_url.
         remote_shards: Remote shard manifest (transfer output); val images become the request pool.
         report: Output HTML report: verdict, per-level table, baselines, latency histogram and
             QPS/P99-vs-concurrency plots embedded.
-        metrics: best_qps, best_p99_ms, max_qps, slo_met, openvino_int8_ips, served_vs_openvino,
-            triton_rss_mb.
+        metrics: best_qps, best_p99_ms, max_qps, slo_met, openvino_int8_ips,
+            served_vs_openvino, triton_rss_mb.
         protocol: grpc or http.
         concurrency: Closed-loop concurrency levels, comma separated.
         duration_s: Measured seconds per level (after a 2 s warm-up).

@@ -1,5 +1,4 @@
-"""benchmark's settings and their defaults, importable without tritonclient or numpy (CLI, component and
-pipeline read them)."""
+"""benchmark's settings and their defaults, importable without tritonclient or numpy."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The benchmark report: plots (PNG files, logged to MLflow) and one self-contained HTML page with them
-embedded."""
+"""The benchmark report: plots (PNG files, logged to MLflow)
+and one self-contained HTML page with them embedded."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a benchmark run found: per-level figures, the best level under the P99 target, the baselines, the
-verdict."""
+"""What a benchmark run found: per-level figures, the best level, the baselines and the SLO verdict."""
 
 from __future__ import annotations
 

@@ -214,8 +214,8 @@ def _preprocessing(data: dict[str, Any]) -> Preprocessing:
 
 
 def check_shard_source(source: str) -> None:
-    """Fail fast on shards that cannot be read: a malformed s3 URI, or a local dir without a shard
-    manifest."""
+    """Fail fast on shards that cannot be read:
+    a malformed s3 URI, or a local dir without a shard manifest."""
     if not str(source).startswith("s3://"):
         ShardManifest.load(source)
     else:

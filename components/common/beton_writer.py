@@ -1,9 +1,10 @@
-"""Writing FFCV `.beton` shards: `encode_image` turns a decoded RGB image into the JPEG bytes FFCV stores
-(FFCV's
-encoder call), and `write_beton` writes a list of such samples with one FFCV writer process, so the same
-samples
-always give a byte-identical file (FFCV's multi-worker writer lays pages out in completion order, which is not
-deterministic; the expensive decode/resize/encode work is parallelised by the caller instead)."""
+"""Writing FFCV `.beton` shards, byte-identical for the same samples.
+
+`encode_image` turns a decoded RGB image into the JPEG bytes FFCV stores (FFCV's encoder call), and
+`write_beton` writes a list of such samples with one FFCV writer process (FFCV's multi-worker writer lays
+pages out in completion order, which is not deterministic; the expensive decode/resize/encode work is
+parallelised by the caller instead).
+"""
 
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ out_console = Console(width=pipe_width(sys.stdout))
 
 
 def _writable_json_path(value: Optional[Path]) -> Optional[Path]:
-    """Checked before the command does any work: a summary that cannot be written must not fail it at the
-    end."""
+    """Checked before the command does any work:
+    a summary that cannot be written must not fail it at the end."""
     if value is None or str(value) == "-":
         return value
     try:

@@ -134,8 +134,8 @@ def start_container(client: Any, spec: ContainerSpec) -> Any:
 
 
 def main_pid(container: Any) -> int:
-    """The host PID of the container's main process (Triton in the Triton image): what `stack down`
-    signals."""
+    """The host PID of the container's main process (Triton in the Triton image):
+    what `stack down` signals."""
     pid = int(container.attrs["State"]["Pid"])
     if pid <= 0:
         raise ServiceError(f"container {container.name} exited at once: {tail(container)}",

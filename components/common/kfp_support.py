@@ -25,8 +25,8 @@ def component_image(phase: str) -> str:
 
 def phase_component(phase: str) -> Callable[[Callable[..., Any]], Any]:
     """`@dsl.component` for a phase: runs in the phase's image, which already has kfp and visionnode installed
-    (so the generated command does not `pip install kfp` at start-up, which would need network in the
-    cluster)."""
+    (so the generated command does not `pip install kfp` at start-up,
+    which would need network in the cluster)."""
     from kfp import dsl
 
     def decorate(fn: Callable[..., Any]) -> Any:

@@ -93,14 +93,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
 
 
 def resolve_lr(lr: float, suggested_lr: float) -> float:
-    """The pipeline's rule: a given LR (> 0) wins; else validate's range-test suggestion (> 0); else 0, the
-    batch rule."""
+    """The pipeline's rule: a given LR (> 0) wins; else validate's range-test suggestion (> 0);
+    else 0, the batch rule."""
     return lr if lr > 0 else max(suggested_lr, 0.0)
 
 
 def parse_lr(text: str) -> tuple[bool, float]:
-    """`--lr`: 'auto' -> (True, 0.0): an LR range test picks it; a number -> (False, it); 0 = the batch
-    rule."""
+    """`--lr`: 'auto' -> (True, 0.0): an LR range test picks it; a number -> (False, it);
+    0 = the batch rule."""
     if str(text).strip().lower() == "auto":
         return True, 0.0
     try:

@@ -1,10 +1,10 @@
-"""One S3 client and TransferManager with the error translation and whole-object retries every transfer uses.
+"""One S3 client and TransferManager, with the error translation and whole-object retries transfers use.
 
 boto3's TransferManager (s3transfer) does parallel multipart upload and ranged parallel download on one
-bounded
-thread pool, with botocore's adaptive retries from `storage.s3_client`. What it does not do is here: errors a
-retry cannot fix become one-line user errors, and each object is retried as a whole (backoff + full jitter),
-since a server restart can outlast botocore's per-request retries or leave a multipart upload broken.
+bounded thread pool, with botocore's adaptive retries from `storage.s3_client`. What it does not do is
+here: errors a retry cannot fix become one-line user errors, and each object is retried as a whole
+(backoff + full jitter), since a server restart can outlast botocore's per-request retries or leave a
+multipart upload broken.
 """
 
 from __future__ import annotations

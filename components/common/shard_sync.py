@@ -1,9 +1,8 @@
-"""Shards between S3 and a local cache: fetch (ranged parallel GETs, each file sha256-checked, resumable) and
-`materialize_shards`, which every phase that reads shards calls; plus the result type uploads share.
+"""Shards from S3 into a local cache (fetch) and `materialize_shards`, which every shard reader calls.
 
-A fetched file gets a sidecar stamp (sha256 at its size and mtime), so a 150 GB cache is not re-hashed on
-every
-run; a killed fetch leaves only `.partial` temp files, which the next run removes.
+Fetch uses ranged parallel GETs and checks each file's sha256. A fetched file gets a sidecar stamp (sha256
+at its size and mtime), so a 150 GB cache is not re-hashed on every run; a killed fetch leaves only
+`.partial` temp files, which the next run removes. `TransferResult` is shared with uploads.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A train output dir (model.json + weights.pt) as an eval-mode torch module, and its serving form that takes
-uint8 NHWC images with the normalisation inside the graph; quantize exports it, benchmark times it as the
-PyTorch baseline.
+"""A train output dir as an eval-mode torch module, and its serving form that takes uint8 NHWC images.
+
+The normalisation is inside the serving graph;
+quantize exports it, benchmark times it as the PyTorch baseline.
 """
 
 from __future__ import annotations

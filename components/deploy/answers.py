@@ -1,5 +1,4 @@
-"""Does Triton answer like the model? The same images through Triton (tensor model, JPEG model, classification
-extension) and through local OpenVINO on the same IR, compared."""
+"""Does Triton answer like the model? The same images through Triton and through local OpenVINO."""
 
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ def deploy_op(
         triton_http: Triton HTTP host:port; "" = from settings (env / stack.json).
         triton_grpc: Triton gRPC host:port; "" = from settings.
         model_name: Triton model name; the encoded-image front end is served as `<model_name>_jpeg`.
-        instances: Triton model instances (KIND_CPU); one alone lets Triton's batcher stall some requests 500
-            ms.
+        instances: Triton model instances (KIND_CPU);
+            one alone lets Triton's batcher stall some requests 500 ms.
         pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path

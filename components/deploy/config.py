@@ -1,5 +1,4 @@
-"""deploy's settings and their defaults (the Triton model config knobs too), importable without tritonclient
-or OpenVINO (CLI, component and pipeline read them)."""
+"""deploy's settings and their defaults (Triton model config knobs too), importable without tritonclient."""
 
 from __future__ import annotations
 

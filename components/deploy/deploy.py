@@ -119,8 +119,8 @@ class _Preflight:
 
 
 def preflight(config: DeployConfig) -> _Preflight:
-    """Everything that can be wrong before anything is written: settings, the model files, Triton's
-    address."""
+    """Everything that can be wrong before anything is written:
+    settings, the model files, Triton's address."""
     config.validate()
     meta = check_model_dir(Path(config.model_dir))
     endpoints = resolve_endpoints()

@@ -1,5 +1,4 @@
-"""Where the model repository lives and how a new version gets there: a local dir (staged, then renamed) or
-S3 (version files first, config.pbtxt last), so Triton never reads a config naming files not yet there."""
+"""Publishing a model version into a repository (a dir or S3) so Triton never sees a half-written one."""
 
 from __future__ import annotations
 

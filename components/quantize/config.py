@@ -1,5 +1,4 @@
-"""quantize's settings and their defaults, importable without torch or OpenVINO (CLI, component and pipeline
-read them)."""
+"""quantize's settings and their defaults, importable without torch or OpenVINO."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""shard's settings and their defaults, importable without torch or FFCV (CLI, component and pipeline read
-them)."""
+"""shard's settings and their defaults, importable without torch or FFCV (CLI, component, pipeline)."""
 
 from __future__ import annotations
 

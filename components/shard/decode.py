@@ -1,6 +1,4 @@
-"""Decoding for shard: read each file by content, convert to RGB, shrink to the longest side, JPEG-encode, in
-a
-process pool that streams results back in file order."""
+"""shard's decoding: by content, to RGB, shrunk, JPEG-encoded in a process pool, results in file order."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""shard's resume journal: per written shard, which slice of the shuffled file list it holds, a digest of
-those
-files (path, size, mtime), the settings, its sha256 and the files skipped in the slice."""
+"""shard's resume journal: per shard, its slice of the files, their digest, the settings and its sha256."""
 
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ def train_op(
     the newest checkpoint in `checkpoint_uri`.
 
     Args:
-        remote_shards: Remote shard dataset from the transfer step (manifest.json with base_uri + per-shard
-            uri).
+        remote_shards: Remote shard dataset from the transfer step
+            (manifest.json with base_uri + per-shard uri).
         model: Output dir: weights.pt (state_dict) + model.json (arch, classes, input size, mean/std,
             metrics); metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
         metrics: top1, top5, val_loss, final train loss, images/s, steps.
@@ -50,8 +50,8 @@ def train_op(
         workers: FFCV decoding threads.
         crop_min_scale: RandomResizedCrop's smallest kept share of the image area (ImageNet: 0.08).
         flip: Random horizontal flips.
-        init_weights: State dict (path or s3://...) to fine-tune from; a head of another class count is
-            replaced.
+        init_weights: State dict (path or s3://...) to fine-tune from;
+            a head of another class count is replaced.
         head_epochs: With init_weights: the first epochs train only the classifier head.
         pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """

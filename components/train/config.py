@@ -1,4 +1,4 @@
-"""train's settings and their defaults, importable without torch (CLI, component and pipeline read them)."""
+"""train's settings and their defaults, importable without torch (CLI, component, pipeline)."""
 
 from __future__ import annotations
 

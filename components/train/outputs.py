@@ -1,5 +1,4 @@
-"""What a train run leaves behind: the Model (weights.pt + model.json), the per-step log, the loss curve and
-the MLflow registered model."""
+"""What a train run leaves: weights.pt + model.json, the step log, the loss curve, the registered model."""
 
 from __future__ import annotations
 
@@ -83,8 +82,8 @@ def plot_loss_curve(trainer: Trainer) -> Path | None:
 
 
 def register_model(trainer: Trainer) -> str | None:
-    """Log weights.pt + model.json as an MLflow 3 logged model of this run and register it as a new
-    version."""
+    """Log weights.pt + model.json as an MLflow 3 logged model of this run
+    and register it as a new version."""
     tracker = trainer.tracker
     if not tracker.enabled:
         return None

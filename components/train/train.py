@@ -81,8 +81,8 @@ class TrainResult:
     wall_s: float
 
     def metrics(self) -> dict[str, float]:
-        """The scalar figures a dashboard (KFP Metrics, MLflow) shows; figures a run did not produce are left
-        out."""
+        """The scalar figures a dashboard (KFP Metrics, MLflow) shows;
+        figures a run did not produce are left out."""
         names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
@@ -108,8 +108,8 @@ def shard_files(directory: Path, manifest: ShardManifest, split: str) -> list[Pa
 
 
 def default_checkpoint_uri(shards: Path, pipeline_run_id: str) -> str:
-    """Beside the remote shards in the same bucket (survives a retried pod), else a local dir in the state
-    dir."""
+    """Beside the remote shards in the same bucket (survives a retried pod),
+    else a local dir in the state dir."""
     from visionnode.components.common.settings import state_dir
 
     run = pipeline_run_id or "adhoc"

@@ -1,5 +1,4 @@
-"""The training loop's state and steps: one epoch, one evaluation, checkpoint save and restore, and the
-SIGTERM flag it checks between steps."""
+"""The training loop: one epoch, one evaluation, checkpoint save and restore, the SIGTERM flag."""
 
 from __future__ import annotations
 

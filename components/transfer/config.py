@@ -1,5 +1,4 @@
-"""transfer's settings and their defaults, importable without boto3 (CLI, component and pipeline read
-them)."""
+"""transfer's settings and their defaults, importable without boto3 (CLI, component, pipeline)."""
 
 from __future__ import annotations
 

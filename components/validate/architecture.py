@@ -1,5 +1,4 @@
-"""Integrity of the real ResNet-152: a 1,000-class output, the known parameter count, and a finite, non-zero
-gradient in every parameter tensor after one backward pass."""
+"""Integrity of the real ResNet-152: 1,000-class output, parameter count, a gradient in every tensor."""
 
 from __future__ import annotations
 

@@ -33,13 +33,13 @@ def validate_op(
         subset: Images sampled (seeded) from the train split and over-fitted by the smoke training.
         image_size: Square input side in pixels for smoke training and the profile.
         steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
-        lr_range_steps: Steps of the learning-rate range test (train's SGD recipe on the smoke subset);
-            0 skips it.
+        lr_range_steps: Steps of the learning-rate range test
+            (train's SGD recipe on the smoke subset); 0 skips it.
         pipeline_run_id: The KFP run id; nests this step's MLflow run under the pipeline's parent run.
 
     Returns:
-        suggested_lr: the range test's peak LR for train (0.0 when skipped); train takes it when its `lr` is
-            0.
+        suggested_lr: the range test's peak LR for train (0.0 when skipped);
+            train takes it when its `lr` is 0.
         The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
     """

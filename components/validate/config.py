@@ -1,4 +1,4 @@
-"""validate's settings, importable without torch (the CLI builds its defaults from them at start-up)."""
+"""validate's settings and their defaults, importable without torch (CLI, component, pipeline)."""
 
 from __future__ import annotations
 

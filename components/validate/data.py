@@ -1,5 +1,4 @@
-"""The smoke subset: a seeded sample of the raw images, decoded once through torchvision (unreadable files
-skipped and named), and the loaders the profile times."""
+"""The smoke subset: a seeded sample of raw images decoded once (unreadable ones named); the loaders."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Input-pipeline profile: images/s of loading alone, of the train step alone and of both, and which one is
-the bottleneck."""
+"""Input-pipeline profile: images/s of loading, of the train step and of both, and the bottleneck."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What validate found: the data it used, the three checks and the LR range test, and whether the gates
-passed."""
+"""What validate found: the data used, each check, the LR range test and whether the gates passed."""
 
 from __future__ import annotations
 

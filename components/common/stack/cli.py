@@ -76,8 +76,8 @@ def up_command(
 @stack_app.command("status")
 @user_errors
 def status_command(state_dir: StateDir = None, json_path: JsonPath = None) -> None:
-    """Show each service's health, PID and URL. Exit code 1 when a running service is unhealthy or none
-    runs."""
+    """Show each service's health, PID and URL.
+    Exit code 1 when a running service is unhealthy or none runs."""
     statuses = LocalStack(StackConfig(state_dir=state_dir or default_state_dir())).status()
     _show(statuses, "stack status", json_path)
     running = [s for s in statuses if s.running]
@@ -88,8 +88,8 @@ def status_command(state_dir: StateDir = None, json_path: JsonPath = None) -> No
 @stack_app.command("down")
 @user_errors
 def down_command(state_dir: StateDir = None, json_path: JsonPath = None) -> None:
-    """Stop exactly the server PIDs recorded by `up` (SIGTERM, then SIGKILL) and remove stack.json. Data is
-    kept."""
+    """Stop exactly the server PIDs recorded by `up` (SIGTERM, then SIGKILL) and remove stack.json.
+    Data is kept."""
     _show(LocalStack(StackConfig(state_dir=state_dir or default_state_dir())).down(), "stack down", json_path)
 
 
@@ -99,8 +99,8 @@ def env_file_command(
     out: Annotated[Path, typer.Argument(help="Where to write the KEY=VALUE lines (mode 0600).")],
     state_dir: StateDir = None,
 ) -> None:
-    """Write the stack's endpoints and S3 credentials as an env file for `docker run --env-file` (never
-    printed)."""
+    """Write the stack's endpoints and S3 credentials as an env file for `docker run --env-file`
+    (never printed)."""
     directory = state_dir or default_state_dir()
     values = service_env(resolve_endpoints(directory), resolve_s3_credentials(directory))
     if not values:

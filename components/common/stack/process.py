@@ -170,8 +170,8 @@ def wait_until_healthy(pending: Sequence[Pending], timeout_s: float) -> dict[str
 
 
 def stop(pid_file: Path, term_timeout_s: float = 15.0) -> int | None:
-    """SIGTERM the recorded process and its children, SIGKILL what is left after the timeout. Returns its
-    PID."""
+    """SIGTERM the recorded process and its children, SIGKILL what is left after the timeout.
+    Returns its PID."""
     record = read_record(pid_file)
     if record is None:
         return None

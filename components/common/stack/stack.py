@@ -124,8 +124,8 @@ class LocalStack:
         return [self._status(name) for name in SERVICE_ORDER]
 
     def down(self) -> list[ServiceStatus]:
-        """Stop the servers recorded in run/*.pid (Triton, MLflow, then S3) and wait for their ports to
-        close."""
+        """Stop the servers recorded in run/*.pid (Triton, MLflow, then S3)
+        and wait for their ports to close."""
         results = []
         problems = []
         for name in reversed(SERVICE_ORDER):
@@ -201,8 +201,8 @@ class LocalStack:
         return process.Pending(spec.name, record, lambda: _healthy(record), spec.log_file(self.state_dir))
 
     def _stop(self, name: str) -> int | None:
-        """Stop a service by its recorded PID; a service container is then removed (its output kept in the
-        log)."""
+        """Stop a service by its recorded PID; a service container is then removed
+        (its output kept in the log)."""
         record = process.read_record(self._pid_file(name))
         pid = process.stop(self._pid_file(name))
         if record is not None and "container" in record.extra:

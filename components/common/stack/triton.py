@@ -187,8 +187,8 @@ def local_address(address: str) -> str:
 
 
 def exec_triton(spec: ServiceSpec) -> None:
-    """Replace this process with tritonserver (the Triton image's entrypoint: Triton is PID 1 and gets
-    SIGTERM)."""
+    """Replace this process with tritonserver (the Triton image's entrypoint:
+    Triton is PID 1 and gets SIGTERM)."""
     if spec.before_start:
         spec.before_start()
     os.execve(spec.argv[0], spec.argv, spec.env)
