@@ -110,10 +110,10 @@ def _loss_curve(fall_at: float, rise_at: float, peak: float) -> Callable[[float]
     return loss
 
 
-def test_lr_range_test_suggests_where_the_loss_falls_fastest() -> None:
+def test_lr_range_test_suggests_a_third_of_the_lowest_loss_lr() -> None:
     result = lr_range_test(_loss_curve(fall_at=0.01, rise_at=0.3, peak=1.0), LRRangeConfig(steps=40))
-    assert 0.005 < result.suggested_lr < 0.02 and not result.clamped
-    assert result.suggested_lr < result.min_loss_lr
+    assert 0.09 < result.suggested_lr < 0.15 and not result.clamped
+    assert result.suggested_lr == pytest.approx(result.min_loss_lr / 3)
     assert result.smoothed[0] == pytest.approx(result.losses[0])  # bias-corrected: no pull towards 0
 
 
@@ -127,8 +127,8 @@ def test_lr_range_test_stops_once_the_loss_exceeds_four_times_its_best(peak: flo
 
 
 def test_lr_range_suggestion_is_clamped_to_the_band() -> None:
-    result = lr_range_test(_loss_curve(fall_at=2e-4, rise_at=0.01, peak=1.0), LRRangeConfig(steps=40))
-    assert result.steepest_lr < 1e-3 and result.suggested_lr == 1e-3 and result.clamped
+    result = lr_range_test(_loss_curve(fall_at=1.5e-4, rise_at=1e-3, peak=1.0), LRRangeConfig(steps=40))
+    assert result.min_loss_lr / 3 < 1e-3 and result.suggested_lr == 1e-3 and result.clamped
 
 
 def test_preserved_state_restores_weights_and_batchnorm_statistics() -> None:
