@@ -7,14 +7,14 @@ exact contract of a quantize output: uint8 NHWC [N, S, S, 3] in, float32 logits 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from visionnode.components.common.artifacts import (ClassIndex, InferenceMetadata, Preprocessing,
-                                                    TensorSpec)
+from visionnode.components.common.artifacts import ClassIndex, InferenceMetadata, Preprocessing, TensorSpec
 from visionnode.components.common.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -99,6 +99,38 @@ output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ -1, 4 ] }} ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 parameters: {{ key: "sleep_ms" value: {{ string_value: "{sleep_ms}" }} }}
 ''')
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    """What Triton itself counted for one model (its statistics API), summed over loaded versions."""
+
+    requests: int        # answered successfully
+    failures: int        # refused or failed (queue full, queue timeout, bad input)
+    request_ns: int      # time the successful requests spent inside Triton, in all
+    queue_ns: int        # ... of which waiting in the scheduler's queue
+    compute_ns: int      # ... of which in the model's execute()
+    inferences: int      # batch rows executed (images)
+    executions: int      # execute() calls (batches)
+
+    def __sub__(self, earlier: ServerCounts) -> ServerCounts:
+        return ServerCounts(*(getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)))
+
+
+def server_counts(http_url: str, model: str) -> ServerCounts:
+    from visionnode.components.deploy.deploy import triton_http_client
+
+    totals = dict.fromkeys((f.name for f in fields(ServerCounts)), 0)
+    for version in triton_http_client(http_url).get_inference_statistics(model)["model_stats"]:
+        stats = version["inference_stats"]
+        totals["requests"] += stats["success"]["count"]
+        totals["failures"] += stats["fail"]["count"]
+        totals["request_ns"] += stats["success"]["ns"]
+        totals["queue_ns"] += stats["queue"]["ns"]
+        totals["compute_ns"] += stats["compute_infer"]["ns"]
+        totals["inferences"] += version["inference_count"]
+        totals["executions"] += version["execution_count"]
+    return ServerCounts(**totals)
 
 
 def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
