@@ -20,8 +20,13 @@ from visionnode.components.common.artifacts import MANIFEST_FILE, ClassIndex, Sh
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.common.storage import s3_client
-from visionnode.components.transfer.transfer import (FetchConfig, UploadConfig, fetch_shards,
-                                                     materialize_shards, upload_shards)
+from visionnode.components.transfer.transfer import (
+    FetchConfig,
+    UploadConfig,
+    fetch_shards,
+    materialize_shards,
+    upload_shards,
+)
 from visionnode.pipeline.cli import app
 
 MB = 1_000_000
@@ -84,7 +89,7 @@ def no_progress_bars(monkeypatch):
     monkeypatch.setenv("VISIONNODE_PROGRESS", "0")
 
 
-# --------------------------------------------------------------------------------------------- plain functions
+# ------------------------------------------------------------------------------------------ plain functions
 def test_round_trip_verifies_and_skips_on_rerun(stack, bucket, tmp_path):
     manifest = make_fake_shards(tmp_path / "shards", [12 * MB, 6 * MB, 300_000, 2_000])
     dest = f"s3://{bucket}/run1"
@@ -151,8 +156,43 @@ def test_corrupted_object_is_detected_on_fetch_and_repaired_by_upload(stack, buc
     assert fetch_shards(FetchConfig(dest, tmp_path / "cache")).objects == 2
 
 
-def test_s3_restart_mid_upload_completes(stack, bucket, tmp_path):
-    manifest = make_fake_shards(tmp_path / "shards", [24 * MB] * 4 + [1 * MB])
+class PartGate:
+    """Holds every UploadPart request after the first `let_through` until released: while it holds, the
+    upload is provably unfinished (its remaining parts have not been sent)."""
+
+    def __init__(self, let_through: int) -> None:
+        self.let_through = let_through
+        self.sent = 0
+        self._lock = threading.Lock()
+        self.holding = threading.Event()
+        self.released = threading.Event()
+
+    def before_send(self, **_) -> None:
+        with self._lock:
+            self.sent += 1
+            held = self.sent > self.let_through
+        if held:
+            self.holding.set()
+            self.released.wait(timeout=120)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Every boto3 client made from now on sends its parts through the gate."""
+        import boto3
+
+        make_client = boto3.client
+
+        def gated_client(*args, **kwargs):
+            client = make_client(*args, **kwargs)
+            client.meta.events.register("before-send.s3.UploadPart", self.before_send)
+            return client
+
+        monkeypatch.setattr(boto3, "client", gated_client)
+
+
+def test_s3_restart_mid_upload_completes(stack, bucket, tmp_path, monkeypatch):
+    manifest = make_fake_shards(tmp_path / "shards", [12 * MB] * 2 + [1 * MB])
+    gate = PartGate(let_through=2)
+    gate.install(monkeypatch)
     dest = f"s3://{bucket}/r"
     outcome: dict = {}
 
@@ -165,9 +205,14 @@ def test_s3_restart_mid_upload_completes(stack, bucket, tmp_path):
 
     worker = threading.Thread(target=run)
     worker.start()
-    wait_for(lambda: open_multipart_uploads(bucket, "r/") or keys_under(bucket, "r/"), "the upload to start")
-    assert worker.is_alive(), "the upload finished before the restart; make it bigger"
-    restart_s3(stack)
+    try:
+        assert gate.holding.wait(timeout=60), f"the upload never sent a third part: {outcome}"
+        assert worker.is_alive() and open_multipart_uploads(bucket, "r/")
+        stop_s3(stack)
+    finally:
+        gate.released.set()  # the held parts now meet a stopped server
+    time.sleep(1.0)  # a real outage, not just a reconnect
+    stack.up()
     worker.join(timeout=120)
     assert not worker.is_alive()
     assert "error" not in outcome, outcome.get("error")
@@ -227,7 +272,8 @@ def test_kill_during_fetch_leaves_no_partial_file(stack, bucket, tmp_path):
     proc.kill()
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the fetch ended before it was killed: nothing was tested"
-    result = CliRunner().invoke(app, ["transfer", "fetch", dest, str(cache), "--json", str(tmp_path / "f.json")])
+    result = CliRunner().invoke(app, ["transfer", "fetch", dest, str(cache),
+                                      "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     assert not list(cache.glob(".*.partial*"))
     assert all(sha256_file(cache / s.file) == s.sha256 for s in manifest.shards)
@@ -237,8 +283,8 @@ def test_cli_upload_writes_summary(stack, bucket, tmp_path):
     make_fake_shards(tmp_path / "shards", [1 * MB, 200_000])
     summary = tmp_path / "summary.json"
     result = CliRunner().invoke(app, ["transfer", "upload", str(tmp_path / "shards"), f"s3://{bucket}/cli",
-                                      "--concurrency", "4", "--part-size", "5", "--out", str(tmp_path / "out"),
-                                      "--json", str(summary)])
+                                      "--concurrency", "4", "--part-size", "5",
+                                      "--out", str(tmp_path / "out"), "--json", str(summary)])
     assert result.exit_code == 0, result.output
     data = json.loads(summary.read_text())
     assert data["objects_transferred"] == 2 and data["bytes_transferred"] == 1_200_000
@@ -303,8 +349,8 @@ def wait_for(condition, what: str, timeout: float = 30.0, interval: float = 0.05
         time.sleep(interval)
 
 
-def restart_s3(stack) -> None:
-    """Stop the stack's S3 server by its PID file and bring it back with `up()` (same port, same data;
+def stop_s3(stack) -> None:
+    """Stop the stack's S3 server by its PID file (`stack.up()` brings it back: same port, same data;
     MLflow and Triton are kept running)."""
     from visionnode.components.common.stack import process
 
@@ -313,5 +359,3 @@ def restart_s3(stack) -> None:
     assert record is not None, "the stack's S3 server is not running"
     process.stop(pid_file)
     assert process.wait_ports_closed(record.ports) == []
-    time.sleep(1.0)  # a real outage, not just a reconnect
-    stack.up()
