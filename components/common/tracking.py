@@ -27,6 +27,14 @@ PIPELINE_RUN_TAG = "visionnode.pipeline_run_id"
 # the model-training view.
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 TRAINING_VIEW_QUERY = "workflowType=machine_learning"
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+# MLflow's telemetry starts a thread at import that, when it cannot reach its config URL (never, from a
+# cluster or CI box), removes an environment variable while requests may be iterating os.environ in the
+# main thread: a run failed that way (KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). It stays off unless the
+# user sets MLFLOW_DISABLE_TELEMETRY=false; set before anything here imports mlflow.
+for _name, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_name, _value)
 
 
 class Tracker:

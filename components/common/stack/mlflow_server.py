@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..settings import DEFAULT_REGION, S3Credentials
+from ..tracking import TELEMETRY_OFF
 from .process import LOOPBACK, PortSpec, child_env
 from .service import ServiceSpec
 
@@ -21,7 +22,8 @@ def mlflow_spec(state_dir: Path, port: int, s3_endpoint: str | None,
     home = state_dir / "mlflow"
     url = f"http://{LOOPBACK}:{port}"
     # The server's background job runner (three more Python processes) serves no feature we use.
-    env: dict[str, str | None] = {"MLFLOW_TRACKING_URI": None, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env: dict[str, str | None] = {"MLFLOW_TRACKING_URI": None, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                  **TELEMETRY_OFF}
     if s3_endpoint:
         destination = f"s3://{ARTIFACT_BUCKET}/"
         env.update({"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "AWS_DEFAULT_REGION": region})
