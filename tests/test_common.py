@@ -213,3 +213,24 @@ def test_lr_range_suggestion_is_clamped_to_the_band_on_both_sides(rise_at: float
 def test_lr_range_config_rejects_a_divisor_below_one() -> None:
     with pytest.raises(ConfigError, match="min-loss divisor"):
         LRRangeConfig(min_loss_divisor=0.5).checked()
+
+
+CI_MARKERS = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+              "TF_BUILD", "BUILDKITE")
+
+
+def _mlflow_telemetry_client_after_importing_tracking(extra_env: dict[str, str]) -> str:
+    """Outside CI (MLflow turns telemetry off there by itself): does MLflow start its telemetry client?"""
+    env = {k: v for k, v in os.environ.items() if k not in CI_MARKERS and k != "MLFLOW_DISABLE_TELEMETRY"}
+    code = ("import visionnode.components.common.tracking, mlflow\n"
+            "from mlflow.telemetry.client import get_telemetry_client\n"
+            "print('on' if get_telemetry_client() else 'off')")
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **extra_env}, capture_output=True,
+                          text=True, check=True, timeout=120)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on() -> None:
+    # its config thread unset an env var while requests iterated os.environ: a demo step died of KeyError
+    assert _mlflow_telemetry_client_after_importing_tracking({}) == "off"
+    assert _mlflow_telemetry_client_after_importing_tracking({"MLFLOW_DISABLE_TELEMETRY": "false"}) == "on"
