@@ -298,7 +298,8 @@ def range_test_on_shards(model: nn.Module, train_data: Any, config: TrainConfig,
                                               unit="step") as advance:
         result = lr_range_test(step, range_config, advance)
     console.print(f"LR range test: suggested peak LR {result.suggested_lr:.3g} "
-                  f"(steepest fall at {result.steepest_lr:.3g}, {result.seconds:.1f} s)")
+                  f"(a third of where the smoothed loss is lowest, {result.min_loss_lr:.3g}; "
+                  f"{result.seconds:.1f} s)")
     return result
 
 

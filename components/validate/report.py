@@ -143,7 +143,7 @@ def render_lr_range(lr_range: LRRangeResult, png: bytes) -> list[str]:
         (
             f"{len(lr_range.lrs)} steps from lr {lr_range.lrs[0]:.2g} to {lr_range.lrs[-1]:.2g}, "
             f"{ending} ({lr_range.seconds:.1f} s). Loss fell fastest at lr {lr_range.steepest_lr:.3g}; "
-            f"lowest at {lr_range.min_loss_lr:.3g}."
+            f"lowest at {lr_range.min_loss_lr:.3g}; the suggestion is a third of that."
         ),
         "",
         (

@@ -20,10 +20,11 @@ Three checks, run before any expensive step of the pipeline:
    (synthetic tensors of the same shape) and of both together, with a verdict naming the bottleneck.
 4. Learning-rate range test (components/common/lr_range.py): a fresh smoke model trained with train's own
    optimizer (SGD + Nesterov, label smoothing, train's Recipe) on the in-memory subset while the LR grows
-   exponentially; the suggested LR (steepest fall of the smoothed loss) is validate's `suggested_lr`
-   output, which train uses when its own LR is 0 ("auto"). Not a gate. Why on the small smoke model, not
-   ResNet-152: 40 steps cost ~10 s instead of ~2 min on 2 cores; with zero-initialised residual branches and
-   BatchNorm both nets tolerate similar LRs. The LR is found at validate's batch size and image size.
+   exponentially; the suggested LR (a third of the LR at the smoothed loss's minimum, clamped to
+   0.001-1) is validate's `suggested_lr` output, which train uses when its own LR is 0 ("auto"). Not a
+   gate. Why on the small smoke model, not ResNet-152: 40 steps cost ~10 s instead of ~2 min on 2 cores;
+   with zero-initialised residual branches and BatchNorm both nets tolerate similar LRs. The LR is found at
+   validate's batch size and image size.
 """
 
 from __future__ import annotations
