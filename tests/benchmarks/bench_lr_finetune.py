@@ -10,11 +10,17 @@ after another), printed side by side with the wall clock of every run and the CP
 2. the same on a dataset with a strong class signal (`SynthConfig(clutter=False)`: the class shape large on
    a plain grey background, no distractors or noise) for `--strong-epochs` epochs; optionally (b) with a
    gentler crop (`--strong-crop-min-scale`);
-3. fine-tuning: (c) the strong dataset's (b) model of seed 0 (10 classes) fine-tuned for 2 epochs on another
-   generated dataset with another class count (6 classes x 60, cluttered like the demo's, other seed) vs
-   training from scratch on it for 2 and 6 epochs, all with that dataset's range-test LR, per seed.
+3. fine-tuning on a target dataset with another class count (6 classes x 60, cluttered like the demo's, other
+   seed, `--target-val-per-class` val images per class): (c) a model trained on the demo dataset (10 classes,
+   cluttered: the same kind of data; `--source-epochs` epochs, its range-test LR, seed 0) fine-tuned for 2
+   epochs vs training from scratch for 2 and 6 epochs, all with the target's range-test LR, per seed. The
+   6 target classes draw the same shape, hue and texture as source classes 0-5 (synth derives them from the
+   class index), rendered from another seed. Also reported, not chosen after the fact: (c) with
+   `--head-epochs 1`, and (c) from the strong dataset's (b) model of seed 0 (plain shapes on grey: another
+   kind of data; `--skip strong-source` leaves it out).
 
-Default run (ResNet-18, 64 px, 3 seeds): 25 minutes on 2 cores shared with other jobs (load 6-9).
+Default run (ResNet-18, 64 px, 3 seeds): about 30 minutes on 2 cores shared with other jobs; the fine-tuning
+part alone (`--skip demo --skip strong`, both sources trained) took 560 s at load 2-3.
 `--arch resnet152` trains the demo's model (several times slower). Run:
     .venv/bin/python tests/benchmarks/bench_lr_finetune.py
 """
@@ -46,7 +52,7 @@ from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
 STRONG_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=3, min_side=64, max_side=128,
                           clutter=False)
-TARGET_DATA = SynthConfig(classes=6, train_per_class=60, val_per_class=10, seed=5, min_side=64, max_side=128)
+TARGET_SEED = 5  # the fine-tuning target: 6 cluttered classes, val images per class set by the command line
 
 
 @dataclass
@@ -82,13 +88,13 @@ def range_test_lr(data: Path, args: argparse.Namespace, seed: int) -> tuple[floa
 
 
 def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr: float, seed: int,
-              init_weights: str = "", crop_min_scale: float = 0.08) -> Run:
+              init_weights: str = "", crop_min_scale: float = 0.08, head_epochs: int = 0) -> Run:
     started = time.perf_counter()
     result: TrainResult = train(TrainConfig(
         shards=str(shards), out_dir=out, epochs=epochs, batch_size=args.batch_size, arch=args.arch,
         res_start=args.resolution, res_end=args.resolution, precision="auto", resume="never", workers=1,
         seed=seed, tracking=False, checkpoint_uri=str(out / "checkpoints"), recipe=Recipe(lr=lr),
-        init_weights=init_weights, crop_min_scale=crop_min_scale))
+        init_weights=init_weights, crop_min_scale=crop_min_scale, head_epochs=head_epochs))
     return Run(result.top1 or 0.0, result.peak_lr, time.perf_counter() - started)
 
 
@@ -120,31 +126,44 @@ def compare_lrs(label: str, data: Path, shards: Path, root: Path, args: argparse
     return rows
 
 
-def compare_finetune(root: Path, source_weights: Path, target_data: Path, target_shards: Path,
+def compare_finetune(root: Path, sources: dict[str, Path], target_data: Path, target_shards: Path,
                      args: argparse.Namespace) -> list[str]:
-    """(c) fine-tuned for 2 epochs vs from scratch for 2 and 6, per seed, with the target's range-test LR."""
-    scratch_2, scratch_6, tuned = [], [], []
+    """(c) fine-tuned for 2 epochs vs from scratch for 2 and 6, per seed, with the target's range-test LR.
+
+    `sources`: label -> weights; the first is fine-tuned with head_epochs 0 and 1, the others with 0."""
+    scratch_2, scratch_6 = [], []
+    arms: dict[tuple[str, int], list[Run]] = {}
     for seed in range(args.seeds):
         suggested, _ = range_test_lr(target_data, args, seed)
         scratch_2.append(run_train(target_shards, root / f"scratch-2-{seed}", args, 2, suggested, seed))
         scratch_6.append(run_train(target_shards, root / f"scratch-6-{seed}", args, 6, suggested, seed))
-        tuned.append(run_train(target_shards, root / f"finetune-2-{seed}", args, 2, suggested, seed,
-                               init_weights=str(source_weights)))
-        print(f"  6 classes seed {seed}: scratch 2 ep {scratch_2[-1].top1:.1f} %, "
-              f"6 ep {scratch_6[-1].top1:.1f} %, fine-tuned 2 ep {tuned[-1].top1:.1f} % (lr {suggested:.3g})",
-              flush=True)
-    return [_row("6 classes, 2 ep", "from scratch (range-test LR)", scratch_2),
-            _row("6 classes, 6 ep", "from scratch (range-test LR)", scratch_6),
-            _row("6 classes, 2 ep", "(c) fine-tuned from the strong 10-class model", tuned,
-                 f"{_ratio(tuned, scratch_6)} scratch 6 ep")]
+        line = (f"  6 classes seed {seed} (lr {suggested:.3g}): scratch 2 ep {scratch_2[-1].top1:.1f} %, "
+                f"6 ep {scratch_6[-1].top1:.1f} %")
+        for i, (label, weights) in enumerate(sources.items()):
+            for head_epochs in (0, 1) if i == 0 else (0,):
+                run = run_train(target_shards, root / f"finetune-{i}-{head_epochs}-{seed}", args, 2,
+                                suggested, seed, init_weights=str(weights), head_epochs=head_epochs)
+                arms.setdefault((label, head_epochs), []).append(run)
+                line += f"; from {label}, head {head_epochs}: {run.top1:.1f} %"
+        print(line, flush=True)
+    rows = [_row("6 classes, 2 ep", "from scratch (range-test LR)", scratch_2),
+            _row("6 classes, 6 ep", "from scratch (range-test LR)", scratch_6)]
+    for (label, head_epochs), runs in arms.items():
+        setting = f"(c) fine-tuned from the {label} model, --head-epochs {head_epochs}"
+        rows.append(_row("6 classes, 2 ep", setting, runs, f"{_ratio(runs, scratch_6)} scratch 6 ep"))
+    return rows
 
 
-def source_model(root: Path, strong_data: Path, strong_shards: Path, args: argparse.Namespace) -> Path:
-    """The strong dataset's (b) model of seed 0; trained here when that comparison was skipped."""
-    weights = root / "strong 10 classes-range-0" / "weights.pt"
-    if not weights.is_file():
-        suggested, _ = range_test_lr(strong_data, args, 0)
-        run_train(strong_shards, weights.parent, args, args.strong_epochs, suggested, 0)
+def source_model(root: Path, label: str, data: Path, shards: Path, args: argparse.Namespace,
+                 epochs: int, compared_epochs: int) -> Path:
+    """The (b) model of seed 0 on `data` (range-test LR) for `epochs`: compare_lrs's when it ran that long."""
+    weights = root / f"{label}-range-0" / "weights.pt"
+    if not weights.is_file() or epochs != compared_epochs:
+        weights = root / f"{label}-source" / "weights.pt"
+        suggested, _ = range_test_lr(data, args, 0)
+        run = run_train(shards, weights.parent, args, epochs, suggested, 0)
+        print(f"  source {label}: {epochs} ep, lr {suggested:.3g}, {run.top1:.1f} % on its own val, "
+              f"{run.wall_s:.0f} s", flush=True)
     return weights
 
 
@@ -171,7 +190,12 @@ def main() -> None:
                         help="also train the strong dataset with this gentler crop, e.g. 0.35 (0: skip)")
     parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["batch_size"])
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--skip", choices=("demo", "strong", "finetune"), action="append", default=[])
+    parser.add_argument("--source-epochs", type=int, default=10,
+                        help="epochs of the cluttered 10-class (demo dataset) model that (c) fine-tunes")
+    parser.add_argument("--target-val-per-class", type=int, default=30,
+                        help="val images per class of the 6-class fine-tuning target")
+    parser.add_argument("--skip", choices=("demo", "strong", "finetune", "strong-source"), action="append",
+                        default=[])
     args = parser.parse_args()
     os.environ.setdefault("VISIONNODE_PROGRESS", "0")  # one line per run, not a bar per epoch
 
@@ -182,17 +206,28 @@ def main() -> None:
         root = Path(tmp)
         os.environ["VISIONNODE_STATE_DIR"] = str(root / "state")  # no embedded stack: nothing logs to MLflow
         rows = []
-        if "demo" not in args.skip:
+        finetune = "finetune" not in args.skip
+        strong_source = finetune and "strong-source" not in args.skip
+        if "demo" not in args.skip or finetune:
             demo_data, demo_shards = make_shards(root, "demo", DEMO_DATA)
+        if "demo" not in args.skip:
             rows += compare_lrs("demo 10 classes", demo_data, demo_shards, root, args, args.demo_epochs)
-        strong_data, strong_shards = make_shards(root, "strong", STRONG_DATA)
+        if "strong" not in args.skip or strong_source:
+            strong_data, strong_shards = make_shards(root, "strong", STRONG_DATA)
         if "strong" not in args.skip:
             rows += compare_lrs("strong 10 classes", strong_data, strong_shards, root, args,
                                 args.strong_epochs, crop_min_scale=args.strong_crop_min_scale)
-        if "finetune" not in args.skip:
-            target_data, target_shards = make_shards(root, "target", TARGET_DATA)
-            source = source_model(root, strong_data, strong_shards, args)
-            rows += compare_finetune(root, source, target_data, target_shards, args)
+        if finetune:
+            target = SynthConfig(classes=6, train_per_class=60, val_per_class=args.target_val_per_class,
+                                 seed=TARGET_SEED, min_side=64, max_side=128)
+            target_data, target_shards = make_shards(root, "target", target)
+            sources = {"cluttered demo 10-class": source_model(
+                root, "demo 10 classes", demo_data, demo_shards, args, args.source_epochs, args.demo_epochs)}
+            if strong_source:
+                sources["strong 10-class"] = source_model(
+                    root, "strong 10 classes", strong_data, strong_shards, args, args.strong_epochs,
+                    args.strong_epochs)
+            rows += compare_finetune(root, sources, target_data, target_shards, args)
     print()
     print("| dataset, epochs | LR / start | top-1 % (median) | min-max | peak LR | wall s | note |")
     print("|---|---|---|---|---|---|---|")
