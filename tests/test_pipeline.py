@@ -290,25 +290,54 @@ def test_run_without_local_is_a_clear_error() -> None:
     assert "--local" in _one_line_error(runner.invoke(app, ["pipeline", "run"]))
 
 
+TINY_DAG = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
+            "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
+            "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
+            "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
+            "target_p99_ms": 10_000.0}  # a best level on any machine: its figures are checked below
+
+
+def _run_local_dag(data: Path, params: dict, summary_path: Path, state: Path) -> subprocess.CompletedProcess:
+    """`visionnode pipeline run --local` as a user runs it, its output in a pipe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    env["VISIONNODE_STATE_DIR"] = str(state)
+    return subprocess.run([str(Path(sys.executable).parent / "visionnode"), "pipeline", "run", "--local",
+                           "--data", str(data), *[f"-p{k}={v}" for k, v in params.items()],
+                           "--json", str(summary_path)], capture_output=True, text=True, timeout=900, env=env)
+
+
+def _step_lines(stderr: str) -> list[list[str]]:
+    return [line.split() for line in stderr.splitlines() if line.split() and line.split()[0] in PHASES]
+
+
+@pytest.mark.slow
+def test_a_failed_accuracy_gate_stops_the_dag_before_deploy(stack, synth_dataset: Path,
+                                                            tmp_path: Path) -> None:
+    """No model gets past quantize's gate: an impossible bound (INT8 must beat FP32 by 100 points) fails
+    the quantize task, and deploy and benchmark never start."""
+    done = _run_local_dag(synth_dataset, {**TINY_DAG, "max_accuracy_drop": -100.0}, tmp_path / "run.json",
+                          tmp_path / "state")
+    assert done.returncode != 0, done.stderr[-3000:]
+    steps = [(s[0], s[1]) for s in _step_lines(done.stderr)]
+    assert steps[-2:] == [("quantize", "started"), ("quantize", "FAILED")], done.stderr
+    assert not [s for s in steps if s[0] in ("deploy", "benchmark")], done.stderr
+    assert "stopped at step 'quantize'" in done.stderr
+    log = next((tmp_path / "state" / "pipeline-runs-logs").iterdir()) / "quantize.log"
+    assert "--max-accuracy-drop -100" in log.read_text()
+    assert not (tmp_path / "run.json").exists()
+
+
 @pytest.mark.slow
 def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset: Path,
                                                            tmp_path: Path) -> None:
     """The real CLI with its output in a pipe, as `make demo | tee` shows it: a line per step as it starts and
     ends, KFP's executor JSON in the step logs only, the summary uncut, every step's metrics in the JSON."""
-    params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
-              "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
-              "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
-              "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
-              "target_p99_ms": 10_000.0}  # a best level on any machine: its figures are checked below
+    params = TINY_DAG
     summary_path = tmp_path / "run.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
-    env["VISIONNODE_STATE_DIR"] = str(tmp_path / "state")
-    done = subprocess.run([str(Path(sys.executable).parent / "visionnode"), "pipeline", "run", "--local",
-                           "--data", str(synth_dataset), *[f"-p{k}={v}" for k, v in params.items()],
-                           "--json", str(summary_path)], capture_output=True, text=True, timeout=900, env=env)
+    done = _run_local_dag(synth_dataset, params, summary_path, tmp_path / "state")
     assert done.returncode == 0, done.stderr[-3000:]
     shown = (done.stdout + done.stderr).splitlines()
-    steps = [line.split() for line in done.stderr.splitlines() if line.split() and line.split()[0] in PHASES]
+    steps = _step_lines(done.stderr)
     assert [(s[0], s[1]) for s in steps] == [(p, w) for p in PHASES for w in ("started", "done")], done.stderr
     assert len(shown) < 60 and "executor_input" not in done.stdout + done.stderr, "\n".join(shown)
     assert not [line for line in shown if "…" in line], "a cut line in the output"
