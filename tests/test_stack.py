@@ -6,9 +6,13 @@ import io
 import ipaddress
 import json
 import os
+import re
+import shutil
 import socket
 import stat
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +20,11 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from visionnode.components.common.settings import resolve_endpoints
-from visionnode.components.common.stack import LocalStack
+from visionnode.components.common.errors import ServiceError
+from visionnode.components.common.settings import ensure_local_credentials, resolve_endpoints
+from visionnode.components.common.stack import LocalStack, StackConfig
 from visionnode.components.common.stack.process import free_port
+from visionnode.components.common.stack.s3 import MIB
 from visionnode.components.common.stack.triton import parse_triton_repository
 from visionnode.components.common.storage import S3Config, minio_client, resolve_s3_config, s3_client
 from visionnode.components.common.tracking import tracked_run
@@ -83,6 +89,54 @@ def test_wrong_credentials_are_refused(stack: LocalStack) -> None:
                    region=good.region, max_attempts=1)
     with pytest.raises(ClientError):
         s3_client(bad).list_buckets()
+
+
+@pytest.fixture
+def nearly_full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 GiB tmpfs with 8 MiB free: under 1 % of its size, where `weed mini` took no writes at all."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1G", "tmpfs", str(disk)], check=True)
+    try:
+        with open(disk / "filler", "wb") as filler:
+            for _ in range(1016):
+                filler.write(bytes(MIB))
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def _s3_only_stack(state_dir: Path, min_free_mb: int) -> LocalStack:
+    return LocalStack(StackConfig(state_dir=state_dir, s3_port=free_port(), with_mlflow=False,
+                                  with_triton=False, s3_min_free_mb=min_free_mb, die_with_parent=True))
+
+
+def test_s3_takes_writes_with_under_one_percent_of_its_disk_free(nearly_full_disk: Path) -> None:
+    assert shutil.disk_usage(nearly_full_disk).free < shutil.disk_usage(nearly_full_disk).total / 100
+    local = _s3_only_stack(nearly_full_disk / "state", min_free_mb=2)  # needs 4 MiB free to start
+    local.up()
+    try:
+        client = s3_client(S3Config(endpoint=local.endpoints.s3_endpoint,
+                                    credentials=ensure_local_credentials(local.state_dir), region="us-east-1",
+                                    max_attempts=1))
+        client.put_object(Bucket="visionnode", Key="small.bin", Body=b"x" * 65536)
+        assert client.get_object(Bucket="visionnode", Key="small.bin")["Body"].read() == b"x" * 65536
+    finally:
+        local.down()
+
+
+def test_s3_does_not_start_without_twice_its_minimum_free_space(nearly_full_disk: Path) -> None:
+    local = _s3_only_stack(nearly_full_disk / "state", min_free_mb=8)  # needs 16 MiB, 8 MiB are free
+    with pytest.raises(ServiceError) as refused:
+        local.up()
+    reported = re.search(r"needs (\d+) MiB free under .* but its disk has (\d+) MiB free", str(refused.value))
+    assert reported is not None, refused.value
+    assert int(reported[1]) == 16 and int(reported[2]) <= 8
+    assert "--state-dir" in refused.value.hint
+    assert not [s for s in local.status() if s.running]
+    assert not (local.state_dir / "run" / "s3.pid").exists()
 
 
 # ------------------------------------------------------------------ MLflow
@@ -252,7 +306,7 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path, monkeypatch: pytest.Monkey
         listening = _listening(family)
         assert all(_is_loopback(ip) for ip, _ in listening), listening  # nothing binds a non-loopback address
         recorded = {p for f in (state / "run").glob("*.pid") for p in json.loads(f.read_text())["ports"]}
-        # every port a server opens (weed mini opens ten) was set explicitly, so two stacks never collide
+        # every port a server opens (weed server opens eight) was set explicitly, so two stacks never collide
         assert {port for _, port in listening} == recorded
         assert set(ports.values()) <= recorded
         saved = json.loads((state / "stack.json").read_text())

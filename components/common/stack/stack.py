@@ -60,6 +60,8 @@ class StackConfig:
     # Triton from the visionnode/triton-openvino image (docker/build.sh) instead of the pytriton binary here.
     triton_container: bool = False
     startup_timeout_s: float = 120.0
+    # Below this free space the S3 volume server turns read-only; S3 does not start with less than twice it.
+    s3_min_free_mb: int = 256
     # Servers get SIGTERM when the starting process dies (for test sessions; the CLI leaves them running).
     die_with_parent: bool = False
 
@@ -174,7 +176,8 @@ class LocalStack:
         specs: dict[str, ServiceSpec] = {}
         if "s3" in names:
             assert credentials is not None
-            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials)
+            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials,
+                                  min_free_bytes=cfg.s3_min_free_mb * 1024 * 1024)
         if "mlflow" in names:
             specs["mlflow"] = mlflow_spec(self.state_dir, cfg.mlflow_port, s3_endpoint, credentials, region)
         if "triton" in names:
