@@ -15,8 +15,6 @@ import torch
 
 from visionnode.components.common.errors import ConfigError
 
-from .config import PRECISIONS
-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -34,8 +32,7 @@ def _cpuinfo_has(flag: str) -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{requested}'", f"use one of {', '.join(PRECISIONS)}")
+    """The dtype `requested` (one of config.PRECISIONS, checked by TrainConfig.validate) means on `device`."""
     if device.type == "cuda":
         if requested == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
