@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ServiceError, one_line
+from .errors import ConfigError, ServiceError, one_line
 from .progress import PROBE_TIMEOUT_S, waiting_for
 from .settings import resolve_endpoints, resolve_s3_credentials
 from .storage import S3Config, S3Location, resolve_s3_config
@@ -18,12 +18,38 @@ STACK_HINT = "start the embedded stack with `visionnode stack up` or pass --trit
 
 
 @dataclass(frozen=True)
-class RepositoryTarget:
-    """A model repository: a local dir, or an S3 prefix reached through `s3` (endpoint + credentials)."""
+class TritonRepository:
+    """Where Triton reads models: `local_dir`, or `location` on the S3 server at `endpoint` (None = AWS)."""
 
     uri: str
     local_dir: Path | None = None
+    endpoint: str | None = None
     location: S3Location | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.location is not None
+
+
+def parse_triton_repository(uri: str) -> TritonRepository:
+    """Split a repository string: a local dir, `s3://host:port/bucket/prefix` or AWS `s3://bucket/prefix`."""
+    if not uri.startswith("s3://"):
+        return TritonRepository(uri=uri, local_dir=Path(uri).expanduser())
+    rest = uri[len("s3://"):]
+    head, _, path = rest.partition("/")
+    if ":" in head:  # host:port → a private S3 server reached over http
+        bucket, _, key = path.partition("/")
+        if not bucket:
+            raise ConfigError(f"'{uri}' names no bucket", "write it as s3://host:port/bucket/prefix")
+        return TritonRepository(uri=uri, endpoint=f"http://{head}",
+                                location=S3Location(bucket, key.strip("/")))
+    return TritonRepository(uri=uri, location=S3Location(head, path.strip("/")))
+
+
+@dataclass(frozen=True)
+class RepositoryTarget(TritonRepository):
+    """A parsed model repository with the S3 settings (endpoint + credentials) to reach an S3 one."""
+
     s3: S3Config | None = None
 
     @property
@@ -33,29 +59,28 @@ class RepositoryTarget:
         assert self.location is not None and self.s3 is not None
         return ("s3", self.s3.endpoint, self.location.bucket, self.location.key.strip("/"))
 
-    def sibling(self, suffix: str) -> "RepositoryTarget":
+    def sibling(self, suffix: str) -> RepositoryTarget:
         if self.local_dir is not None:
             return RepositoryTarget(self.uri + suffix,
                                     local_dir=self.local_dir.with_name(self.local_dir.name + suffix))
         assert self.location is not None
         key = self.location.key.rstrip("/") + suffix
-        return RepositoryTarget(self.uri.rstrip("/") + suffix, location=S3Location(self.location.bucket, key),
-                                s3=self.s3)
+        return RepositoryTarget(self.uri.rstrip("/") + suffix, endpoint=self.endpoint,
+                                location=S3Location(self.location.bucket, key), s3=self.s3)
 
 
 def parse_repository(uri: str) -> RepositoryTarget:
     """A dir, `s3://bucket/prefix` (on the configured S3 endpoint) or Triton's
     `s3://host:port/bucket/prefix`."""
-    from visionnode.components.common.stack.triton import parse_triton_repository
-
     parsed = parse_triton_repository(uri)
     if parsed.local_dir is not None:
         return RepositoryTarget(uri, local_dir=parsed.local_dir)
     if parsed.endpoint is None:
-        return RepositoryTarget(uri, location=parsed.location, s3=resolve_s3_config())
-    config = S3Config(endpoint=parsed.endpoint, credentials=resolve_s3_credentials(),
+        s3 = resolve_s3_config()
+    else:
+        s3 = S3Config(endpoint=parsed.endpoint, credentials=resolve_s3_credentials(),
                       region=resolve_endpoints().s3_region)
-    return RepositoryTarget(uri, location=parsed.location, s3=config)
+    return RepositoryTarget(uri, endpoint=parsed.endpoint, location=parsed.location, s3=s3)
 
 
 def triton_http_client(url: str, timeout_s: float = 60.0):

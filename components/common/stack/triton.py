@@ -13,12 +13,12 @@ import os
 import shutil
 import sys
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ServiceError
 from ..settings import DEFAULT_REGION, S3Credentials
-from ..storage import S3Config, S3Location, s3_client
+from ..storage import S3Config, s3_client
+from ..triton_client import TritonRepository, parse_triton_repository
 from .process import LOOPBACK, PortSpec, child_env
 from .service import ServiceSpec
 
@@ -26,20 +26,6 @@ REPOSITORY_BUCKET = "visionnode"
 REPOSITORY_PREFIX = "triton-models"
 # An S3 "directory" exists only while it holds an object; Triton refuses to start on a missing one.
 REPOSITORY_MARKER = ".visionnode-repository"
-
-
-@dataclass(frozen=True)
-class TritonRepository:
-    """Where Triton reads models: `local_dir`, or `location` on the S3 server at `endpoint` (None = AWS)."""
-
-    uri: str
-    local_dir: Path | None = None
-    endpoint: str | None = None
-    location: S3Location | None = None
-
-    @property
-    def is_s3(self) -> bool:
-        return self.location is not None
 
 
 def triton_s3_uri(endpoint: str, bucket: str, prefix: str) -> str:
@@ -51,21 +37,6 @@ def triton_s3_uri(endpoint: str, bucket: str, prefix: str) -> str:
         raise ConfigError(f"Triton cannot use the S3 endpoint {endpoint} as its model repository",
                           "give an http://host:port endpoint or pass --triton-repository DIR")
     return f"s3://{parsed.netloc}/{bucket}/{prefix.strip('/')}"
-
-
-def parse_triton_repository(uri: str) -> TritonRepository:
-    """Split a repository string: a local dir, `s3://host:port/bucket/prefix` or AWS `s3://bucket/prefix`."""
-    if not uri.startswith("s3://"):
-        return TritonRepository(uri=uri, local_dir=Path(uri).expanduser())
-    rest = uri[len("s3://"):]
-    head, _, path = rest.partition("/")
-    if ":" in head:  # host:port → a private S3 server reached over http
-        bucket, _, key = path.partition("/")
-        if not bucket:
-            raise ConfigError(f"'{uri}' names no bucket", "write it as s3://host:port/bucket/prefix")
-        return TritonRepository(uri=uri, endpoint=f"http://{head}",
-                                location=S3Location(bucket, key.strip("/")))
-    return TritonRepository(uri=uri, location=S3Location(head, path.strip("/")))
 
 
 def tritonserver_dist() -> Path:
