@@ -33,12 +33,18 @@ if (($#)); then
   report_skips || status=1
   exit $status
 fi
+# Free disk space goes in the log: the embedded S3 turns read-only on a nearly full disk (a CI run once failed so).
+free_disk() { df -h --output=avail,target . "${TMPDIR:-/tmp}" | tail -n +2 | awk '{printf "%s free on %s; ", $1, $2}'; }
+echo "==> disk: $(free_disk)"
 failed=()
 echo "==> ruff check"
 "$PYTHON" -m ruff check . || failed+=("(ruff check)")
 for module in tests/test_*.py; do
   echo "==> $module"
-  "$PYTHON" -m pytest -q "$module" --junitxml="$reports/$(basename "$module" .py).xml" || failed+=("$module")
+  if ! "$PYTHON" -m pytest -q "$module" --junitxml="$reports/$(basename "$module" .py).xml"; then
+    failed+=("$module")
+    echo "==> disk after $module failed: $(free_disk)"
+  fi
 done
 report_skips || failed+=("(skipped tests)")
 if ((${#failed[@]})); then

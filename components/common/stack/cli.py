@@ -57,6 +57,9 @@ def up_command(
                                    "10001, read-only root; build it with `make images`).")] = False,
     timeout: Annotated[float,
                        typer.Option(help="Seconds to wait for each service to become healthy.")] = 120.0,
+    s3_min_free_mb: Annotated[int, typer.Option(
+        help="Free disk space (MiB) below which S3 turns read-only; it does not start with less than twice "
+             "this free.")] = StackConfig.s3_min_free_mb,
     json_path: JsonPath = None,
 ) -> None:
     """Start the services that are not running yet (idempotent) and write STATE_DIR/stack.json."""
@@ -64,8 +67,8 @@ def up_command(
                          triton_http_port=triton_http_port, triton_grpc_port=triton_grpc_port,
                          triton_metrics_port=triton_metrics_port, with_s3=s3, with_mlflow=mlflow,
                          with_triton=triton, triton_repository=triton_repository,
-                         triton_container=triton_container,
-                         startup_timeout_s=timeout)
+                         triton_container=triton_container, startup_timeout_s=timeout,
+                         s3_min_free_mb=s3_min_free_mb)
     stack = LocalStack(config)
     _show(stack.up(), "stack up", json_path)
     endpoints = stack.endpoints
