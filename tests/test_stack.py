@@ -20,10 +20,10 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from visionnode.components.common.numbers import MIB
 from visionnode.components.common.settings import ensure_local_credentials, resolve_endpoints
 from visionnode.components.common.stack import LocalStack, StackConfig
 from visionnode.components.common.stack.process import free_port
-from visionnode.components.common.stack.s3 import MIB
 from visionnode.components.common.storage import S3Config, minio_client, resolve_s3_config, s3_client
 from visionnode.components.common.tracking import tracked_run
 from visionnode.components.common.triton_client import parse_triton_repository

@@ -1,10 +1,12 @@
-"""Numbers as users type them (comma-separated integer lists) and read them (table cells)."""
+"""Numbers as users type them (comma-separated integer lists) and read them (table cells), and their units."""
 
 from __future__ import annotations
 
 import math
 
 from .errors import ConfigError
+
+MIB = 1024 * 1024
 
 
 def parse_int_list(text: str, option: str, example: str) -> list[int]:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import ConfigError, ServiceError, VisionNodeError, one_line
+from .numbers import MIB
 from .storage import (
     MISSING_BUCKET_CODES,
     NOT_FOUND_CODES,
@@ -30,7 +31,6 @@ from .storage import (
 
 DEFAULT_CONCURRENCY = 16          # parallel requests (multipart parts and objects together)
 DEFAULT_PART_SIZE_MB = 16
-MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB          # S3's smallest multipart part (except the last)
 OBJECT_ATTEMPTS = 6               # whole-object tries on top of botocore's per-request retries
 BACKOFF_BASE_S = 1.0

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ServiceError
+from ..numbers import MIB
 from ..settings import DEFAULT_REGION, S3Credentials
 from ..storage import S3Config, s3_client
 from .process import LOOPBACK, PortSpec, child_env, free_port
-from .service import ServiceSpec, venv_executable
+from .service import ServiceSpec, service_log_file, venv_executable
 
+NAME = "s3"
 STACK_BUCKETS = ("visionnode", "mlflow")
-MIB = 1024 * 1024
-# Below this much free space the volume server marks every volume read-only: writes fail loudly while the
-# filer's metadata and the logs still have room. S3 does not start with less than twice this free.
-MIN_FREE_BYTES = 256 * MIB  # StackConfig.s3_min_free_mb
 # Left at 0, weed sizes its volume count from the disk space free at start: every bucket is a collection that
 # grows several volumes on its first write, so on a nearly full disk a new bucket soon fails with "no
 # free volumes left". Volumes are not preallocated, so a fixed count costs nothing until written.
@@ -34,11 +33,14 @@ VOLUME_SIZE_MB = 1024  # 1000 volumes of 1 GiB hold ImageNet's shards (~150 GB) 
 INTERNAL_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                        "filer.port.grpc", "s3.port.grpc")
 PROBE_KEY = ".visionnode-write-probe"
+SETTLE_TIMEOUT_S = 30.0
 
 
-def s3_spec(state_dir: Path, port: int, credentials: S3Credentials,
-            buckets: tuple[str, ...] = STACK_BUCKETS, min_free_bytes: int = MIN_FREE_BYTES) -> ServiceSpec:
-    data_dir = state_dir / "s3"
+def s3_spec(state_dir: Path, port: int, credentials: S3Credentials, min_free_mb: int,
+            buckets: tuple[str, ...] = STACK_BUCKETS) -> ServiceSpec:
+    """Below `min_free_mb` free the volume server marks every volume read-only: writes fail loudly while the
+    filer's metadata and the logs still have room. S3 does not start with less than twice it free."""
+    data_dir = state_dir / NAME
     url = f"http://{LOOPBACK}:{port}"
     internal = {flag: free_port() for flag in INTERNAL_PORT_FLAGS}
     argv = [
@@ -47,25 +49,24 @@ def s3_spec(state_dir: Path, port: int, credentials: S3Credentials,
         f"-s3.port={port}", *(f"-{flag}={value}" for flag, value in internal.items()),
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
         f"-volume.max={MAX_VOLUMES}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
-        f"-volume.minFreeSpace={min_free_bytes // MIB}MiB",
+        f"-volume.minFreeSpace={min_free_mb}MiB",
         "-volume.preStopSeconds=1",  # the default 10 s wait delays every `stack down`
         # Unix sockets default to /tmp/seaweedfs-*-<port>.sock; keep them in the state dir.
         f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}",
     ]
     ports = [PortSpec(port, "S3 API", "--s3-port"),
              *(PortSpec(value, flag) for flag, value in internal.items())]
-    log_file = state_dir / "logs" / "s3.log"
 
     def before_start() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        check_free_space(data_dir, 2 * min_free_bytes)
+        check_free_space(data_dir, 2 * min_free_mb * MIB)
 
     def after_healthy() -> None:
         ensure_buckets(url, credentials, buckets)
-        ensure_writable(url, credentials, buckets[0], data_dir, log_file)
+        ensure_writable(url, credentials, buckets[0], data_dir, service_log_file(state_dir, NAME))
 
     return ServiceSpec(
-        name="s3", argv=argv, env=child_env(credentials.as_env()), ports=ports, url=url,
+        name=NAME, argv=argv, env=child_env(credentials.as_env()), ports=ports, url=url,
         health_url=f"{url}/healthz", before_start=before_start, after_healthy=after_healthy,
     )
 
@@ -84,39 +85,49 @@ def _client(endpoint: str, credentials: S3Credentials, max_attempts: int):
                               max_attempts=max_attempts))
 
 
-def ensure_buckets(endpoint: str, credentials: S3Credentials, buckets: tuple[str, ...],
-                   timeout_s: float = 30.0) -> None:
+def ensure_buckets(endpoint: str, credentials: S3Credentials, buckets: tuple[str, ...]) -> None:
     """Create the buckets that do not exist yet; retried while the filer behind the gateway settles."""
     client = _client(endpoint, credentials, max_attempts=3)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-            for bucket in buckets:
-                if bucket not in existing:
-                    client.create_bucket(Bucket=bucket)
-            return
-        except Exception as exc:  # botocore raises many types while the server warms up
-            if time.monotonic() > deadline:
-                raise ServiceError(f"S3 at {endpoint} refused to create buckets {', '.join(buckets)}: {exc}",
-                                   "check the credentials in the environment and the S3 log") from None
-            time.sleep(0.3)
+
+    def create_missing() -> None:
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in buckets:
+            if bucket not in existing:
+                client.create_bucket(Bucket=bucket)
+
+    def failure(exc: Exception) -> ServiceError:
+        return ServiceError(f"S3 at {endpoint} refused to create buckets {', '.join(buckets)}: {exc}",
+                            "check the credentials in the environment and the S3 log")
+
+    _retry_while_settling(create_missing, failure)
 
 
-def ensure_writable(endpoint: str, credentials: S3Credentials, bucket: str, data_dir: Path, log_file: Path,
-                    timeout_s: float = 30.0) -> None:
+def ensure_writable(endpoint: str, credentials: S3Credentials, bucket: str, data_dir: Path,
+                    log_file: Path) -> None:
     """Wait until an object can be written: the gateway answers before the volume server has registered."""
     client = _client(endpoint, credentials, max_attempts=1)
-    deadline = time.monotonic() + timeout_s
+
+    def write_probe() -> None:
+        client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"probe")
+        client.delete_object(Bucket=bucket, Key=PROBE_KEY)
+
+    def failure(exc: Exception) -> ServiceError:
+        free = shutil.disk_usage(data_dir).free
+        return ServiceError(f"S3 at {endpoint} accepts no writes after {SETTLE_TIMEOUT_S:.0f} s ({exc}); "
+                            f"{free / MIB:.0f} MiB free under {data_dir}",
+                            f"see {log_file}; free disk space if it is nearly full")
+
+    _retry_while_settling(write_probe, failure)
+
+
+def _retry_while_settling(action: Callable[[], None], failure: Callable[[Exception], ServiceError]) -> None:
+    """Run `action` until it succeeds; after SETTLE_TIMEOUT_S its last error becomes `failure(error)`."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:
         try:
-            client.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"probe")
-            client.delete_object(Bucket=bucket, Key=PROBE_KEY)
+            action()
             return
-        except Exception as exc:  # InternalError until a volume can be assigned
+        except Exception as exc:  # botocore raises many types (InternalError, refused connections) meanwhile
             if time.monotonic() > deadline:
-                free = shutil.disk_usage(data_dir).free
-                raise ServiceError(f"S3 at {endpoint} accepts no writes after {timeout_s:.0f} s ({exc}); "
-                                   f"{free / MIB:.0f} MiB free under {data_dir}",
-                                   f"see {log_file}; free disk space if it is nearly full") from None
+                raise failure(exc) from None
             time.sleep(0.3)

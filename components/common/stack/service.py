@@ -26,10 +26,18 @@ class ServiceSpec:
     after_healthy: Callable[[], None] | None = None  # e.g. create buckets
 
     def pid_file(self, state_dir: Path) -> Path:
-        return state_dir / "run" / f"{self.name}.pid"
+        return service_pid_file(state_dir, self.name)
 
     def log_file(self, state_dir: Path) -> Path:
-        return state_dir / "logs" / f"{self.name}.log"
+        return service_log_file(state_dir, self.name)
+
+
+def service_pid_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "run" / f"{name}.pid"
+
+
+def service_log_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "logs" / f"{name}.log"
 
 
 def venv_executable(name: str, package: str) -> str:

@@ -35,7 +35,7 @@ from . import process
 from .mlflow_server import mlflow_spec
 from .process import ProcessRecord
 from .s3 import s3_spec
-from .service import ServiceSpec
+from .service import ServiceSpec, service_log_file, service_pid_file
 from .triton import REPOSITORY_BUCKET, REPOSITORY_PREFIX, triton_s3_uri, triton_spec
 
 SERVICE_ORDER = ("s3", "mlflow", "triton")
@@ -176,8 +176,7 @@ class LocalStack:
         specs: dict[str, ServiceSpec] = {}
         if "s3" in names:
             assert credentials is not None
-            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials,
-                                  min_free_bytes=cfg.s3_min_free_mb * 1024 * 1024)
+            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials, cfg.s3_min_free_mb)
         if "mlflow" in names:
             specs["mlflow"] = mlflow_spec(self.state_dir, cfg.mlflow_port, s3_endpoint, credentials, region)
         if "triton" in names:
@@ -272,10 +271,10 @@ class LocalStack:
         return process.read_record(self._pid_file(name))
 
     def _pid_file(self, name: str) -> Path:
-        return self.state_dir / "run" / f"{name}.pid"
+        return service_pid_file(self.state_dir, name)
 
     def _log_file(self, name: str) -> Path:
-        return self.state_dir / "logs" / f"{name}.log"
+        return service_log_file(self.state_dir, name)
 
 
 def _healthy(record: ProcessRecord) -> bool:
