@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
 
 from visionnode.components.common.errors import ServiceError
 from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_port
+from visionnode.components.common.stack.process import free_ports
 from visionnode.components.common.storage import s3_client
 
 STACK_ENV = ("VISIONNODE_STATE_DIR", "VISIONNODE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -26,12 +26,17 @@ STACK_ENV = ("VISIONNODE_STATE_DIR", "VISIONNODE_S3_ENDPOINT", "AWS_ACCESS_KEY_I
              "VISIONNODE_TRITON_METRICS", "VISIONNODE_TRITON_REPOSITORY", "AWS_DEFAULT_REGION")
 
 
+def free_port_args(*flags: str, avoid: Collection[int] = ()) -> list[str]:
+    """["--s3-port", "41023", "--mlflow-port", "38211", ...]: a different free port for each flag."""
+    return [str(v) for pair in zip(flags, free_ports(len(flags), avoid=avoid), strict=True) for v in pair]
+
+
 def free_stack_config(state_dir: Path, triton_container: bool = False) -> StackConfig:
-    """A full stack on ports nobody holds right now (the kernel's pick for port 0)."""
-    return StackConfig(state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(),
-                       triton_http_port=free_port(), triton_grpc_port=free_port(),
-                       triton_metrics_port=free_port(), startup_timeout_s=180.0, die_with_parent=True,
-                       triton_container=triton_container)
+    """A full stack on five different ports nobody holds right now (the kernel's picks for port 0)."""
+    s3, mlflow, http, grpc, metrics = free_ports(5)
+    return StackConfig(state_dir=state_dir, s3_port=s3, mlflow_port=mlflow, triton_http_port=http,
+                       triton_grpc_port=grpc, triton_metrics_port=metrics, startup_timeout_s=180.0,
+                       die_with_parent=True, triton_container=triton_container)
 
 
 def _start_on_free_ports(state_dir: Path, triton_container: bool = False, attempts: int = 3) -> LocalStack:

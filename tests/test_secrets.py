@@ -23,8 +23,7 @@ import click
 import pytest
 import typer
 
-from tests.stack_fixtures import STACK_ENV
-from visionnode.components.common.stack.process import free_port
+from tests.stack_fixtures import STACK_ENV, free_port_args
 from visionnode.pipeline.cli import app
 
 VISIONNODE = str(Path(sys.executable).parent / "visionnode")
@@ -82,8 +81,8 @@ def test_no_command_prints_or_logs_the_s3_secret_or_the_kfp_token(tmp_path: Path
 
     helps = [subprocess.Popen([VISIONNODE, *path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for path in _command_paths(typer.main.get_command(app))]
-    cli("stack", "up", "--state-dir", str(state), "--s3-port", str(free_port()), "--mlflow-port",
-        str(free_port()), "--no-triton", "--json", str(tmp_path / "up.json"))
+    cli("stack", "up", "--state-dir", str(state), *free_port_args("--s3-port", "--mlflow-port"),
+        "--no-triton", "--json", str(tmp_path / "up.json"))
     try:
         cli("stack", "status", "--state-dir", str(state), "--json", str(tmp_path / "status.json"))
         raw = str(tmp_path / "raw")

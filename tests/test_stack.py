@@ -20,16 +20,20 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from tests.stack_fixtures import free_port_args
 from visionnode.components.common.numbers import MIB
-from visionnode.components.common.settings import ensure_local_credentials, resolve_endpoints
+from visionnode.components.common.settings import S3Credentials, ensure_local_credentials, resolve_endpoints
 from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_port
+from visionnode.components.common.stack.process import free_port, free_ports
+from visionnode.components.common.stack.s3 import s3_spec
 from visionnode.components.common.storage import S3Config, minio_client, resolve_s3_config, s3_client
 from visionnode.components.common.tracking import tracked_run
 from visionnode.components.common.triton_client import parse_triton_repository
 from visionnode.pipeline.cli import app
 
 runner = CliRunner()
+PORT_FLAGS = ("--s3-port", "--mlflow-port", "--triton-http-port", "--triton-grpc-port",
+              "--triton-metrics-port")
 
 
 # ------------------------------------------------------------------ S3
@@ -280,9 +284,9 @@ def test_cli_up_status_down_lifecycle(tmp_path: Path, monkeypatch: pytest.Monkey
     state = tmp_path / "state"
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "VISIONNODE_S3_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)  # the stack must generate its own credentials
-    ports = {"--s3-port": free_port(), "--mlflow-port": free_port(), "--triton-http-port": free_port(),
-             "--triton-grpc-port": free_port(), "--triton-metrics-port": free_port()}
-    args = ["stack", "up", "--state-dir", str(state), *(str(v) for kv in ports.items() for v in kv)]
+    port_args = free_port_args(*PORT_FLAGS)
+    ports = dict(zip(port_args[::2], map(int, port_args[1::2]), strict=True))
+    args = ["stack", "up", "--state-dir", str(state), *port_args]
 
     up = runner.invoke(app, args)
     assert up.exit_code == 0, up.output
@@ -333,8 +337,7 @@ def test_cli_up_uses_external_services_it_is_told_to_leave_out(stack: LocalStack
     environment."""
     state = tmp_path / "state"
     external_s3 = os.environ["VISIONNODE_S3_ENDPOINT"]  # the session stack's S3 plays "a real MinIO"
-    triton_ports = [str(v) for flag in ("--triton-http-port", "--triton-grpc-port", "--triton-metrics-port")
-                    for v in (flag, free_port())]
+    triton_ports = free_port_args("--triton-http-port", "--triton-grpc-port", "--triton-metrics-port")
     up = runner.invoke(app, ["stack", "up", "--state-dir", str(state), "--no-s3", "--no-mlflow",
                              *triton_ports,
                              "--json", str(tmp_path / "up.json")])
@@ -356,8 +359,8 @@ def test_cli_up_reports_a_port_in_use_as_one_line(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        others = [str(v) for flag in ("--s3-port", "--triton-http-port", "--triton-grpc-port",
-                                      "--triton-metrics-port") for v in (flag, free_port())]
+        others = free_port_args("--s3-port", "--triton-http-port", "--triton-grpc-port",
+                                "--triton-metrics-port", avoid={taken})
         result = runner.invoke(app, ["stack", "up", "--state-dir", str(tmp_path), "--mlflow-port", str(taken),
                                      *others], catch_exceptions=False)
     assert result.exit_code == 2
@@ -365,6 +368,38 @@ def test_cli_up_reports_a_port_in_use_as_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert str(taken) in lines[0] and "--mlflow-port" in lines[0]
     assert not list((tmp_path / "run").glob("*.pid"))  # nothing was started
+
+
+@pytest.mark.parametrize("same, other", [
+    ("--triton-grpc-port", "--triton-metrics-port"),  # two roles of one server (CI once picked this pair)
+    ("--s3-port", "--mlflow-port"),                   # two servers
+])
+def test_cli_up_refuses_one_port_for_two_listeners(tmp_path: Path, same: str, other: str) -> None:
+    args = free_port_args(*PORT_FLAGS)
+    args[args.index(other) + 1] = args[args.index(same) + 1]
+    result = runner.invoke(app, ["stack", "up", "--state-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert same in lines[0] and other in lines[0] and args[args.index(same) + 1] in lines[0]
+    assert not list((tmp_path / "run").glob("*.pid"))  # nothing was started
+
+
+def test_free_ports_are_distinct_and_outside_the_avoided_ones() -> None:
+    """800 picks at once; picked one by one (each socket closed before the next bind), 800 held 34 repeats."""
+    first = free_ports(800)
+    assert len(set(first)) == 800
+    second = free_ports(200, avoid=set(first))
+    assert len(set(second)) == 200 and not set(second) & set(first)
+
+
+def test_embedded_s3_picks_its_internal_ports_outside_the_other_servers_ports(tmp_path: Path) -> None:
+    low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    taken = set(range(low, (low + high) // 2))  # half the kernel's range stands for "the other servers"
+    spec = s3_spec(tmp_path, 8333, S3Credentials("key", "secret"), min_free_mb=256, avoid_ports=taken)
+    internal = [p.port for p in spec.ports if p.flag is None]
+    assert len(internal) == len(set(internal)) == 7
+    assert not set(internal) & (taken | {8333})
 
 
 def test_stop_kills_a_server_that_ignores_sigterm_and_only_its_own_pid(tmp_path: Path) -> None:

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_port
+from visionnode.components.common.stack.process import free_ports
 
 
 def one_round(state_dir: Path) -> dict[str, float]:
-    config = StackConfig(state_dir=state_dir, s3_port=free_port(), mlflow_port=free_port(),
-                         triton_http_port=free_port(), triton_grpc_port=free_port(),
-                         triton_metrics_port=free_port())
+    s3, mlflow, http, grpc, metrics = free_ports(5)
+    config = StackConfig(state_dir=state_dir, s3_port=s3, mlflow_port=mlflow, triton_http_port=http,
+                         triton_grpc_port=grpc, triton_metrics_port=metrics)
     stack = LocalStack(config)
     began = time.monotonic()
     statuses = stack.up()

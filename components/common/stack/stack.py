@@ -65,6 +65,11 @@ class StackConfig:
     # Servers get SIGTERM when the starting process dies (for test sessions; the CLI leaves them running).
     die_with_parent: bool = False
 
+    def ports(self) -> set[int]:
+        """The ports set for the servers (the embedded S3 picks its internal ports outside them)."""
+        return {self.s3_port, self.mlflow_port, self.triton_http_port, self.triton_grpc_port,
+                self.triton_metrics_port}
+
     def enabled(self, name: str) -> bool:
         return {"s3": self.with_s3, "mlflow": self.with_mlflow, "triton": self.with_triton}[name]
 
@@ -100,6 +105,7 @@ class LocalStack:
                 statuses[name] = kept
         to_start = [n for n in SERVICE_ORDER if self.config.enabled(n) and n not in statuses]
         specs = self._specs(to_start)
+        process.ensure_ports_distinct({spec.name: spec.ports for spec in specs.values()})
         for spec in specs.values():
             process.ensure_ports_free(spec.name, spec.ports)
         launched: dict[str, process.Pending] = {}
@@ -176,7 +182,8 @@ class LocalStack:
         specs: dict[str, ServiceSpec] = {}
         if "s3" in names:
             assert credentials is not None
-            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials, cfg.s3_min_free_mb)
+            specs["s3"] = s3_spec(self.state_dir, cfg.s3_port, credentials, cfg.s3_min_free_mb,
+                                  avoid_ports=cfg.ports())
         if "mlflow" in names:
             specs["mlflow"] = mlflow_spec(self.state_dir, cfg.mlflow_port, s3_endpoint, credentials, region)
         if "triton" in names:
