@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_ports
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.stack_fixtures import free_stack_config
+from visionnode.components.common.stack import LocalStack
 
 
 def one_round(state_dir: Path) -> dict[str, float]:
-    s3, mlflow, http, grpc, metrics = free_ports(5)
-    config = StackConfig(state_dir=state_dir, s3_port=s3, mlflow_port=mlflow, triton_http_port=http,
-                         triton_grpc_port=grpc, triton_metrics_port=metrics)
-    stack = LocalStack(config)
+    stack = LocalStack(free_stack_config(state_dir))
     began = time.monotonic()
     statuses = stack.up()
     figures = {f"{s.name} start s": float(s.startup_s or 0.0) for s in statuses}
