@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds (and with --push, pushes) every VisionNode-152 image, tagged the way the compiled pipeline
-# references them (components/common/kfp_support.py component_image()):
+# references them (components/common/adapters/kfp.py component_image()):
 #
 #   ${VISIONNODE_IMAGE_PREFIX:-visionnode}/base:<version>             the shared base
 #   ${VISIONNODE_IMAGE_PREFIX:-visionnode}/<phase>:<version>          validate shard transfer train quantize deploy benchmark

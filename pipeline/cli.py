@@ -10,8 +10,8 @@ import importlib
 import typer
 
 COMMAND_MODULES = (
-    "visionnode.components.common.data_cli",
-    "visionnode.components.common.stack.cli",
+    "visionnode.components.local.data_cli",
+    "visionnode.components.local.stack.cli",
     "visionnode.components.validate.cli",
     "visionnode.components.shard.cli",
     "visionnode.components.transfer.cli",
@@ -34,7 +34,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from visionnode.components.common.kfp_support import project_version
+        from visionnode.components.common.adapters.kfp import project_version
 
         typer.echo(f"visionnode {project_version()}")
         raise typer.Exit()

@@ -8,7 +8,13 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from visionnode.components.common.cli import JsonOption, emit_result, err_console, out_console, user_errors
+from visionnode.components.common.adapters.cli import (
+    JsonOption,
+    emit_result,
+    err_console,
+    out_console,
+    user_errors,
+)
 from visionnode.components.common.errors import ConfigError
 
 pipeline_app = typer.Typer(help="The KFP pipeline: compile it, submit it to a cluster, or run it locally.",
@@ -26,7 +32,7 @@ def compile_command(
     out: Annotated[Path, typer.Argument(help="Where to write the KFP IR YAML (e.g. visionnode-152.yaml).")],
 ) -> None:
     """Compile the seven-step DAG to KFP v2 IR YAML (reproducible: same code, same bytes)."""
-    from .compile import compile_pipeline
+    from visionnode.pipeline.compile import compile_pipeline
 
     out_console.print(f"pipeline written to {compile_pipeline(out)}")
 
@@ -45,7 +51,7 @@ def submit_command(
     json_path: JsonOption = None,
 ) -> None:
     """Upload the pipeline (a new version when it changed), create a run and print its URL."""
-    from .submit import SubmitConfig, submit_pipeline
+    from visionnode.pipeline.submit import SubmitConfig, submit_pipeline
 
     params = _params(param, param_file)
     result = submit_pipeline(SubmitConfig(host, experiment, params, run_name, namespace))
@@ -70,7 +76,7 @@ def run_command(
     json_path: JsonOption = None,
 ) -> None:
     """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary."""
-    from .local_run import LocalRunConfig, run_local
+    from visionnode.pipeline.local_run import LocalRunConfig, run_local
 
     if not local:
         raise ConfigError("only local runs are started from here",
@@ -90,7 +96,7 @@ def _print_step(line: str) -> None:
 
 
 def _params(pairs: list[str] | None, param_file: Path | None) -> dict[str, Any]:
-    from .compile import compiled_spec, parameter_types, parse_params
+    from visionnode.pipeline.compile import compiled_spec, parameter_types, parse_params
 
     types = parameter_types(compiled_spec())
     from_file: dict[str, Any] = {}

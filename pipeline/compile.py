@@ -19,7 +19,7 @@ def compile_pipeline(out: str | Path) -> Path:
     """Write the pipeline's IR YAML atomically. The output is byte-for-byte reproducible."""
     from kfp import compiler
 
-    from .pipeline import visionnode_pipeline
+    from visionnode.pipeline.pipeline import visionnode_pipeline
 
     out = Path(out)
     if out.suffix not in (".yaml", ".yml"):

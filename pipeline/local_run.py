@@ -24,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionnode.components.common import containers
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
 from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
-from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
-
-from .compile import compiled_spec, parameter_defaults
-from .params import check_params
-from .pipeline import PIPELINE_NAME
-from .step_log import StepEvent, StepLog
+from visionnode.components.local import containers
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
+from visionnode.pipeline.compile import compiled_spec, parameter_defaults
+from visionnode.pipeline.params import check_params
+from visionnode.pipeline.pipeline import PIPELINE_NAME
+from visionnode.pipeline.step_log import StepEvent, StepLog
 
 # A service named by one of these variables is external: the local run does not start an embedded one.
 EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
@@ -114,7 +113,7 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
 
 def _start_stack(triton_container: bool) -> Endpoints:
     """Start (or keep) the embedded services, except those the environment points at an external endpoint."""
-    from visionnode.components.common.stack.stack import LocalStack, StackConfig
+    from visionnode.components.local.stack.stack import LocalStack, StackConfig
 
     external = {name: any(os.environ.get(var) for var in env_vars) for name, env_vars in EXTERNAL_ENV.items()}
     stack = LocalStack(StackConfig(with_s3=not external["s3"], with_mlflow=not external["mlflow"],
@@ -212,7 +211,7 @@ def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any,
     one line per step to `on_step`."""
     from kfp import local
 
-    from .pipeline import visionnode_pipeline
+    from visionnode.pipeline.pipeline import visionnode_pipeline
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.storage import parse_s3_uri
+from visionnode.components.common.storage.s3 import parse_s3_uri
 
 # Where a cluster's importer can read the raw dataset from (KFP resolves these object-store schemes).
 REMOTE_DATA_SCHEMES = ("s3", "gs", "minio", "http", "https")
@@ -68,7 +68,7 @@ def _transfer(params: dict[str, Any]) -> None:
 
 
 def _train(params: dict[str, Any]) -> None:
-    from visionnode.components.common.recipe import Recipe, parse_res_schedule
+    from visionnode.components.common.training.recipe import Recipe, parse_res_schedule
     from visionnode.components.train.config import TrainConfig
 
     res_start, res_end = parse_res_schedule(params["res_schedule"])

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionnode.components.common.adapters.kfp import project_version
 from visionnode.components.common.errors import ConfigError, ServiceError
-from visionnode.components.common.kfp_support import project_version
-
-from .compile import compile_pipeline, compiled_spec, parameter_defaults
-from .params import check_params
-from .pipeline import PIPELINE_NAME
+from visionnode.pipeline.compile import compile_pipeline, compiled_spec, parameter_defaults
+from visionnode.pipeline.params import check_params
+from visionnode.pipeline.pipeline import PIPELINE_NAME
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 

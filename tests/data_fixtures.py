@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
 TINY = SynthConfig(classes=6, train_per_class=16, val_per_class=4, seed=7, min_side=64, max_side=160)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from visionnode.components.common.artifacts import ClassIndex, InferenceMetadata, Preprocessing, TensorSpec
-from visionnode.components.common.model import IMAGENET_MEAN, IMAGENET_STD
+from visionnode.components.common.training.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 class _TinyServingNet(nn.Module):
@@ -139,8 +139,8 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def serve_models(staging: Path, names: list[str], http_url: str, version: int = 1) -> None:
     """Publish `<staging>/<name>/` dirs into the repository the running Triton reads, and load them."""
+    from visionnode.components.common.serving.triton import parse_repository
     from visionnode.components.common.settings import resolve_endpoints
-    from visionnode.components.common.triton_client import parse_repository
     from visionnode.components.deploy.deploy import load_and_wait, publish, triton_http_client
 
     target = parse_repository(resolve_endpoints().triton_repository)

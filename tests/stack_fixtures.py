@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from visionnode.components.common.errors import ServiceError
-from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_ports
-from visionnode.components.common.storage import s3_client
+from visionnode.components.common.storage.s3 import s3_client
+from visionnode.components.local.stack import LocalStack, StackConfig
+from visionnode.components.local.stack.process import free_ports
 
 STACK_ENV = ("VISIONNODE_STATE_DIR", "VISIONNODE_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
              "MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI", "VISIONNODE_TRITON_HTTP",

@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from visionnode.components.common.data.imagenet import open_imagenet
+from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.errors import ConfigError, DataError
-from visionnode.components.common.imagenet import open_imagenet
-from visionnode.components.common.images import UnreadableImage, load_rgb
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
-from visionnode.components.common.lr_range import LRRangeConfig, exponential_lrs, lr_range_test
-from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
-from visionnode.components.common.synth import SynthConfig, synthesize_dataset
 from visionnode.components.common.tracking import tracked_run
+from visionnode.components.common.training.lr_range import LRRangeConfig, exponential_lrs, lr_range_test
+from visionnode.components.common.training.model import RESNET152_PARAMETERS, build_resnet, count_parameters
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
 
 def test_reader_indexes_classes_like_torchvision(synth_dataset: Path) -> None:

@@ -26,12 +26,12 @@ import tritonclient.http as httpclient
 
 from tests.serving_helpers import make_small_openvino_model
 from tests.stack_fixtures import stack_session
-from visionnode.components.common import containers
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.settings import resolve_endpoints, resolve_s3_credentials, service_env
-from visionnode.components.common.stack import LocalStack
-from visionnode.components.common.storage import s3_client
-from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.common.storage.s3 import s3_client
+from visionnode.components.local import containers
+from visionnode.components.local.stack import LocalStack
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ("base", *containers.PHASES, "triton-openvino")
@@ -397,7 +397,7 @@ def test_docker_runner_without_an_engine_is_one_line(tmp_path: Path) -> None:
 
 
 def test_build_without_network_for_pip_names_what_it_could_not_fetch(tmp_path: Path) -> None:
-    from visionnode.components.common.stack.process import free_port
+    from visionnode.components.local.stack.process import free_port
 
     closed = free_port()
     env = {**os.environ, "VISIONNODE_WHEELHOUSE": str(tmp_path / "wheelhouse"), "PIP_CONFIG_FILE": os.devnull,

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from tests.serving_helpers import make_small_openvino_model, optional_fixture, server_counts
 from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.data.samples import encode_jpeg
 from visionnode.components.common.errors import DataError, ServiceError
-from visionnode.components.common.samples import encode_jpeg
-from visionnode.components.common.storage import s3_client
+from visionnode.components.common.storage.s3 import s3_client
 from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
 from visionnode.components.deploy.repository import (
     JPEG_INPUT,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.skips import skip_unless_ci
-from visionnode.components.common import kfp_support
-from visionnode.components.common.kfp_support import component_image, project_version
+from visionnode.components.common.adapters import kfp as kfp_support
+from visionnode.components.common.adapters.kfp import component_image, project_version
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"

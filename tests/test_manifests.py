@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from tests.skips import skip_unless_ci
-from visionnode.components.common.kfp_support import project_version
+from visionnode.components.common.adapters.kfp import project_version
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"

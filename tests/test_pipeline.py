@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from tests.browser import rendered_text
 from tests.net_helpers import listeners_that_never_answer
 from tests.serving_helpers import server_counts
-from visionnode.components.common.cli import human_value
+from visionnode.components.common.adapters.cli import human_value
+from visionnode.components.common.adapters.kfp import project_version
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.kfp_support import project_version
 from visionnode.pipeline.cli import app
 from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
 

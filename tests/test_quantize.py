@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from visionnode.components.common.artifacts import InferenceMetadata, ModelMetadata, ShardManifest
-from visionnode.components.common.ffcv_io import uint8_batches
+from visionnode.components.common.data.ffcv_io import uint8_batches
 from visionnode.components.quantize.accuracy import compare_accuracy
 from visionnode.components.quantize.export import (
     INPUT_NAME,

@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from tests.data_fixtures import MessyDataset
 from tests.shard_fixtures import TINY_IMAGES_PER_SHARD, TINY_MAX_RESOLUTION
 from visionnode.components.common.artifacts import ShardManifest
-from visionnode.components.common.errors import DataError
-from visionnode.components.common.ffcv_io import (
+from visionnode.components.common.data.ffcv_io import (
     IMAGE_FIELD,
     LABEL_FIELD,
     flip_normalize_op,
@@ -31,6 +30,7 @@ from visionnode.components.common.ffcv_io import (
     uint8_batches,
     val_loader,
 )
+from visionnode.components.common.errors import DataError
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.shard.shard import JOURNAL_FILE, ShardConfig, ShardResult, shard_dataset
 from visionnode.pipeline.cli import app
@@ -309,7 +309,7 @@ def _rank_labels(rank: int, world: int, paths: list[str], rendezvous: str, out_d
     out_dir/<rank>.json."""
     import torch.distributed as dist
 
-    from visionnode.components.common.ffcv_io import train_loader
+    from visionnode.components.common.data.ffcv_io import train_loader
 
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
@@ -326,7 +326,7 @@ def test_two_ranks_read_disjoint_parts_that_cover_every_shard(tmp_path: Path) ->
     overlap)."""
     import torch.multiprocessing as mp
 
-    from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+    from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
     synthesize_dataset(tmp_path / "data", SynthConfig(classes=16, train_per_class=1, val_per_class=1, seed=3,
                                                       min_side=40, max_side=48))

@@ -22,13 +22,13 @@ from typer.testing import CliRunner
 
 from tests.stack_fixtures import free_port_args
 from visionnode.components.common.numbers import MIB
+from visionnode.components.common.serving.triton import parse_triton_repository
 from visionnode.components.common.settings import S3Credentials, ensure_local_credentials, resolve_endpoints
-from visionnode.components.common.stack import LocalStack, StackConfig
-from visionnode.components.common.stack.process import free_port, free_ports
-from visionnode.components.common.stack.s3 import s3_spec
-from visionnode.components.common.storage import S3Config, minio_client, resolve_s3_config, s3_client
+from visionnode.components.common.storage.s3 import S3Config, minio_client, resolve_s3_config, s3_client
 from visionnode.components.common.tracking import tracked_run
-from visionnode.components.common.triton_client import parse_triton_repository
+from visionnode.components.local.stack import LocalStack, StackConfig
+from visionnode.components.local.stack.process import free_port, free_ports
+from visionnode.components.local.stack.s3 import s3_spec
 from visionnode.pipeline.cli import app
 
 runner = CliRunner()
@@ -405,7 +405,7 @@ def test_embedded_s3_picks_its_internal_ports_outside_the_other_servers_ports(tm
 def test_stop_kills_a_server_that_ignores_sigterm_and_only_its_own_pid(tmp_path: Path) -> None:
     import sys
 
-    from visionnode.components.common.stack import process
+    from visionnode.components.local.stack import process
 
     stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('up', flush=True); time.sleep(120)")

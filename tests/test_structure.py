@@ -58,6 +58,31 @@ def test_phases_import_only_common_and_themselves() -> None:
     assert phase_to_phase_imports(COMPONENTS) == []
 
 
+def upward_imports_from_common(components: Path) -> list[str]:
+    """Every import in components/common/ of a phase or of the local-only tooling (components/local/): what a
+    cluster image needs must not depend on what only a laptop runs."""
+    problems = []
+    for path in sorted((components / "common").rglob("*.py")):
+        package = ["visionnode", "components", *path.relative_to(components).parent.parts]
+        for line, module in imported_modules(path, package):
+            match = re.match(r"visionnode\.components\.(\w+)", module)
+            if match and match.group(1) != "common":
+                problems.append(f"{path.relative_to(components)}:{line} imports {module}")
+    return problems
+
+
+def test_common_imports_neither_phases_nor_local_tooling() -> None:
+    assert upward_imports_from_common(COMPONENTS) == []
+
+
+def test_the_layer_check_finds_an_import_of_local_tooling_from_common(tmp_path: Path) -> None:
+    (tmp_path / "common" / "data").mkdir(parents=True)
+    (tmp_path / "common" / "data" / "x.py").write_text(
+        "def f():\n    from visionnode.components.local.stack.process import read_record\n")
+    assert upward_imports_from_common(tmp_path) == [
+        "common/data/x.py:2 imports visionnode.components.local.stack.process"]
+
+
 def test_the_import_check_finds_absolute_and_relative_phase_to_phase_imports(tmp_path: Path) -> None:
     components = tmp_path / "components"
     for phase in PHASES:

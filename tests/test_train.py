@@ -16,10 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from visionnode.components.common.artifacts import IMAGENET_MEAN, IMAGENET_STD, ModelMetadata, ShardManifest
+from visionnode.components.common.data.ffcv_io import Augmentation, train_loader, uint8_batches
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
-from visionnode.components.common.ffcv_io import Augmentation, train_loader, uint8_batches
-from visionnode.components.common.model import build_resnet
-from visionnode.components.common.recipe import (
+from visionnode.components.common.storage.s3 import s3_client
+from visionnode.components.common.training.model import build_resnet
+from visionnode.components.common.training.recipe import (
     Recipe,
     build_optimizer,
     lr_factor,
@@ -29,8 +30,7 @@ from visionnode.components.common.recipe import (
     resolution_for_epoch,
     resolve_lr,
 )
-from visionnode.components.common.storage import s3_client
-from visionnode.components.common.synth import SynthConfig, synthesize_dataset
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
 from visionnode.components.train.checkpoint import CheckpointStore, load_checkpoint
 from visionnode.components.train.precision import resolve_precision

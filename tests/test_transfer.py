@@ -19,7 +19,7 @@ from tests.skips import skip_unless_ci
 from visionnode.components.common.artifacts import MANIFEST_FILE, ClassIndex, ShardInfo, ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import sha256_file
-from visionnode.components.common.storage import s3_client
+from visionnode.components.common.storage.s3 import s3_client
 from visionnode.components.transfer.transfer import (
     FetchConfig,
     UploadConfig,
@@ -309,7 +309,7 @@ def test_cli_user_errors_are_one_line(stack, bucket, tmp_path, monkeypatch):
     assert wrong_creds.exit_code == 2 and "credentials" in error_line(wrong_creds.output)
     monkeypatch.undo()
 
-    from visionnode.components.common.stack.process import free_port
+    from visionnode.components.local.stack.process import free_port
 
     nowhere = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("VISIONNODE_S3_ENDPOINT", nowhere)
@@ -352,7 +352,7 @@ def wait_for(condition, what: str, timeout: float = 30.0, interval: float = 0.05
 def stop_s3(stack) -> None:
     """Stop the stack's S3 server by its PID file (`stack.up()` brings it back: same port, same data;
     MLflow and Triton are kept running)."""
-    from visionnode.components.common.stack import process
+    from visionnode.components.local.stack import process
 
     pid_file = stack.state_dir / "run" / "s3.pid"
     record = process.read_record(pid_file)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.errors import QualityGateError
-from visionnode.components.common.imagenet import open_imagenet
-from visionnode.components.common.lr_range import LRRangeConfig, lr_range_test, preserved_state
-from visionnode.components.common.model import RESNET152_PARAMETERS
+from visionnode.components.common.training.lr_range import LRRangeConfig, lr_range_test, preserved_state
+from visionnode.components.common.training.model import RESNET152_PARAMETERS
 from visionnode.components.validate.profile import _rate as measured_rate
 from visionnode.components.validate.validate import (
     ValidateConfig,

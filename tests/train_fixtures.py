@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from visionnode.components.common.recipe import Recipe
+from visionnode.components.common.training.recipe import Recipe
 from visionnode.components.train.train import TrainConfig, TrainResult, train
 
 TINY_MODEL_EPOCHS = 2

@@ -21,33 +21,32 @@ from pathlib import Path
 
 import numpy as np
 
+from visionnode.components.benchmark.config import BenchmarkConfig
+from visionnode.components.benchmark.loadgen import LevelPlan, LevelStats, Target, run_level
+from visionnode.components.benchmark.result import Baselines, BenchmarkResult
 from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.data.samples import SampleImages
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 from visionnode.components.common.progress import console
-from visionnode.components.common.samples import SampleImages
-from visionnode.components.common.settings import resolve_endpoints, state_dir
-
-from .config import BenchmarkConfig
-from .loadgen import LevelPlan, LevelStats, Target, run_level
-from .result import Baselines, BenchmarkResult
+from visionnode.components.common.settings import resolve_endpoints
 
 
 # ---------------------------------------------------------------- where things are
 def triton_pid(http_or_grpc_url: str) -> int | None:
     """The PID of the embedded Triton serving at that address (None for a remote/external server)."""
-    from visionnode.components.common.stack.process import read_record
-
-    record = read_record(state_dir() / "run" / "triton.pid")
-    if record is None:
-        return None
-    addresses = {record.url, *record.extra.values()}
-    return record.pid if http_or_grpc_url in addresses else None
+    endpoints = resolve_endpoints()
+    serves_there = http_or_grpc_url in (endpoints.triton_http, endpoints.triton_grpc)
+    return endpoints.triton_pid if serves_there else None
 
 
 def served_model_dir(model: str, http_url: str, dest: Path) -> Path:
     """The IR Triton serves for `model` (its ready version), copied from Triton's model repository."""
-    from visionnode.components.common.storage import s3_client
-    from visionnode.components.common.triton_client import parse_repository, ready_version, triton_http_client
+    from visionnode.components.common.serving.triton import (
+        parse_repository,
+        ready_version,
+        triton_http_client,
+    )
+    from visionnode.components.common.storage.s3 import s3_client
 
     repository = resolve_endpoints().triton_repository
     if not repository:
@@ -93,7 +92,7 @@ def pytorch_throughput(fp32_model: Path, images: np.ndarray, batch: int, seconds
     """Images/s of the trained FP32 model in PyTorch eager (the serving graph with folded preprocessing)."""
     import torch
 
-    from visionnode.components.common.trained_model import load_trained_model
+    from visionnode.components.common.training.trained_model import load_trained_model
 
     module = load_trained_model(fp32_model).serving_module()
     x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
@@ -153,7 +152,7 @@ def verdict(levels: list[LevelStats], best: int | None, target_qps: float,
 
 def input_spec(http_url: str, model: str) -> tuple[str, str, int]:
     """(input name, output name, image size) from Triton's model metadata."""
-    from visionnode.components.common.triton_client import triton_http_client
+    from visionnode.components.common.serving.triton import triton_http_client
 
     try:
         metadata = triton_http_client(http_url).get_model_metadata(model)
@@ -192,9 +191,8 @@ def benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
               baselines: Baselines | None = None) -> BenchmarkResult:
     """The benchmark phase, tracked in MLflow (a no-op without a tracking URI). `pool` (request images) and
     `baselines` (already measured on that pool) let a caller share them between protocols."""
+    from visionnode.components.benchmark.report import write_report
     from visionnode.components.common.tracking import tracked_run
-
-    from .report import write_report
 
     config.validate()
     served = resolve_served(config)  # a user mistake fails here, before an MLflow run is opened
@@ -254,7 +252,7 @@ def http_beside_grpc(grpc_url: str) -> str:
 
 def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
                   baselines: Baselines | None = None, served: Served | None = None) -> BenchmarkResult:
-    from visionnode.components.common.samples import sample_images
+    from visionnode.components.common.data.samples import sample_images
 
     served = served or resolve_served(config)
     url, http_url, size = served.url, served.http_url, served.size

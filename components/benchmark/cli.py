@@ -9,9 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..common.cli import JsonOption, emit_result, err_console, json_to_stdout, out_console, user_errors
-from ..common.jsonio import to_jsonable
-from .config import DEFAULTS, BenchmarkConfig, parse_levels
+from visionnode.components.benchmark.config import DEFAULTS, BenchmarkConfig, parse_levels
+from visionnode.components.common.adapters.cli import (
+    JsonOption,
+    emit_result,
+    err_console,
+    json_to_stdout,
+    out_console,
+    user_errors,
+)
+from visionnode.components.common.jsonio import to_jsonable
 
 
 @user_errors
@@ -59,7 +66,9 @@ def benchmark_command(
                       typer.Option(help="Write the HTML report (plots embedded) here.")] = None,
 ) -> None:
     """Load-test a Triton model (closed-loop sweep, optional open loop) with baselines and an SLO verdict."""
-    from .benchmark import benchmark  # imports numpy and tritonclient: only when the command runs
+    from visionnode.components.benchmark.benchmark import (
+        benchmark,  # imports numpy and tritonclient: only when the command runs
+    )
 
     config = BenchmarkConfig(model=model, protocol=protocol, triton_url=triton_url, triton_http=triton_http,
                              metrics_url=metrics_url,
@@ -77,7 +86,7 @@ def benchmark_command(
 
 
 def print_levels(result, console: Console) -> None:
-    from .report import level_table
+    from visionnode.components.benchmark.report import level_table
 
     table = Table(title=f"{result.model} over {result.protocol}", title_justify="left")
     head, rows = level_table(result)

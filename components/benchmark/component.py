@@ -2,7 +2,7 @@
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("benchmark")
@@ -42,7 +42,7 @@ def benchmark_op(
 
     from visionnode.components.benchmark.benchmark import benchmark
     from visionnode.components.benchmark.config import BenchmarkConfig, parse_levels
-    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
 
     enter_pipeline_context(pipeline_run_id)
     meta = endpoint.metadata  # deploy's endpoint artifact always names the model and both URLs

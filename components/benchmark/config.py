@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.errors import ConfigError
-from ..common.numbers import parse_int_list
-from ..common.triton_client import DEFAULT_MODEL_NAME
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.numbers import parse_int_list
+from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)

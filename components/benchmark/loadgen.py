@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from visionnode.components.benchmark.config import PROTOCOLS
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
-
-from .config import PROTOCOLS
 
 _METRIC_LINE = re.compile(r'^(nv_[a-z_]+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
 _QUANTILE_LABEL = re.compile(r'quantile="([0-9.]+)"')

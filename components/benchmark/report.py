@@ -13,7 +13,7 @@ from visionnode.components.common.numbers import format_number
 from visionnode.components.common.tracking import Tracker, save_figure
 
 if TYPE_CHECKING:
-    from .result import BenchmarkResult
+    from visionnode.components.benchmark.result import BenchmarkResult
 
 
 def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None) -> list[Path]:

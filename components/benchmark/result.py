@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .loadgen import LevelStats
+from visionnode.components.benchmark.loadgen import LevelStats
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
-from .jsonio import read_json, write_json
-from .storage import parse_s3_uri
+from visionnode.components.common.errors import DataError
+from visionnode.components.common.jsonio import read_json, write_json
+from visionnode.components.common.storage.s3 import parse_s3_uri
 
 # torchvision's ImageNet normalisation (RGB, after scaling to 0..1). Kept here, not in model.py, so that
 # reading

@@ -97,7 +97,7 @@ def write_json(target: str | os.PathLike[str], value: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    from .errors import DataError
+    from visionnode.components.common.errors import DataError
 
     path = Path(path)
     try:

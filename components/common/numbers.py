@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
+from visionnode.components.common.errors import ConfigError
 
 MIB = 1024 * 1024
 

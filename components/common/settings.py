@@ -20,7 +20,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from visionnode.components.common.errors import ConfigError
 
 ENDPOINTS_FILE = "stack.json"
 CREDENTIALS_FILE = "credentials.json"
@@ -58,6 +58,9 @@ class Endpoints:
     # Where Triton reads its model repository: a local dir, or `s3://host:port/bucket/prefix` (Triton's
     # S3 syntax for a non-AWS endpoint; plain `s3://bucket/prefix` for AWS itself).
     triton_repository: str | None = None
+    # The embedded Triton's process id (the stack writes it; None for an external server): benchmark samples
+    # the server's memory through it.
+    triton_pid: int | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
@@ -83,7 +86,7 @@ def service_env(endpoints: Endpoints, credentials: "S3Credentials | None") -> di
 
 
 def save_endpoints(endpoints: Endpoints, directory: Path | None = None) -> Path:
-    from .jsonio import write_json
+    from visionnode.components.common.jsonio import write_json
 
     return write_json((directory or state_dir()) / ENDPOINTS_FILE, endpoints.to_dict())
 

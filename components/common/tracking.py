@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import ServiceError
-from .progress import PROBE_TIMEOUT_S, waiting_for
-from .settings import resolve_endpoints
+from visionnode.components.common.errors import ServiceError
+from visionnode.components.common.progress import PROBE_TIMEOUT_S, waiting_for
+from visionnode.components.common.settings import resolve_endpoints
 
 DEFAULT_EXPERIMENT = "visionnode"
 PARENT_RUN_ENV = "VISIONNODE_PARENT_RUN_ID"
@@ -178,7 +178,7 @@ def _short(value: Any) -> str:
 
 def save_figure(figure: Any, path: str | os.PathLike[str], tracker: Tracker | None = None) -> Path:
     """Save a matplotlib figure atomically as PNG and log it to the run when tracking is on."""
-    from .jsonio import atomic_path
+    from visionnode.components.common.jsonio import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

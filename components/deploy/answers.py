@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from visionnode.components.common.artifacts import InferenceMetadata
+from visionnode.components.common.data.samples import encode_png, sample_images
 from visionnode.components.common.errors import IntegrityError
-from visionnode.components.common.samples import encode_png, sample_images
-
-from .config import DeployConfig
-from .repository import JPEG_INPUT, JPEG_SUFFIX
+from visionnode.components.deploy.config import DeployConfig
+from visionnode.components.deploy.repository import JPEG_INPUT, JPEG_SUFFIX
 
 
 @dataclass

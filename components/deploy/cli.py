@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import JsonOption, emit_result, user_errors
-from ..common.numbers import parse_int_list
-from .config import DEFAULTS, DeployConfig, ServingConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.common.numbers import parse_int_list
+from visionnode.components.deploy.config import DEFAULTS, DeployConfig, ServingConfig
 
 SERVING = DEFAULTS.serving
 
@@ -64,7 +64,9 @@ def deploy_command(
     json_path: JsonOption = None,
 ) -> None:
     """Serve the INT8 model on Triton (python backend + OpenVINO), load it without downtime, check answers."""
-    from .deploy import deploy  # imports numpy, OpenVINO and tritonclient: only when the command runs
+    from visionnode.components.deploy.deploy import (
+        deploy,  # imports numpy, OpenVINO and tritonclient: only when the command runs
+    )
 
     serving = ServingConfig(
         max_batch_size=max_batch_size,

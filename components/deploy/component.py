@@ -2,7 +2,7 @@
 
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("deploy")
@@ -35,8 +35,8 @@ def deploy_op(
     """
     from pathlib import Path
 
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.common.jsonio import write_json
-    from visionnode.components.common.kfp_support import enter_pipeline_context
     from visionnode.components.deploy.deploy import DeployConfig, deploy
     from visionnode.components.deploy.repository import ServingConfig
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.errors import ConfigError
-from ..common.triton_client import DEFAULT_MODEL_NAME
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME
 
 
 @dataclass

@@ -21,13 +21,17 @@ from pathlib import Path
 
 from visionnode.components.common.artifacts import MODEL_METADATA_FILE, InferenceMetadata
 from visionnode.components.common.errors import ConfigError, DataError, ServiceError, one_line
+from visionnode.components.common.serving.triton import STACK_HINT, ready_version, triton_http_client
 from visionnode.components.common.settings import resolve_endpoints
-from visionnode.components.common.triton_client import STACK_HINT, ready_version, triton_http_client
-
-from .answers import AnswerCheck, check_answers
-from .config import DeployConfig
-from .publish import publish, remote_versions, repository_targets
-from .repository import JPEG_SUFFIX, serving_input_spec, write_openvino_backend_model, write_served_models
+from visionnode.components.deploy.answers import AnswerCheck, check_answers
+from visionnode.components.deploy.config import DeployConfig
+from visionnode.components.deploy.publish import publish, remote_versions, repository_targets
+from visionnode.components.deploy.repository import (
+    JPEG_SUFFIX,
+    serving_input_spec,
+    write_openvino_backend_model,
+    write_served_models,
+)
 
 OPENVINO_VARIANT_SUFFIX = "-openvino"
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from visionnode.components.common.errors import ConfigError, ServiceError, one_line
 from visionnode.components.common.jsonio import staged_dir
-from visionnode.components.common.storage import s3_client
-from visionnode.components.common.triton_client import RepositoryTarget, parse_repository
-
-from .repository import CONFIG_FILE, LABELS_FILE, existing_versions
+from visionnode.components.common.serving.triton import RepositoryTarget, parse_repository
+from visionnode.components.common.storage.s3 import s3_client
+from visionnode.components.deploy.repository import CONFIG_FILE, LABELS_FILE, existing_versions
 
 
 def repository_targets(user_repository: str, triton_repository: str | None) -> tuple[RepositoryTarget,

@@ -18,8 +18,7 @@ from pathlib import Path
 from visionnode.components.common.artifacts import InferenceMetadata, TensorSpec
 from visionnode.components.common.errors import DataError
 from visionnode.components.common.jsonio import atomic_write_text, staged_dir
-
-from .config import ServingConfig
+from visionnode.components.deploy.config import ServingConfig
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import JsonOption, emit_result, user_errors
-from .config import DEFAULTS, QuantizeConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.quantize.config import DEFAULTS, QuantizeConfig
 
 
 @user_errors
@@ -50,7 +50,10 @@ def quantize_command(
 ) -> None:
     """Export to ONNX + OpenVINO IR (uint8 NHWC input, preprocessing folded in), quantize to INT8 with NNCF,
     report FP32 vs INT8 accuracy, size, memory and speed; fail when the top-1 drop exceeds the threshold."""
-    from .quantize import AccuracyGateError, quantize_model  # imports torch: only when run
+    from visionnode.components.quantize.quantize import (  # imports torch: only when run
+        AccuracyGateError,
+        quantize_model,
+    )
 
     config = QuantizeConfig(model_dir=model, shards=shards, out_dir=out,
                             calibration_images=calibration_images,

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("quantize")
@@ -40,7 +40,7 @@ def quantize_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
     from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.errors import ConfigError
+from visionnode.components.common.errors import ConfigError
 
 PRESETS = ("mixed", "performance")
 

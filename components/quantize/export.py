@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from visionnode.components.common.jsonio import atomic_path
-from visionnode.components.common.trained_model import (
+from visionnode.components.common.training.trained_model import (
     INPUT_NAME,
     OUTPUT_NAME,
     TrainedModel,

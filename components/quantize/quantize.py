@@ -31,11 +31,23 @@ from visionnode.components.common.errors import DataError, IntegrityError, Quali
 from visionnode.components.common.jsonio import write_json
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
-
-from .accuracy import AccuracyReport, compare_accuracy
-from .config import QuantizeConfig
-from .export import TrainedModel, convert_to_openvino, export_onnx, load_trained_model, save_ir, torch_logits
-from .perf import PerfReport, compile_openvino, measure_performance, openvino_logits, throughput_figure
+from visionnode.components.quantize.accuracy import AccuracyReport, compare_accuracy
+from visionnode.components.quantize.config import QuantizeConfig
+from visionnode.components.quantize.export import (
+    TrainedModel,
+    convert_to_openvino,
+    export_onnx,
+    load_trained_model,
+    save_ir,
+    torch_logits,
+)
+from visionnode.components.quantize.perf import (
+    PerfReport,
+    compile_openvino,
+    measure_performance,
+    openvino_logits,
+    throughput_figure,
+)
 
 IR_FILE = "model.xml"
 ONNX_FILE = "model.onnx"
@@ -290,7 +302,7 @@ def check_export(model: TrainedModel, fp32_compiled, images: np.ndarray) -> floa
 
 
 def _shard_paths(config: QuantizeConfig, model: TrainedModel) -> tuple[list[Path], list[Path]]:
-    from visionnode.components.common.shard_sync import materialize_shards
+    from visionnode.components.common.storage.shard_cache import materialize_shards
 
     local = Path(materialize_shards(config.shards, config.cache_dir))
     manifest = ShardManifest.load(local)
@@ -308,7 +320,7 @@ def _shard_paths(config: QuantizeConfig, model: TrainedModel) -> tuple[list[Path
 
 
 def _uint8_batches(paths: list[Path], batch_size: int, size: int, limit: int | None):
-    from visionnode.components.common.ffcv_io import uint8_batches
+    from visionnode.components.common.data.ffcv_io import uint8_batches
 
     seen = 0
     for images, labels in uint8_batches([str(p) for p in paths], batch_size, size, limit=limit):

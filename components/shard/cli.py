@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..common.cli import JsonOption, emit_result, user_errors
-from .config import DEFAULTS, SPLIT_CHOICES, ShardConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.shard.config import DEFAULTS, SPLIT_CHOICES, ShardConfig
 
 
 @user_errors
@@ -36,7 +36,9 @@ def shard_command(
     json_path: JsonOption = None,
 ) -> None:
     """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
-    from .shard import shard_dataset  # imports FFCV and numpy: only when the command runs
+    from visionnode.components.shard.shard import (
+        shard_dataset,  # imports FFCV and numpy: only when the command runs
+    )
 
     config = ShardConfig(data=data, out=out, split=split, images_per_shard=images_per_shard,
                          max_resolution=max_resolution, jpeg_quality=jpeg_quality, workers=workers,

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("shard")
@@ -40,7 +40,7 @@ def shard_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.shard.shard import ShardConfig, shard_dataset
 
     enter_pipeline_context(pipeline_run_id)

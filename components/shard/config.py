@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.errors import ConfigError
+from visionnode.components.common.errors import ConfigError
 
 SPLIT_CHOICES = ("train", "val", "both")
 FORMAT_VERSION = 2          # bump when the bytes written for the same settings change

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ..common.beton_writer import EncodedImage, encode_image
-from ..common.imagenet import ImageRecord
-from ..common.images import UnreadableImage, load_rgb, resize_max_side
-from .config import ShardConfig
+from visionnode.components.common.data.beton_writer import EncodedImage, encode_image
+from visionnode.components.common.data.imagenet import ImageRecord
+from visionnode.components.common.data.images import UnreadableImage, load_rgb, resize_max_side
+from visionnode.components.shard.config import ShardConfig
 
 DECODE_CHUNK = 8            # files per pool task: amortises inter-process overhead
 

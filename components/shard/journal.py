@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common.artifacts import ShardInfo, SkippedFile
-from ..common.errors import DataError
-from ..common.imagenet import ImageRecord
-from ..common.jsonio import read_json, sha256_file, write_json
+from visionnode.components.common.artifacts import ShardInfo, SkippedFile
+from visionnode.components.common.data.imagenet import ImageRecord
+from visionnode.components.common.errors import DataError
+from visionnode.components.common.jsonio import read_json, sha256_file, write_json
 
 JOURNAL_FILE = ".shard-journal.json"
 

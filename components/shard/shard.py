@@ -27,17 +27,23 @@ from typing import Any
 
 import numpy as np
 
-from ..common.artifacts import ShardManifest, SkippedFile, describe_skipped
-from ..common.beton_writer import EncodedImage, write_beton
-from ..common.errors import DataError
-from ..common.ffcv_io import train_loader
-from ..common.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
-from ..common.jsonio import sha256_file
-from ..common.progress import console, progress_bar
-from ..common.tracking import tracked_run
-from .config import ShardConfig
-from .decode import DecodeStream, Prepared
-from .journal import JOURNAL_FILE, Journal, JournalEntry, relative_path, source_digest
+from visionnode.components.common.artifacts import ShardManifest, SkippedFile, describe_skipped
+from visionnode.components.common.data.beton_writer import EncodedImage, write_beton
+from visionnode.components.common.data.ffcv_io import train_loader
+from visionnode.components.common.data.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
+from visionnode.components.common.errors import DataError
+from visionnode.components.common.jsonio import sha256_file
+from visionnode.components.common.progress import console, progress_bar
+from visionnode.components.common.tracking import tracked_run
+from visionnode.components.shard.config import ShardConfig
+from visionnode.components.shard.decode import DecodeStream, Prepared
+from visionnode.components.shard.journal import (
+    JOURNAL_FILE,
+    Journal,
+    JournalEntry,
+    relative_path,
+    source_digest,
+)
 
 __all__ = ["JOURNAL_FILE", "ShardConfig", "ShardResult", "shard_dataset"]
 

@@ -5,7 +5,7 @@
 
 import typer
 
-from .cli import train_command
+from visionnode.components.train.cli import train_command
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command()(train_command)

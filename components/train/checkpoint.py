@@ -24,7 +24,7 @@ import torch
 
 from visionnode.components.common.errors import DataError, IntegrityError, ServiceError
 from visionnode.components.common.jsonio import atomic_path, atomic_write_text
-from visionnode.components.common.storage import (
+from visionnode.components.common.storage.s3 import (
     MISSING_BUCKET_CODES,
     NOT_FOUND_CODES,
     is_s3_uri,

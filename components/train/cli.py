@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..common.cli import JsonOption, emit_result, err_console, user_errors
-from .config import DEFAULTS, TrainConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, err_console, user_errors
+from visionnode.components.train.config import DEFAULTS, TrainConfig
 
 
 @user_errors
@@ -82,11 +82,14 @@ def train_command(
 
     Exit codes: 0 done, 2 user error, 143 pre-empted by SIGTERM after writing a checkpoint (re-run resumes).
     """
-    from ..common.artifacts import check_shard_source
+    from visionnode.components.common.artifacts import check_shard_source
 
     check_shard_source(shards)  # before the seconds of importing torch
-    from ..common.recipe import Recipe, parse_lr, parse_res_schedule
-    from .train import PREEMPTED_EXIT_CODE, train  # imports torch: only when the command runs
+    from visionnode.components.common.training.recipe import Recipe, parse_lr, parse_res_schedule
+    from visionnode.components.train.train import (  # imports torch: only when the command runs
+        PREEMPTED_EXIT_CODE,
+        train,
+    )
 
     res_start, res_end = parse_res_schedule(res_schedule)
     auto_lr, peak_lr = parse_lr(lr)

@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("train")
@@ -57,8 +57,8 @@ def train_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.kfp_support import enter_pipeline_context
-    from visionnode.components.common.recipe import Recipe, parse_res_schedule, resolve_lr
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
+    from visionnode.components.common.training.recipe import Recipe, parse_res_schedule, resolve_lr
     from visionnode.components.train.config import TrainConfig
     from visionnode.components.train.train import PREEMPTED_EXIT_CODE, default_checkpoint_uri, train
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.errors import ConfigError
-from ..common.ffcv_io import Augmentation
-from ..common.lr_range import LRRangeConfig
-from ..common.recipe import Recipe
+from visionnode.components.common.data.ffcv_io import Augmentation
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.training.lr_range import LRRangeConfig
+from visionnode.components.common.training.recipe import Recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -47,7 +47,7 @@ class TrainConfig:
     head_epochs: int = 0             # first epochs train only the classifier head (needs init_weights)
 
     def validate(self) -> None:
-        from ..common.model import depth_from_arch
+        from visionnode.components.common.training.model import depth_from_arch
 
         depth_from_arch(self.arch)
         if self.precision not in PRECISIONS:

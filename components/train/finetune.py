@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from visionnode.components.common.errors import ConfigError, IntegrityError
-
-from .checkpoint import load_torch_file
+from visionnode.components.train.checkpoint import load_torch_file
 
 HEAD_PREFIX = "fc."  # torchvision ResNets name their classifier `fc`
 

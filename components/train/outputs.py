@@ -18,8 +18,7 @@ from visionnode.components.common.artifacts import (
 )
 from visionnode.components.common.jsonio import atomic_path, to_jsonable
 from visionnode.components.common.tracking import save_figure
-
-from .trainer import HISTORY_COLUMNS, Trainer
+from visionnode.components.train.trainer import HISTORY_COLUMNS, Trainer
 
 TRAIN_LOG_FILE = "train_log.csv"
 LOSS_CURVE_FILE = "loss_curve.png"

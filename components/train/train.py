@@ -27,25 +27,40 @@ from torch import nn
 from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import to_jsonable
-from visionnode.components.common.lr_range import (
+from visionnode.components.common.progress import console, progress_bar
+from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
+from visionnode.components.common.training.lr_range import (
     LRRangeConfig,
     LRRangeResult,
     lr_range_figure,
     lr_range_test,
     preserved_state,
 )
-from visionnode.components.common.model import build_resnet, count_parameters, depth_from_arch
-from visionnode.components.common.progress import console, progress_bar
-from visionnode.components.common.recipe import build_optimizer, build_scheduler, resolution_for_epoch
-from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
-
-from .checkpoint import CheckpointStore, load_checkpoint
-from .config import TrainConfig
-from .distributed import DistContext, barrier, gather_floats, init_distributed, shutdown_distributed
-from .finetune import InitWeights, load_init_weights, set_backbone_trainable
-from .outputs import TRAIN_LOG_FILE, plot_loss_curve, register_model, write_model, write_train_log
-from .precision import autocast, grad_scaler, resolve_precision
-from .trainer import StopSignal, Trainer, set_loader_epoch
+from visionnode.components.common.training.model import build_resnet, count_parameters, depth_from_arch
+from visionnode.components.common.training.recipe import (
+    build_optimizer,
+    build_scheduler,
+    resolution_for_epoch,
+)
+from visionnode.components.train.checkpoint import CheckpointStore, load_checkpoint
+from visionnode.components.train.config import TrainConfig
+from visionnode.components.train.distributed import (
+    DistContext,
+    barrier,
+    gather_floats,
+    init_distributed,
+    shutdown_distributed,
+)
+from visionnode.components.train.finetune import InitWeights, load_init_weights, set_backbone_trainable
+from visionnode.components.train.outputs import (
+    TRAIN_LOG_FILE,
+    plot_loss_curve,
+    register_model,
+    write_model,
+    write_train_log,
+)
+from visionnode.components.train.precision import autocast, grad_scaler, resolve_precision
+from visionnode.components.train.trainer import StopSignal, Trainer, set_loader_epoch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal after saving a checkpoint; retry resumes"
 RESUME_MODES = ("auto", "never")
@@ -89,7 +104,7 @@ class TrainResult:
 
 def local_shards(config: TrainConfig, ctx: DistContext) -> Path:
     """Verified local shards (FFCV needs local files): one download per node, the other ranks reuse it."""
-    from visionnode.components.common.shard_sync import materialize_shards
+    from visionnode.components.common.storage.shard_cache import materialize_shards
 
     if ctx.local_rank == 0:
         directory = materialize_shards(config.shards, config.cache_dir)
@@ -116,7 +131,7 @@ def default_checkpoint_uri(shards: Path, pipeline_run_id: str) -> str:
     manifest_file = Path(shards) / "manifest.json"
     base_uri = ShardManifest.load(manifest_file).base_uri if manifest_file.is_file() else None
     if base_uri:
-        from visionnode.components.common.storage import S3Location, parse_s3_uri
+        from visionnode.components.common.storage.s3 import S3Location, parse_s3_uri
 
         loc = parse_s3_uri(base_uri.rstrip("/"))
         parent = S3Location(loc.bucket, loc.key.rsplit("/", 1)[0] if "/" in loc.key else "")
@@ -155,7 +170,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResult:
-    from visionnode.components.common.ffcv_io import train_loader, val_loader
+    from visionnode.components.common.data.ffcv_io import train_loader, val_loader
 
     started = time.perf_counter()
     if ctx.distributed and config.head_epochs:

@@ -17,11 +17,15 @@ from visionnode.components.common.errors import ConfigError, DataError, Integrit
 from visionnode.components.common.jsonio import to_jsonable
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker
-
-from .checkpoint import CheckpointStore, checkpoint_name, restore_rng_states, rng_states
-from .config import TrainConfig
-from .distributed import DistContext, all_reduce_sum, any_rank, barrier
-from .precision import autocast
+from visionnode.components.train.checkpoint import (
+    CheckpointStore,
+    checkpoint_name,
+    restore_rng_states,
+    rng_states,
+)
+from visionnode.components.train.config import TrainConfig
+from visionnode.components.train.distributed import DistContext, all_reduce_sum, any_rank, barrier
+from visionnode.components.train.precision import autocast
 
 HISTORY_COLUMNS = ("step", "epoch", "loss", "lr", "img_per_s")
 

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..common.cli import JsonOption, emit_result, user_errors
-from ..common.shard_sync import FetchConfig
-from .config import DEFAULTS, UploadConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.common.storage.shard_cache import FetchConfig
+from visionnode.components.transfer.config import DEFAULTS, UploadConfig
 
 transfer_app = typer.Typer(help="Move shards to and from S3: parallel, verified, resumable.",
                            no_args_is_help=True)
@@ -32,7 +32,9 @@ def upload_command(
     json_path: JsonOption = None,
 ) -> None:
     """Upload shards; re-running skips objects already present and verified."""
-    from .transfer import upload_shards  # imports boto3: only when the command runs
+    from visionnode.components.transfer.transfer import (
+        upload_shards,  # imports boto3: only when the command runs
+    )
 
     config = UploadConfig(shards_dir, destination, concurrency, part_size, create_bucket, out)
     emit_result(upload_shards(config), json_path, "transfer upload")
@@ -48,7 +50,7 @@ def fetch_command(
     json_path: JsonOption = None,
 ) -> None:
     """Download shards with ranged parallel GETs, each sha256-checked; verified files are skipped."""
-    from ..common.shard_sync import fetch_shards
+    from visionnode.components.common.storage.shard_cache import fetch_shards
 
     emit_result(fetch_shards(FetchConfig(source, cache_dir, concurrency, part_size)), json_path,
                 "transfer fetch")

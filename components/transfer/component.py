@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("transfer")
@@ -29,7 +29,7 @@ def transfer_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.transfer.transfer import UploadConfig, upload_shards
 
     enter_pipeline_context(pipeline_run_id)

@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..common.s3_session import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE_MB, check_transfer_settings
-from ..common.storage import parse_s3_uri
+from visionnode.components.common.storage.s3 import parse_s3_uri
+from visionnode.components.common.storage.session import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PART_SIZE_MB,
+    check_transfer_settings,
+)
 
 
 @dataclass

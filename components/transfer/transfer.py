@@ -1,6 +1,6 @@
-"""Upload a shard directory to S3: parallel, verified, resumable (fetch lives in common/shard_sync.py).
+"""Upload a shard directory to S3: parallel, verified, resumable (fetch: common/storage/shard_cache.py).
 
-Uploads go through boto3's TransferManager via `common.s3_session.S3Session` (parallel multipart, botocore's
+Uploads go through boto3's TransferManager via `storage.session.S3Session` (parallel multipart, botocore's
 adaptive retries, whole-object retries). What TransferManager cannot do is written here, with its reason:
 
 - integrity: TransferManager checks nothing end to end. We upload with `ChecksumAlgorithm=SHA256`, so the
@@ -22,13 +22,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..common.artifacts import MANIFEST_FILE, ShardInfo, ShardManifest
-from ..common.errors import ConfigError, DataError, IntegrityError
-from ..common.jsonio import SHA256_CHUNK, to_jsonable
-from ..common.progress import progress_bar
-from ..common.s3_digest import LocalDigest, digest_file, planned_part_sizes
-from ..common.s3_session import Rewindable, S3Session, head_or_none, progress_subscriber
-from ..common.shard_sync import (
+from visionnode.components.common.artifacts import MANIFEST_FILE, ShardInfo, ShardManifest
+from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
+from visionnode.components.common.jsonio import SHA256_CHUNK, to_jsonable
+from visionnode.components.common.progress import progress_bar
+from visionnode.components.common.storage.digest import LocalDigest, digest_file, planned_part_sizes
+from visionnode.components.common.storage.s3 import S3Location, parse_s3_uri
+from visionnode.components.common.storage.session import (
+    Rewindable,
+    S3Session,
+    head_or_none,
+    progress_subscriber,
+)
+from visionnode.components.common.storage.shard_cache import (
     FetchConfig,
     ObjectOutcome,
     TransferResult,
@@ -38,9 +44,8 @@ from ..common.shard_sync import (
     shard_location,
     transfer_result,
 )
-from ..common.storage import S3Location, parse_s3_uri
-from ..common.tracking import tracked_run
-from .config import UploadConfig
+from visionnode.components.common.tracking import tracked_run
+from visionnode.components.transfer.config import UploadConfig
 
 __all__ = ["FetchConfig", "TransferResult", "UploadConfig", "fetch_shards", "materialize_shards",
            "upload_shards"]

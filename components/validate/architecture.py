@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from visionnode.components.common.model import RESNET152_PARAMETERS, build_resnet, count_parameters
+from visionnode.components.common.training.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 
 IMAGENET_CLASSES = 1000
 ARCHITECTURE_UNDER_TEST = "resnet152"

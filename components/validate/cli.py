@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from visionnode.components.common.cli import JsonOption, emit_result, user_errors
-
-from .config import DEFAULTS, ValidateConfig
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.validate.config import DEFAULTS, ValidateConfig
 
 
 def validate_command(
@@ -47,7 +46,10 @@ def validate_command(
     json_path: JsonOption = None,
 ) -> None:
     """Fail fast before sharding: does the loss fall, is ResNet-152 intact, is the loader the bottleneck?"""
-    from .validate import raise_for_gates, run_checks  # imports torch: only when the command runs
+    from visionnode.components.validate.validate import (  # imports torch: only when the command runs
+        raise_for_gates,
+        run_checks,
+    )
 
     config = ValidateConfig(
         data=data,

@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
 
-from visionnode.components.common.kfp_support import phase_component
+from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("validate")
@@ -45,7 +45,7 @@ def validate_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.kfp_support import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.validate.validate import (
         ValidateConfig,
         raise_for_gates,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.lr_range import LRRangeConfig
+from visionnode.components.common.training.lr_range import LRRangeConfig
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ValidateConfig:
 
     def checked(self) -> ValidateConfig:
         """Raise ConfigError for values that cannot work; returns self for chaining."""
-        from visionnode.components.common.model import depth_from_arch
+        from visionnode.components.common.training.model import depth_from_arch
 
         depth_from_arch(self.arch)
         depth_from_arch(self.profile_arch or self.arch)

@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from visionnode.components.common.artifacts import SkippedFile
-from visionnode.components.common.imagenet import ImageRecord
-from visionnode.components.common.images import UnreadableImage, load_rgb
-from visionnode.components.common.model import IMAGENET_MEAN, IMAGENET_STD
+from visionnode.components.common.data.imagenet import ImageRecord
+from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.progress import progress_bar
+from visionnode.components.common.training.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def smoke_transform(image_size: int) -> Callable:

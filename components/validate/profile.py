@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from visionnode.components.common.imagenet import ImageRecord
-from visionnode.components.common.model import build_resnet, depth_from_arch
+from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.progress import progress_bar
-
-from .config import ValidateConfig
-from .data import make_loader, train_transform
+from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.validate.config import ValidateConfig
+from visionnode.components.validate.data import make_loader, train_transform
 
 
 @dataclass

@@ -6,12 +6,11 @@ import base64
 import math
 from typing import TYPE_CHECKING, Any
 
-from visionnode.components.common.lr_range import LRRangeResult
-
-from .smoke import SmokeTrainResult
+from visionnode.components.common.training.lr_range import LRRangeResult
+from visionnode.components.validate.smoke import SmokeTrainResult
 
 if TYPE_CHECKING:
-    from .result import ValidateResult
+    from visionnode.components.validate.result import ValidateResult
 
 
 def loss_curve_figure(smoke: SmokeTrainResult) -> Any:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from visionnode.components.common.artifacts import SkippedFile
-from visionnode.components.common.lr_range import LRRangeResult
-
-from .architecture import ArchitectureCheck
-from .profile import PipelineProfile
-from .smoke import SmokeTrainResult
+from visionnode.components.common.training.lr_range import LRRangeResult
+from visionnode.components.validate.architecture import ArchitectureCheck
+from visionnode.components.validate.profile import PipelineProfile
+from visionnode.components.validate.smoke import SmokeTrainResult
 
 
 @dataclass

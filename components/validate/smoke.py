@@ -10,12 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from visionnode.components.common.lr_range import LRRangeResult, lr_range_test
-from visionnode.components.common.model import build_resnet, depth_from_arch
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker
-
-from .config import ValidateConfig
+from visionnode.components.common.training.lr_range import LRRangeResult, lr_range_test
+from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.validate.config import ValidateConfig
 
 
 @dataclass
@@ -174,7 +173,7 @@ def lr_range_on_subset(
     images are memorised within the test and the suggestion comes out several times too high)."""
     from torchvision.transforms import v2 as T
 
-    from visionnode.components.common.recipe import Recipe, build_optimizer
+    from visionnode.components.common.training.recipe import Recipe, build_optimizer
 
     recipe = Recipe()
     range_config = config.lr_range()

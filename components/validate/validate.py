@@ -18,7 +18,7 @@ Three checks, run before any expensive step of the pipeline:
    backward pass every parameter tensor has a finite, non-zero gradient; any that does not is named.
 3. Pipeline profile: images/s of read+decode+augment alone (DataLoader with workers), of the train step alone
    (synthetic tensors of the same shape) and of both together, with a verdict naming the bottleneck.
-4. Learning-rate range test (components/common/lr_range.py): a fresh smoke model trained with train's own
+4. Learning-rate range test (common/training/lr_range.py): a fresh smoke model trained with train's own
    optimizer (SGD + Nesterov, label smoothing, train's Recipe) on the in-memory subset while the LR grows
    exponentially; the suggested LR (a third of the LR at the smoothed loss's minimum, clamped to
    0.001-1) is validate's `suggested_lr` output, which train uses when its own LR is 0 ("auto"). Not a
@@ -36,19 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from visionnode.components.common.artifacts import describe_skipped
+from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.errors import DataError, QualityGateError
-from visionnode.components.common.imagenet import open_imagenet
 from visionnode.components.common.jsonio import atomic_write_text, to_jsonable
-from visionnode.components.common.lr_range import lr_range_figure
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
-
-from .architecture import ArchitectureCheck, check_architecture
-from .config import ValidateConfig
-from .data import choose_subset, decode_subset
-from .profile import profile_pipeline, summarize_profile
-from .report import close_figure, loss_curve_figure, render_report
-from .result import ValidateResult
-from .smoke import SmokeTrainResult, judge_loss_curve, lr_range_on_subset, smoke_train
+from visionnode.components.common.training.lr_range import lr_range_figure
+from visionnode.components.validate.architecture import ArchitectureCheck, check_architecture
+from visionnode.components.validate.config import ValidateConfig
+from visionnode.components.validate.data import choose_subset, decode_subset
+from visionnode.components.validate.profile import profile_pipeline, summarize_profile
+from visionnode.components.validate.report import close_figure, loss_curve_figure, render_report
+from visionnode.components.validate.result import ValidateResult
+from visionnode.components.validate.smoke import (
+    SmokeTrainResult,
+    judge_loss_curve,
+    lr_range_on_subset,
+    smoke_train,
+)
 
 __all__ = ["ValidateConfig", "ValidateResult", "check_architecture", "choose_subset", "decode_subset",
            "gate_failures", "judge_loss_curve", "lr_range_on_subset", "raise_for_gates", "run_checks",

@@ -1,5 +1,0 @@
-"""The embedded local stack (SeaweedFS S3, MLflow server, Triton) behind `visionnode stack up|status|down`."""
-
-from .stack import LocalStack, ServiceStatus, StackConfig
-
-__all__ = ["LocalStack", "ServiceStatus", "StackConfig"]

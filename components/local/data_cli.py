@@ -1,0 +1,35 @@
+"""`visionnode data synth`: the generated ImageNet-layout dataset used by tests and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.local.synth import SynthConfig, synthesize_dataset
+
+data_app = typer.Typer(help="Datasets: generate a synthetic ImageNet-layout dataset.", no_args_is_help=True)
+
+
+@data_app.command("synth")
+@user_errors
+def synth_command(
+    out: Annotated[Path, typer.Argument(help="Output directory (train/, val/, LOC_synset_mapping.txt).")],
+    classes: Annotated[int, typer.Option(help="Number of classes.")] = 10,
+    train_per_class: Annotated[int, typer.Option(help="Train images per class.")] = 60,
+    val_per_class: Annotated[int, typer.Option(help="Val images per class.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    min_side: Annotated[int, typer.Option(help="Smallest image side in pixels.")] = 96,
+    max_side: Annotated[int, typer.Option(help="Largest image side in pixels.")] = 256,
+    flat_val: Annotated[bool, typer.Option(help="Write val/ flat with LOC_val_solution.csv.")] = False,
+    json_path: JsonOption = None,
+) -> None:
+    """Write a deterministic ImageNet-layout dataset of JPEGs with a learnable class signal."""
+    config = SynthConfig(classes, train_per_class, val_per_class, seed, min_side, max_side, flat_val)
+    emit_result(synthesize_dataset(out, config), json_path, "synthetic dataset")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
