@@ -83,7 +83,7 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     assert params["lr"]["defaultValue"] == 0.0  # 0 = auto: validate's LR probe suggestion
     assert params["crop_min_scale"]["defaultValue"] == 0.08 and params["flip"]["defaultValue"] is True
     assert params["init_weights"]["defaultValue"] == "" and params["head_epochs"]["defaultValue"] == 0
-    assert params["validate_lr_probe_steps"]["defaultValue"] == 8
+    assert params["validate_lr_probe_steps"]["defaultValue"] == 10
     quantize_outputs = spec["components"]["comp-quantize-op"]["outputDefinitions"]["artifacts"]
     assert quantize_outputs["gate_report"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
