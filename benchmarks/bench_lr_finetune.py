@@ -1,10 +1,10 @@
-"""Top-1 on generated data: batch-rule LR vs the LR range-test LR, and fine-tuning vs training from scratch.
+"""Top-1 on generated data: batch-rule LR vs the LR probe's LR, and fine-tuning vs training from scratch.
 
 Three comparisons, each trained by the real `train` on real FFCV shards, medians of `--seeds` seeds (run one
 after another), printed side by side with the wall clock of every run and the CPU it ran on:
 
 1. demo dataset (`make demo`'s: 10 classes x 60 images), the demo's epochs and batch: (a) the batch-rule LR
-   (0.1 x batch / 256) vs (b) validate's range-test suggestion, found as the DAG finds it (validate's smoke
+   (0.1 x batch / 256) vs (b) validate's LR probe suggestion, found as the DAG finds it (validate's smoke
    model on the 96-image subset validate uses in the demo, that seed), the LR the DAG hands to train when
    `lr` is 0;
 2. the same on a dataset with a strong class signal (`SynthConfig(clutter=False)`: the class shape large on
@@ -12,8 +12,8 @@ after another), printed side by side with the wall clock of every run and the CP
    gentler crop (`--strong-crop-min-scale`);
 3. fine-tuning on a target dataset with another class count (6 classes x 60, cluttered like the demo's, other
    seed, `--target-val-per-class` val images per class): (c) a model trained on the demo dataset (10 classes,
-   cluttered: the same kind of data; `--source-epochs` epochs, its range-test LR, seed 0) fine-tuned for 2
-   epochs vs training from scratch for 2 and 6 epochs, all with the target's range-test LR, per seed. The
+   cluttered: the same kind of data; `--source-epochs` epochs, its probe LR, seed 0) fine-tuned for 2
+   epochs vs training from scratch for 2 and 6 epochs, all with the target's probe LR, per seed. The
    6 target classes draw the same shape, hue and texture as source classes 0-5 (synth derives them from the
    class index), rendered from another seed. Also reported, not chosen after the fact: (c) with
    `--head-epochs 1`, and (c) from the strong dataset's (b) model of seed 0 (plain shapes on grey: another
@@ -46,7 +46,7 @@ from visionnode.components.validate.validate import (
     ValidateConfig,
     choose_subset,
     decode_subset,
-    lr_range_on_subset,
+    lr_probe_on_subset,
 )
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
@@ -71,20 +71,27 @@ def cpu_name() -> str:
 
 def make_shards(root: Path, name: str, data: SynthConfig) -> tuple[Path, Path]:
     synthesize_dataset(root / name, data)
-    shards = shard_dataset(ShardConfig(data=root / name, out=root / f"{name}-shards", images_per_shard=256,
-                                       max_resolution=96, workers=2, readback=False)).out
-    return root / name, shards
+    return root / name, shard_images(root / name, root / f"{name}-shards")
 
 
-def range_test_lr(data: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:
+def shard_images(data: Path, out: Path) -> Path:
+    return shard_dataset(ShardConfig(data=data, out=out, images_per_shard=256, max_resolution=96, workers=2,
+                                     readback=False)).out
+
+
+def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int) -> tuple[float, float]:
     """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds)."""
-    config = ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=args.resolution,
-                            batch_size=args.batch_size, seed=seed)
+    config = ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=resolution,
+                            batch_size=batch_size, seed=seed)
     layout = open_imagenet(data)
     records = choose_subset(layout.scan("train").records, config.subset, seed)
     images, labels, _ = decode_subset(records, config.image_size, config.batch_size, workers=2)
-    result = lr_range_on_subset(images, labels, layout.classes.num_classes, config)
+    result = lr_probe_on_subset(images, labels, layout.classes.num_classes, config)
     return result.suggested_lr, result.seconds
+
+
+def probe_lr_for(data: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:
+    return probe_suggestion(data, args.batch_size, args.resolution, seed)
 
 
 def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr: float, seed: int,
@@ -101,24 +108,24 @@ def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr
 def compare_lrs(label: str, data: Path, shards: Path, root: Path, args: argparse.Namespace,
                 epochs: int, crop_min_scale: float = 0.0) -> list[str]:
     """(a) vs (b) per seed; with `crop_min_scale` also (b) with that gentler crop."""
-    batch_rule, range_test, gentle, costs = [], [], [], []
+    batch_rule, probe, gentle, costs = [], [], [], []
     for seed in range(args.seeds):
-        suggested, seconds = range_test_lr(data, args, seed)
+        suggested, seconds = probe_lr_for(data, args, seed)
         costs.append(seconds)
         batch_rule.append(run_train(shards, root / f"{label}-batch-{seed}", args, epochs, 0.0, seed))
-        range_test.append(run_train(shards, root / f"{label}-range-{seed}", args, epochs, suggested, seed))
+        probe.append(run_train(shards, root / f"{label}-range-{seed}", args, epochs, suggested, seed))
         print(f"  {label} seed {seed}: batch rule {batch_rule[-1].top1:.1f} % (lr {batch_rule[-1].lr:.3g}), "
-              f"range test {range_test[-1].top1:.1f} % (lr {suggested:.3g}, test {seconds:.1f} s)",
+              f"LR probe {probe[-1].top1:.1f} % (lr {suggested:.3g}, test {seconds:.1f} s)",
               flush=True)
         if crop_min_scale:
             gentle.append(run_train(shards, root / f"{label}-gentle-{seed}", args, epochs, suggested, seed,
                                     crop_min_scale=crop_min_scale))
-            print(f"  {label} seed {seed}: range test + crop min scale {crop_min_scale} "
+            print(f"  {label} seed {seed}: LR probe + crop min scale {crop_min_scale} "
                   f"{gentle[-1].top1:.1f} %",
                   flush=True)
     rows = [_row(f"{label}, {epochs} ep", "(a) batch rule", batch_rule),
-            _row(f"{label}, {epochs} ep", "(b) range test", range_test,
-                 f"{_ratio(range_test, batch_rule)} (a); the range test took "
+            _row(f"{label}, {epochs} ep", "(b) LR probe", probe,
+                 f"{_ratio(probe, batch_rule)} (a); the probe took "
                  f"{statistics.median(costs):.1f} s")]
     if gentle:
         rows.append(_row(f"{label}, {epochs} ep", f"(b) + --crop-min-scale {crop_min_scale}", gentle,
@@ -128,13 +135,13 @@ def compare_lrs(label: str, data: Path, shards: Path, root: Path, args: argparse
 
 def compare_finetune(root: Path, sources: dict[str, Path], target_data: Path, target_shards: Path,
                      args: argparse.Namespace) -> list[str]:
-    """(c) fine-tuned for 2 epochs vs from scratch for 2 and 6, per seed, with the target's range-test LR.
+    """(c) fine-tuned for 2 epochs vs from scratch for 2 and 6, per seed, with the target's probe LR.
 
     `sources`: label -> weights; the first is fine-tuned with head_epochs 0 and 1, the others with 0."""
     scratch_2, scratch_6 = [], []
     arms: dict[tuple[str, int], list[Run]] = {}
     for seed in range(args.seeds):
-        suggested, _ = range_test_lr(target_data, args, seed)
+        suggested, _ = probe_lr_for(target_data, args, seed)
         scratch_2.append(run_train(target_shards, root / f"scratch-2-{seed}", args, 2, suggested, seed))
         scratch_6.append(run_train(target_shards, root / f"scratch-6-{seed}", args, 6, suggested, seed))
         line = (f"  6 classes seed {seed} (lr {suggested:.3g}): scratch 2 ep {scratch_2[-1].top1:.1f} %, "
@@ -146,8 +153,8 @@ def compare_finetune(root: Path, sources: dict[str, Path], target_data: Path, ta
                 arms.setdefault((label, head_epochs), []).append(run)
                 line += f"; from {label}, head {head_epochs}: {run.top1:.1f} %"
         print(line, flush=True)
-    rows = [_row("6 classes, 2 ep", "from scratch (range-test LR)", scratch_2),
-            _row("6 classes, 6 ep", "from scratch (range-test LR)", scratch_6)]
+    rows = [_row("6 classes, 2 ep", "from scratch (probe LR)", scratch_2),
+            _row("6 classes, 6 ep", "from scratch (probe LR)", scratch_6)]
     for (label, head_epochs), runs in arms.items():
         setting = f"(c) fine-tuned from the {label} model, --head-epochs {head_epochs}"
         rows.append(_row("6 classes, 2 ep", setting, runs, f"{_ratio(runs, scratch_6)} scratch 6 ep"))
@@ -156,11 +163,11 @@ def compare_finetune(root: Path, sources: dict[str, Path], target_data: Path, ta
 
 def source_model(root: Path, label: str, data: Path, shards: Path, args: argparse.Namespace,
                  epochs: int, compared_epochs: int) -> Path:
-    """The (b) model of seed 0 on `data` (range-test LR) for `epochs`: compare_lrs's when it ran that long."""
+    """The (b) model of seed 0 on `data` (probe LR) for `epochs`: compare_lrs's when it ran that long."""
     weights = root / f"{label}-range-0" / "weights.pt"
     if not weights.is_file() or epochs != compared_epochs:
         weights = root / f"{label}-source" / "weights.pt"
-        suggested, _ = range_test_lr(data, args, 0)
+        suggested, _ = probe_lr_for(data, args, 0)
         run = run_train(shards, weights.parent, args, epochs, suggested, 0)
         print(f"  source {label}: {epochs} ep, lr {suggested:.3g}, {run.top1:.1f} % on its own val, "
               f"{run.wall_s:.0f} s", flush=True)

@@ -42,7 +42,7 @@ TASK_ORDER = containers.PHASES  # the DAG's steps, each in its phase's image
 # Small enough for 2 CPU cores in minutes, large enough that every phase does real work.
 DEMO_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=0, min_side=64, max_side=128)
 DEMO_PARAMS: dict[str, Any] = {
-    "validate_subset": 96, "validate_image_size": 64, "validate_steps": 24,
+    "validate_subset": 256, "validate_image_size": 64, "validate_steps": 24,
     "images_per_shard": 256, "max_resolution": 96, "jpeg_quality": 90,
     # One FFCV worker: on 2 cores, two decoding threads fight torch's two compute threads (2.4x slower steps).
     "arch": "resnet152", "epochs": 3, "batch_size": 32, "res_schedule": "64:64", "precision": "auto",
@@ -106,6 +106,7 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
         task_metrics = read_task_metrics(run_dir)
         summary = summarize(task_metrics)
         parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        parent.set_tags({k: v for k, v in summary.items() if k in QUALITY_TAGS})
         url = parent.run_url
     return LocalRunResult(run_dir, log_dir, time.perf_counter() - started, data, params, summary,
                           task_metrics, url)
@@ -290,8 +291,14 @@ def _task_dir(run_dir: Path, task: str) -> Path | None:
     return None
 
 
+# Per task, another output artifact whose metadata the summary reads too.
+EXTRA_METADATA = {"train": "model", "quantize": "gate_report", "deploy": "endpoint"}
+QUALITY_TAGS = ("train_lr_plan", "train_quality_note", "int8_gate", "int8_gate_note")
+
+
 def read_task_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Task -> the metadata of its `metrics` output artifact, from kfp.local's executor_output.json."""
+    """Task -> the metadata of its `metrics` output artifact (and of EXTRA_METADATA's), from kfp.local's
+    executor_output.json."""
     metrics: dict[str, dict[str, Any]] = {}
     for task in TASK_ORDER:
         task_dir = _task_dir(run_dir, task)
@@ -300,9 +307,9 @@ def read_task_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
             continue
         artifacts = json.loads(output.read_text()).get("artifacts", {})
         metrics[task] = artifacts.get("metrics", {}).get("artifacts", [{}])[0].get("metadata", {})
-        for name in ("endpoint",):
-            if name in artifacts:
-                metrics[task].update(artifacts[name]["artifacts"][0].get("metadata", {}))
+        extra = EXTRA_METADATA.get(task)
+        if extra in artifacts:
+            metrics[task].update(artifacts[extra]["artifacts"][0].get("metadata", {}))
     return metrics
 
 
@@ -323,4 +330,28 @@ def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
                if task_metrics.get(task, {}).get(name) is not None}
     if "slo_met" in summary:
         summary["slo_verdict"] = "met" if summary["slo_met"] else "missed"
-    return summary
+    return summary | quality_summary(task_metrics)
+
+
+def quality_summary(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """How good the result is: top-1's 95 % interval, the LR plan, a note when top-1 is far below what
+    validate's LR probe promised, and the INT8 gate's verdict (with its message unless a plain pass)."""
+    from visionnode.components.common.training.lr_probe import promise_note
+
+    train, validate, quantize = (task_metrics.get(t, {}) for t in ("train", "validate", "quantize"))
+    out: dict[str, Any] = {}
+    if "top1_ci_low" in train:
+        out["train_top1_ci"] = f"{train['top1_ci_low']:.1f}-{train['top1_ci_high']:.1f} % (95 %, " \
+                               f"{train['val_images']:.0f} val images)"
+    if "lr_plan" in train:
+        out["train_lr_plan"] = train["lr_plan"]
+    if "lr_probe_top1" in validate and "val_images" in train:
+        note = promise_note(train["top1"], int(train["val_images"]), validate["lr_probe_top1"],
+                            int(validate["lr_probe_heldout_images"]))
+        if note:
+            out["train_quality_note"] = note
+    if "verdict" in quantize:
+        out["int8_gate"] = quantize["verdict"]
+        if quantize["verdict"] != "pass":
+            out["int8_gate_note"] = quantize["message"]
+    return out

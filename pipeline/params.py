@@ -50,7 +50,7 @@ def _validate(params: dict[str, Any]) -> None:
 
     ValidateConfig(data=_PLACEHOLDER, subset=params["validate_subset"],
                    image_size=params["validate_image_size"],
-                   steps=params["validate_steps"], lr_range_steps=params["validate_lr_range_steps"]).checked()
+                   steps=params["validate_steps"], lr_probe_steps=params["validate_lr_probe_steps"]).checked()
 
 
 def _shard(params: dict[str, Any]) -> None:

@@ -59,7 +59,7 @@ def visionnode_pipeline(
     validate_subset: int = VALIDATE.subset,
     validate_image_size: int = VALIDATE.image_size,
     validate_steps: int = VALIDATE.steps,
-    validate_lr_range_steps: int = VALIDATE.lr_range_steps,
+    validate_lr_probe_steps: int = VALIDATE.lr_probe_steps,
     images_per_shard: int = SHARD.images_per_shard,
     max_resolution: int = SHARD.max_resolution,
     jpeg_quality: int = SHARD.jpeg_quality,
@@ -86,14 +86,14 @@ def visionnode_pipeline(
 ) -> None:
     """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
 
-    `lr` 0.0 means "auto": train takes validate's LR range-test suggestion (`suggested_lr`).
+    `lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
     """
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
     raw = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
     raw.set_display_name("raw images")
 
     validate = validate_op(data=raw.output, subset=validate_subset, image_size=validate_image_size,
-                           steps=validate_steps, lr_range_steps=validate_lr_range_steps,
+                           steps=validate_steps, lr_probe_steps=validate_lr_probe_steps,
                            pipeline_run_id=run_id)
     _with_services(validate, cpu="2", memory="8G")
 

@@ -1,5 +1,5 @@
 """The shared building blocks: ImageNet reader, robust decoding, synthetic data, model factory, tracking,
-the LR range test's suggestion rule."""
+the LR probe and the accuracy statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,16 @@ from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
+from visionnode.components.common.stats import mcnemar_exact_p, paired_drop_lower_bound, wilson_interval
 from visionnode.components.common.tracking import tracked_run
-from visionnode.components.common.training.lr_range import LRRangeConfig, exponential_lrs, lr_range_test
+from visionnode.components.common.training.lr_probe import (
+    Judgement,
+    LRProbeConfig,
+    mini_schedule_factor,
+    probe_lr,
+    promise_note,
+    ranked,
+)
 from visionnode.components.common.training.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
@@ -156,63 +163,116 @@ def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack,
     assert pipeline_parent.data.tags["visionnode.pipeline_run_id"] == "run-under-test"
 
 
-def _range_test_loss(fall_at: float, rise_at: float, noise: float = 0.0) -> Callable[[float], float]:
-    """An LR range-test loss with a known answer: flat 2.0, falls to 0.5 around `fall_at` (its steepest
-    point), stays there and climbs from `rise_at` on (the largest LR that still trains); seeded noise."""
-    rng = np.random.default_rng(0)
-
-    def loss(lr: float) -> float:
-        falling = 2.0 - 1.5 / (1 + math.exp(-4 * math.log10(lr / fall_at)))
-        return falling + min(1.0, max(0.0, math.log10(lr / rise_at))) + noise * float(rng.normal())
-
-    return loss
+# -- the LR probe (successive halving on held-out loss) ---------------------------------------------------
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.8])
-@pytest.mark.parametrize("fall_at, rise_at", [(0.002, 0.3), (0.001, 0.03)])
-def test_lr_range_suggests_a_third_of_where_the_loss_stops_falling(fall_at: float, rise_at: float,
-                                                                  smoothing: float) -> None:
-    result = lr_range_test(_range_test_loss(fall_at, rise_at), LRRangeConfig(smoothing=smoothing))
-    # not too high: well below where the loss climbs; not too low: far above the steepest fall
-    assert rise_at / 4 < result.suggested_lr < rise_at / 2.5
-    assert result.suggested_lr > 4 * result.steepest_lr and not result.clamped
-    assert result.suggested_lr == pytest.approx(result.min_loss_lr / 3)
+def test_lr_probe_rounds_keep_the_best_third_three_times_as_long() -> None:
+    config = LRProbeConfig()
+    assert config.candidates == (0.01, 0.03, 0.1, 0.3) and config.first_round_steps == 10
+    assert config.rounds() == [(4, 10), (2, 30), (1, 90)]
+    assert config.total_steps == 4 * 10 + 2 * 30 and config.max_steps == 30
+    five = LRProbeConfig(first_round_steps=8, candidates=(1, 2, 3, 4, 5))
+    assert five.rounds() == [(5, 8), (2, 24), (1, 72)] and five.total_steps == 5 * 8 + 2 * 24
+    assert LRProbeConfig(first_round_steps=4, candidates=(0.1, 0.2, 0.3)).rounds() == [(3, 4), (1, 12)]
 
 
-@pytest.mark.parametrize("fall_at, rise_at", [(0.002, 0.3), (0.001, 0.03), (0.003, 0.1)])
-def test_lr_range_suggestion_survives_noise(fall_at: float, rise_at: float) -> None:
-    result = lr_range_test(_range_test_loss(fall_at, rise_at, noise=0.03), LRRangeConfig())
-    assert rise_at / 4 < result.suggested_lr < rise_at / 2 and result.suggested_lr > 4 * result.steepest_lr
+def test_lr_probe_mini_schedule_warms_up_a_quarter_then_decays_to_zero() -> None:
+    factors = [mini_schedule_factor(step, 8) for step in range(8)]
+    assert factors[:3] == pytest.approx([0.1, 0.55, 1.0])
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))
+    assert factors[2:] == sorted(factors[2:], reverse=True)
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.8])
-def test_lr_range_suggestion_stays_below_a_cliff_right_after_the_fall(smoothing: float) -> None:
-    # the loss falls fastest right before it turns; the smoothed minimum trails into the climb
-    config = LRRangeConfig(smoothing=smoothing)
-    loss = _range_test_loss(0.02, 0.03)
-    lrs = exponential_lrs(config)
-    turn = min(lrs, key=loss)
-    result = lr_range_test(loss, config)
-    assert result.suggested_lr < turn and result.min_loss_lr >= turn
+def _blobs(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two well-separated Gaussian blobs in 8 dimensions: a linear model learns them in a few steps."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 2
+    return torch.randn(count, 8, generator=generator) + 3.0 * (2 * labels.float() - 1).unsqueeze(1), labels
 
 
-@pytest.mark.parametrize(
-    "rise_at, band_high, expected",
-    [(1e-3, 1.0, 1e-3),    # min loss / 3 below the band: its lower end
-     (10.0, 0.2, 0.2),     # the loss never climbs (1 / 3 above the band): its upper end
-     (10.0, 1.0, 1 / 3)],  # never climbs, band wide enough: a third of the largest LR tried
-)
-def test_lr_range_suggestion_is_clamped_to_the_band_on_both_sides(rise_at: float, band_high: float,
-                                                                  expected: float) -> None:
-    result = lr_range_test(_range_test_loss(rise_at / 30, rise_at),
-                           LRRangeConfig(smoothing=0.0, band_high=band_high))
-    assert result.suggested_lr == pytest.approx(expected)
-    assert result.clamped is (expected != pytest.approx(result.min_loss_lr / 3))
+def test_lr_probe_drops_a_too_small_and_a_diverging_lr_and_keeps_the_one_that_learns() -> None:
+    from visionnode.components.common.training.recipe import Recipe
+
+    batches = [_blobs(seed, 32) for seed in range(12)]
+    heldout = [_blobs(100, 64)]
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Linear(8, 2)
+
+    result = probe_lr(fresh_model, batches, heldout, Recipe(),
+                      LRProbeConfig(first_round_steps=4, candidates=(1e-6, 0.05, 1e6)))
+    assert result.suggested_lr == 0.05 and result.rounds == [[1e-6, 0.05, 1e6]]
+    by_lr = {j.lr: j for j in result.judgements}
+    assert by_lr[0.05].heldout_top1 > 95 and by_lr[0.05].heldout_loss < by_lr[1e-6].heldout_loss
+    assert not math.isfinite(by_lr[1e6].heldout_loss) or by_lr[1e6].heldout_loss > by_lr[0.05].heldout_loss
+    assert result.promised_top1 == by_lr[0.05].heldout_top1 and result.heldout_images == 64
+    assert result.steps_run == 3 * 4 and result.train_images == 12 * 32
 
 
-def test_lr_range_config_rejects_a_divisor_below_one() -> None:
-    with pytest.raises(ConfigError, match="min-loss divisor"):
-        LRRangeConfig(min_loss_divisor=0.5).checked()
+def test_candidates_the_held_out_images_cannot_tell_apart_rank_largest_lr_first() -> None:
+    judged = [Judgement(0.01, 10, 2.00, 0.10, 20.0), Judgement(0.03, 10, 2.08, 0.10, 18.0),
+              Judgement(0.1, 10, 2.09, 0.10, 19.0), Judgement(0.3, 10, 2.50, 0.10, 10.0)]
+    # 0.03 and 0.1 lie within one standard error (0.10) of the best loss 2.00: a tie, broken upwards
+    assert [j.lr for j in ranked(judged)] == [0.1, 0.03, 0.01, 0.3]
+    judged[2] = Judgement(0.1, 10, 2.11, 0.10, 19.0)  # just outside: ranked by loss behind the best
+    assert [j.lr for j in ranked(judged)] == [0.03, 0.01, 0.1, 0.3]
+
+
+def test_lr_probe_config_refuses_too_few_steps_or_candidates() -> None:
+    with pytest.raises(ConfigError, match="too few"):
+        LRProbeConfig(first_round_steps=3).checked()
+    with pytest.raises(ConfigError, match="two positive"):
+        LRProbeConfig(candidates=(0.1,)).checked()
+
+
+@pytest.mark.parametrize("top1, images, promised, heldout, noted", [
+    (20.0, 300, 60.0, 64, True),    # far below: intervals apart
+    (50.0, 300, 60.0, 64, False),   # below, but within the noise of 64 held-out images
+    (70.0, 300, 60.0, 64, False),   # above the promise
+])
+def test_a_note_only_when_top1_is_far_below_the_probes_promise(top1: float, images: int, promised: float,
+                                                              heldout: int, noted: bool) -> None:
+    note = promise_note(top1, images, promised, heldout)
+    assert (note is not None) is noted
+    if noted:
+        assert f"top-1 {top1:.1f} %" in note and f"{promised:.1f} %" in note and "64 held-out" in note
+
+
+# -- how sure a measured accuracy is ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hits, total, low, high", [
+    (62, 100, 52.21, 70.90),  # (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), z = 1.96
+    (0, 10, 0.0, 27.75),      # 0 of 10: still an interval, not the Wald's 0-0
+    (10, 10, 72.25, 100.0),
+])
+def test_wilson_interval_known_answers(hits: int, total: int, low: float, high: float) -> None:
+    interval = wilson_interval(hits, total)
+    assert (interval.low, interval.high) == pytest.approx((low, high), abs=0.01)
+
+
+def test_mcnemar_exact_p_is_the_binomial_tail_of_the_discordant_images() -> None:
+    assert mcnemar_exact_p(10, 0) == pytest.approx(2 ** -10)       # 10 of 10 went FP32's way
+    assert mcnemar_exact_p(5, 1) == pytest.approx(7 / 64)          # P(X >= 5 | n = 6, 1/2)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(3, 3) == pytest.approx(42 / 64)
+
+
+@pytest.mark.parametrize("first_only, second_only, total, bound", [
+    (10, 0, 100, 100 * 10 * (2 * 0.05 ** 0.1 - 1) / 100),  # one-sided Clopper-Pearson of 10/10: 0.05^(1/10)
+    (3, 0, 100, 100 * 3 * (2 * 0.05 ** (1 / 3) - 1) / 100),  # 3 images: the bound is below zero
+    (0, 4, 100, -4.0),                                      # none went the first's way: -n / total
+    (0, 0, 24, 0.0),                                        # no discordant image: exactly no drop
+])
+def test_paired_drop_lower_bound_known_answers(first_only: int, second_only: int, total: int,
+                                               bound: float) -> None:
+    assert paired_drop_lower_bound(first_only, second_only, total) == pytest.approx(bound)
+
+
+def test_paired_drop_bound_above_zero_exactly_when_mcnemar_rejects_at_five_percent() -> None:
+    for first_only in range(0, 15):
+        for second_only in range(0, 6):
+            significant = mcnemar_exact_p(first_only, second_only) < 0.05
+            assert (paired_drop_lower_bound(first_only, second_only, 200) > 0) is significant
 
 
 CI_MARKERS = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",

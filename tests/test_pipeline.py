@@ -80,10 +80,12 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
     assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["lr"]["defaultValue"] == 0.0  # 0 = auto: validate's range-test suggestion
+    assert params["lr"]["defaultValue"] == 0.0  # 0 = auto: validate's LR probe suggestion
     assert params["crop_min_scale"]["defaultValue"] == 0.08 and params["flip"]["defaultValue"] is True
     assert params["init_weights"]["defaultValue"] == "" and params["head_epochs"]["defaultValue"] == 0
-    assert params["validate_lr_range_steps"]["defaultValue"] == 40
+    assert params["validate_lr_probe_steps"]["defaultValue"] == 10
+    quantize_outputs = spec["components"]["comp-quantize-op"]["outputDefinitions"]["artifacts"]
+    assert quantize_outputs["gate_report"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
 def test_cluster_settings_secrets_retries_caching_resources(spec: dict) -> None:
@@ -292,6 +294,7 @@ def test_run_without_local_is_a_clear_error() -> None:
 
 TINY_DAG = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
             "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
+            "validate_lr_probe_steps": 4,
             "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
             "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
             "target_p99_ms": 10_000.0}  # a best level on any machine: its figures are checked below
@@ -352,9 +355,15 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     served = server_counts(deployed["http_url"], deployed["model_name"])
     assert served.requests >= 0.99 * summary["qps"] * params["benchmark_duration_s"], (served, summary)
     assert summary["p99_ms"] >= served.compute_ns / served.requests / 1e6, (served, summary)
-    # lr 0 (the default): train ran with the LR validate's range test suggested
-    assert 1e-3 <= summary["suggested_lr"] <= 1.0
+    # lr 0 (the default): train ran with the LR validate's probe suggested, its plan in the summary
+    assert summary["suggested_lr"] in (0.003, 0.01, 0.03, 0.1, 0.3)
     assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
+    assert f"peak LR {summary['suggested_lr']:.3g} (probe;" in summary["train_lr_plan"]
+    # how good the result is: top-1's interval over the val images; the gate's verdict (the Markdown
+    # artifact's metadata, which the KFP UI shows)
+    val_images = summary["steps"]["train"]["val_images"]
+    assert summary["train_top1_ci"].endswith(f"(95 %, {val_images:.0f} val images)")
+    assert summary["int8_gate"] == summary["steps"]["quantize"]["verdict"] in ("pass", "pass with warning")
     assert summary["mlflow_run"].startswith("http://127.0.0.1:")
     logs = Path(summary["logs"])
     for phase in PHASES:

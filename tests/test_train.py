@@ -21,12 +21,14 @@ from visionnode.components.common.errors import ConfigError, DataError, Integrit
 from visionnode.components.common.storage.s3 import s3_client
 from visionnode.components.common.training.model import build_resnet
 from visionnode.components.common.training.recipe import (
+    AUTO_LR,
     Recipe,
     build_optimizer,
     lr_factor,
     parameter_groups,
     parse_lr,
     parse_res_schedule,
+    parse_warmup,
     resolution_for_epoch,
     resolve_lr,
 )
@@ -52,16 +54,42 @@ def small_config(shards: Path, out: Path, **overrides) -> TrainConfig:
 # -- recipe, precision: the rules, fast ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("lr, batch, warmup_epochs", [
+    (0.0, 32, 0.0),      # the batch rule's own LR (0.0125): safe from the first step, no warm-up
+    (0.003, 32, 0.0),    # below it: none either
+    (0.1, 32, 0.9),      # 8x the batch rule: log10(8) = 0.9 decades -> 0.9 epochs (issue 19's hand-picked 1)
+    (0.3, 32, 1.38),     # 24x
+    (0.1, 256, 0.0),     # at batch 256 the batch rule is 0.1 itself
+])
+def test_auto_warmup_grows_with_the_decades_the_lr_is_above_the_batch_rule(lr: float, batch: int,
+                                                                           warmup_epochs: float) -> None:
+    recipe = Recipe(lr=lr)
+    assert recipe.resolved_warmup_epochs(batch) == pytest.approx(warmup_epochs, abs=0.01)
+    plan = recipe.lr_plan(batch, steps_per_epoch=100, total_steps=1000, source="given")
+    assert plan.warmup_steps == int(recipe.resolved_warmup_epochs(batch) * 100) and plan.warmup_auto
+    assert plan.peak_lr == recipe.peak_lr(batch) and plan.batch_rule_lr == pytest.approx(0.1 * batch / 256)
+    # a short run keeps three quarters of its steps for learning; a given warm-up wins over auto
+    assert Recipe(lr=0.3).lr_plan(32, 100, 200, "probe").warmup_steps == 50
+    assert Recipe(lr=0.3, warmup_epochs=0.5).lr_plan(32, 100, 1000, "probe").warmup_steps == 50
+
+
+def test_warmup_flag_takes_auto_or_epochs() -> None:
+    assert parse_warmup("auto") is None and parse_warmup("1.5") == 1.5 and parse_warmup("0") == 0.0
+    for bad in ("-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="--warmup-epochs"):
+            parse_warmup(bad)
+
+
 def test_recipe_rules() -> None:
-    recipe = Recipe()
+    recipe = Recipe(warmup_epochs=2)
     assert recipe.peak_lr(256) == pytest.approx(0.1) and recipe.peak_lr(1024) == pytest.approx(0.4)
     assert Recipe(lr=0.3).peak_lr(1024) == 0.3
     # 10 epochs x 100 steps: warm-up 200 steps from 0.1x to 1x, then cosine to 0
-    factors = [lr_factor(s, recipe, 100, 1000) for s in (0, 100, 200, 600, 999)]
+    factors = [lr_factor(s, recipe, 100, 1000, 256) for s in (0, 100, 200, 600, 999)]
     assert factors[0] == pytest.approx(0.1) and factors[1] == pytest.approx(0.55)
     assert factors[2] == pytest.approx(1.0) and factors[3] == pytest.approx(0.5) and factors[4] < 1e-4
     step = Recipe(schedule="step", step_epochs=3, warmup_epochs=0)
-    assert [lr_factor(s, step, 10, 100) for s in (0, 29, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
+    assert [lr_factor(s, step, 10, 100, 256) for s in (0, 29, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.LazyLinear(2))
@@ -131,6 +159,15 @@ def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path,
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(result.mlflow_run_id)
     assert run.data.params["arch"] == "resnet152" and run.data.params["precision_resolved"] == "fp32"
+    # the LR plan: a given LR, no warm-up asked for, recorded with the run
+    assert run.data.params["lr_plan.source"] == "given" and run.data.params["lr_plan.warmup_steps"] == "0"
+    assert float(run.data.params["lr_plan.peak_lr"]) == 0.01
+    # top-1 with its 95 % Wilson interval over the val images (the closed formula, z = 1.96)
+    n, p, z = result.val_images, result.top1 / 100, 1.959964
+    centre, half = (p + z * z / (2 * n)), z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    expected = [100 * (centre - half) / (1 + z * z / n), 100 * (centre + half) / (1 + z * z / n)]
+    assert n == images and [result.top1_ci_low, result.top1_ci_high] == pytest.approx(expected)
+    assert run.data.metrics["top1_ci_low"] == pytest.approx(expected[0])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     assert client.get_metric_history(run.info.run_id, "top1") and "img_per_s" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
@@ -360,7 +397,7 @@ def test_cli_user_errors(tiny_shards: Path, tmp_path: Path) -> None:
         assert needle in result.output, result.output
 
 
-# -- learning rate: given, batch rule or range test -----------------------------------------------------
+# -- learning rate: given, batch rule or LR probe --------------------------------------------------------
 
 
 def test_lr_flag_and_the_pipeline_rule_a_given_lr_wins() -> None:
@@ -369,26 +406,28 @@ def test_lr_flag_and_the_pipeline_rule_a_given_lr_wins() -> None:
     for bad in ("-0.1", "fast", "nan"):
         with pytest.raises(ConfigError, match="--lr"):
             parse_lr(bad)
-    assert resolve_lr(0.05, suggested_lr=0.3) == 0.05   # the user's LR wins
-    assert resolve_lr(0.0, suggested_lr=0.3) == 0.3     # 0 = auto: validate's suggestion
-    assert resolve_lr(0.0, suggested_lr=0.0) == 0.0     # no suggestion: the batch rule (Recipe.lr 0)
+    assert resolve_lr(0.05, suggested_lr=0.3) == (0.05, "given")  # the user's LR wins
+    assert resolve_lr(AUTO_LR, suggested_lr=0.3) == (0.3, "probe")  # 0 = auto: validate's suggestion
+    assert resolve_lr(AUTO_LR, suggested_lr=0.0) == (0.0, "batch rule")  # none: the batch rule (Recipe.lr 0)
 
 
-def test_lr_auto_trains_with_the_range_test_suggestion(tiny_shards: Path, tmp_path: Path) -> None:
+def test_lr_auto_trains_with_the_probes_suggestion(tiny_shards: Path, tmp_path: Path) -> None:
     summary = tmp_path / "auto.json"
     result = CliRunner().invoke(app, [
         "train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), "--arch", "resnet18",
         "--res-schedule", "32:32", "--precision", "fp32", "--batch-size", "8", "--epochs", "1",
-        "--workers", "1", "--max-steps", "2", "--resume", "never", "--lr", "auto", "--lr-range-steps", "12",
+        "--workers", "1", "--max-steps", "2", "--resume", "never", "--lr", "auto", "--lr-probe-steps", "4",
         "--json", str(summary)])
     assert result.exit_code == 0, result.output
     done = json.loads(summary.read_text())
-    lr_range = done["lr_range"]
-    assert 1e-3 <= lr_range["suggested_lr"] <= 1.0 and 2 <= len(lr_range["lrs"]) <= 12
-    assert done["peak_lr"] == lr_range["suggested_lr"]
+    probe = done["lr_probe"]
+    assert probe["suggested_lr"] in probe["candidates"] and probe["steps_run"] == 4 * 4 + 2 * 12
+    assert probe["heldout_images"] == 16  # two held-out batches of 8
+    assert done["peak_lr"] == probe["suggested_lr"] and done["lr_plan"]["source"] == "probe"
     saved = load_checkpoint(done["checkpoint"])
-    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(lr_range["suggested_lr"])
-    assert (tmp_path / "m" / "lr_range.png").read_bytes().startswith(b"\x89PNG")
+    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(probe["suggested_lr"])
+    assert (tmp_path / "m" / "lr_probe.png").read_bytes().startswith(b"\x89PNG")
+    assert "LR probe:" in result.output and "LR plan: peak LR" in result.output
 
 
 def test_lr_auto_and_a_given_lr_exclude_each_other(tiny_shards: Path, tmp_path: Path) -> None:

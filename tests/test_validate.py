@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from typer.testing import CliRunner
 
 from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.errors import QualityGateError
-from visionnode.components.common.training.lr_range import LRRangeConfig, lr_range_test, preserved_state
 from visionnode.components.common.training.model import RESNET152_PARAMETERS
 from visionnode.components.validate.profile import _rate as measured_rate
 from visionnode.components.validate.validate import (
@@ -34,7 +32,8 @@ from visionnode.components.validate.validate import (
 
 # Small enough for ~10 s on 2 idle cores, large enough that the 96-image synthetic set is over-fitted
 # (4 epochs) and the loss falls far past the 25 % gate.
-FAST = {"image_size": 64, "steps": 24, "batch_size": 16, "profile_batches": 2, "workers": 2}
+FAST = {"image_size": 64, "steps": 24, "batch_size": 16, "profile_batches": 2, "workers": 2,
+        "lr_probe_steps": 4}
 
 
 @pytest.fixture(scope="module")
@@ -103,61 +102,27 @@ def test_loss_curve_verdicts_name_a_cause(losses: list[float], trend: str, words
     assert words in smoke.diagnosis
 
 
-def _loss_curve(fall_at: float, rise_at: float, peak: float) -> Callable[[float], float]:
-    """A noiseless LR range-test loss: flat 2.0, falls to 0.5 around `fall_at`, climbs to `peak` above
-    `rise_at`."""
-
-    def loss(lr: float) -> float:
-        falling = 2.0 - 1.5 / (1 + math.exp(-4 * math.log10(lr / fall_at)))
-        return falling + (peak - 0.5) * min(1.0, max(0.0, math.log10(lr / rise_at)))
-
-    return loss
-
-
-def test_lr_range_test_suggests_a_third_of_the_lowest_loss_lr() -> None:
-    result = lr_range_test(_loss_curve(fall_at=0.01, rise_at=0.3, peak=1.0), LRRangeConfig(steps=40))
-    assert 0.09 < result.suggested_lr < 0.15 and not result.clamped
-    assert result.suggested_lr == pytest.approx(result.min_loss_lr / 3)
-    assert result.smoothed[0] == pytest.approx(result.losses[0])  # bias-corrected: no pull towards 0
-
-
-@pytest.mark.parametrize("peak, stops", [(1.9, False), (2.1, True)])
-def test_lr_range_test_stops_once_the_loss_exceeds_four_times_its_best(peak: float, stops: bool) -> None:
-    # the best smoothed loss is about 0.5: a climb to 1.9 stays below 4x, one to 2.1 passes it
-    result = lr_range_test(_loss_curve(fall_at=0.003, rise_at=0.05, peak=peak),
-                           LRRangeConfig(steps=40, smoothing=0.0))
-    assert result.diverged is stops
-    assert (len(result.lrs) < 40) is stops
-
-
-def test_lr_range_suggestion_is_clamped_to_the_band() -> None:
-    result = lr_range_test(_loss_curve(fall_at=1.5e-4, rise_at=1e-3, peak=1.0), LRRangeConfig(steps=40))
-    assert result.min_loss_lr / 3 < 1e-3 and result.suggested_lr == 1e-3 and result.clamped
-
-
-def test_preserved_state_restores_weights_and_batchnorm_statistics() -> None:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with preserved_state(model):
-        torch.optim.SGD(model.parameters(), lr=1.0).zero_grad()
-        model(torch.randn(4, 3, 8, 8)).sum().backward()
-        torch.optim.SGD(model.parameters(), lr=1.0).step()
-        assert not torch.equal(model[1].running_mean, before["1.running_mean"])
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-def test_lr_range_test_in_validate_outputs_a_suggestion_plot_and_metrics(validated: ValidateResult) -> None:
-    lr_range = validated.lr_range
-    assert lr_range is not None and len(lr_range.lrs) >= 8
-    assert 1e-3 <= lr_range.suggested_lr <= 1.0 and lr_range.seconds > 0
+def test_lr_probe_in_validate_outputs_a_suggestion_plot_and_metrics(validated: ValidateResult) -> None:
+    probe = validated.lr_probe
+    assert probe is not None and probe.suggested_lr in probe.candidates and probe.seconds > 0
+    assert [len(r) for r in probe.rounds] == [4, 2] and probe.suggested_lr in probe.rounds[1]
+    # 96 images: a quarter held out, judged un-augmented; the rest train every candidate on the same batches
+    assert probe.heldout_images == 24 and probe.steps_run == 4 * 4 + 2 * 12
+    final = [j for j in probe.judgements if j.steps == 12]
+    best = min(final, key=lambda j: j.heldout_loss)
+    # the lowest held-out loss wins, or a larger LR the held-out images cannot tell from it
+    assert probe.suggested_lr == best.lr or (
+        probe.suggested_lr > best.lr
+        and next(j for j in final if j.lr == probe.suggested_lr).heldout_loss
+        <= best.heldout_loss + best.heldout_loss_se)
     metrics = validated.metrics()
-    assert metrics["suggested_lr"] == lr_range.suggested_lr
-    assert metrics["lr_range_seconds"] == lr_range.seconds
-    plot = Path(validated.lr_range_plot)
+    assert metrics["suggested_lr"] == probe.suggested_lr and metrics["lr_probe_top1"] == probe.promised_top1
+    assert metrics["lr_probe_seconds"] == probe.seconds
+    plot = Path(validated.lr_probe_plot)
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == Path(validated.report).parent
     report = Path(validated.report).read_text()
-    assert "## 4. Learning-rate range test" in report
-    assert f"Suggested LR: {lr_range.suggested_lr:.3g}" in report
+    assert "## 4. Learning-rate probe" in report
+    assert f"Suggested LR: {probe.suggested_lr:g}" in report
     assert report.count("](data:image/png;base64,") == 2
 
 
@@ -352,8 +317,8 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
     artifacts = {
         a.path for folder in ("plots", "report") for a in client.list_artifacts(result.mlflow_run_id, folder)
     }
-    assert artifacts == {"plots/report_loss.png", "plots/report_lr_range.png", "report/report.md"}
-    assert run.data.metrics["suggested_lr"] == result.lr_range.suggested_lr
+    assert artifacts == {"plots/report_loss.png", "plots/report_lr_probe.png", "report/report.md"}
+    assert run.data.metrics["suggested_lr"] == result.lr_probe.suggested_lr
     logged = json.loads(
         Path(
             client.download_artifacts(result.mlflow_run_id, "validate_result.json", str(tmp_path))
@@ -371,7 +336,7 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
         ),
         (["--data", ".", "--steps", "1"], "error: --steps 1 is too few"),
         (["--data", ".", "--arch", "vgg16"], "error: unknown architecture 'vgg16'"),
-        (["--data", ".", "--lr-range-steps", "3"], "error: --lr-range-steps 3 is too few"),
+        (["--data", ".", "--lr-probe-steps", "3"], "error: --lr-probe-steps 3 is too few"),
     ],
 )
 def test_cli_user_errors_are_one_line_exit_2(args: list[str], message: str) -> None:

@@ -1,6 +1,6 @@
 """KFP v2 component: FP32 model -> INT8 OpenVINO IR (+ ONNX) with accuracy, size and speed reported."""
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
 from visionnode.components.common.adapters.kfp import phase_component
 
@@ -11,6 +11,7 @@ def quantize_op(
     remote_shards: Input[Dataset],
     int8_model: Output[Model],
     metrics: Output[Metrics],
+    gate_report: Output[Markdown],
     calibration_images: int = 300,
     max_accuracy_drop: float = 1.0,
     full_int8: bool = False,
@@ -30,9 +31,12 @@ def quantize_op(
             throughput.png. Metadata: arch, precision, input/output names, shape, top-1 figures.
         metrics: FP32 and INT8 top-1/top-5, top-1 agreement, drop (points), INT8 size (MB), peak RSS (MB),
             latency (batch 1) and throughput (batch 8) of PyTorch FP32, OpenVINO FP32 and OpenVINO INT8.
+        gate_report: The accuracy gate's decision (pass, pass with warning when the val images are too few
+            to tell, or fail): the measured drop, the images compared, the paired test and its rule.
         calibration_images: Train images used to calibrate the INT8 ranges.
-        max_accuracy_drop: Largest allowed FP32 -> INT8 top-1 drop in points; beyond it the step fails
-            (after writing its outputs and metrics).
+        max_accuracy_drop: Largest allowed FP32 -> INT8 top-1 drop in points; the step fails (after writing
+            its outputs and metrics) when the drop is significantly larger: its one-sided 95 % lower
+            confidence bound (paired, exact) exceeds this.
         full_int8: Also quantize the residual Adds, the stem and the shortcut projections, which compute
             in FP32 by default: faster (1.1x on an AVX-512 VNNI CPU; 1.6x with the PERFORMANCE preset on an
             AMX Xeon), but INT8 answers drift further from FP32 (agreement 94.7 % instead of 99.3 %).
@@ -42,6 +46,7 @@ def quantize_op(
 
     from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
+    from visionnode.components.quantize.gate import gate_markdown
     from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
 
     enter_pipeline_context(pipeline_run_id)
@@ -61,7 +66,11 @@ def quantize_op(
         "input_shape": [-1, result.input_size, result.input_size, 3], "input_dtype": "uint8",
         "output_name": OUTPUT_NAME, "num_classes": result.num_classes,
         "fp32_top1": result.accuracy.fp32_top1, "int8_top1": result.accuracy.int8_top1,
-        "quality_gate_passed": result.quality_gate_passed,
+        "quality_gate_passed": result.quality_gate_passed, "quality_gate": result.gate.verdict,
+        "quality_gate_message": result.gate.message,
     })
+    with open(gate_report.path, "w", encoding="utf-8") as fh:
+        fh.write(gate_markdown(result.gate))
+    gate_report.metadata.update({"verdict": result.gate.verdict, "message": result.gate.message})
     if failure is not None:
         raise failure

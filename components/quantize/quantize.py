@@ -8,9 +8,11 @@
       -> size, peak RSS, latency and throughput of PyTorch FP32 / OpenVINO FP32 / OpenVINO INT8 (perf.py)
       -> out dir: model.xml/.bin, model.onnx, model.json (InferenceMetadata), quantize_report.json, plot
 
-Quality gate: when the top-1 drop exceeds `max_accuracy_drop`, every output is still written (so the model
-and the report can be inspected) but model.json records `accuracy.quality_gate_passed = 0`, and
-QualityGateError is raised afterwards: the CLI exits 2 and the KFP step fails, so deploy never runs on it.
+Quality gate (gate.py): a paired test of FP32 against INT8 on the same val images; it fails when the top-1
+drop is significantly larger than `max_accuracy_drop` and passes with a warning when the drop is larger but
+the images are too few to tell. On failure every output is still written (so the model and the report can be
+inspected) but model.json records `accuracy.quality_gate_passed = 0`, and QualityGateError is raised
+afterwards: the CLI exits 2 and the KFP step fails, so deploy never runs on it. `gate.md` holds the decision.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from visionnode.components.quantize.export import (
     save_ir,
     torch_logits,
 )
+from visionnode.components.quantize.gate import GateDecision, gate_markdown, judge_accuracy
 from visionnode.components.quantize.perf import (
     PerfReport,
     compile_openvino,
@@ -53,6 +56,7 @@ IR_FILE = "model.xml"
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "quantize_report.json"
 PLOT_FILE = "throughput.png"
+GATE_FILE = "gate.md"
 EXPORT_RTOL = 1e-3   # folded-graph logits of OpenVINO FP32 vs PyTorch, relative to the logit range
 
 
@@ -72,15 +76,19 @@ class QuantizeResult:
     input_size: int
     calibration_images: int
     accuracy: AccuracyReport
-    quality_gate_passed: bool
+    gate: GateDecision
     max_accuracy_drop: float
     export_max_abs_diff: float        # OpenVINO FP32 vs PyTorch logits on the same uint8 images
     perf: PerfReport | None = None
     files: list[str] = field(default_factory=list)
     mlflow_run_url: str | None = None
 
+    @property
+    def quality_gate_passed(self) -> bool:
+        return self.gate.passed
+
     def metrics(self) -> dict[str, float]:
-        metrics = {**self.accuracy.metrics(), "quality_gate_passed": float(self.quality_gate_passed),
+        metrics = {**self.accuracy.metrics(), **self.gate.metrics(),
                    "calibration_images": float(self.calibration_images),
                    "export_max_abs_diff": self.export_max_abs_diff}
         if self.perf is not None:
@@ -103,14 +111,12 @@ def quantize_model(config: QuantizeConfig) -> QuantizeResult:
         tracker.log_metrics(result.metrics())
         for name in (IR_FILE, "model.bin", "model.json", REPORT_FILE):  # the IR, not the larger FP32 ONNX
             tracker.log_artifact(config.out_dir / name, artifact_path="int8_model")
+        tracker.log_artifact(config.out_dir / GATE_FILE, artifact_path="int8_model")
+        tracker.set_tags({"quality_gate": result.gate.verdict})
         result.mlflow_run_url = tracker.run_url
     if not result.quality_gate_passed:
-        acc = result.accuracy
         raise AccuracyGateError(
-            result,
-            f"INT8 top-1 dropped {acc.top1_drop_pts:.2f} pts (FP32 {acc.fp32_top1:.2f}% -> INT8 "
-            f"{acc.int8_top1:.2f}% on {acc.images} val images, 1 image = {acc.points_per_image:.2f} pts), "
-            f"more than --max-accuracy-drop {config.max_accuracy_drop:g}",
+            result, result.gate.message,
             f"outputs kept for inspection in {config.out_dir} (marked quality_gate_passed=0); "
             "try more --calibration-images, or accept it with a larger --max-accuracy-drop")
     return result
@@ -154,7 +160,7 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
                                 itertools.chain([first], val_batches), model.metadata.num_classes,
                                 total=_count(val_paths, limit))
     del fp32_compiled, int8_compiled
-    passed = accuracy_gate_passed(accuracy.top1_drop_pts, max_drop=config.max_accuracy_drop)
+    gate = judge_accuracy(accuracy, max_drop=config.max_accuracy_drop)
 
     perf = None
     if config.measure:
@@ -169,22 +175,17 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
     result = QuantizeResult(out_dir=config.out_dir, arch=model.metadata.arch,
                             num_classes=model.metadata.num_classes, input_size=size,
                             calibration_images=calibrated_on, accuracy=accuracy,
-                            quality_gate_passed=passed, max_accuracy_drop=config.max_accuracy_drop,
+                            gate=gate, max_accuracy_drop=config.max_accuracy_drop,
                             export_max_abs_diff=export_diff, perf=perf)
     inference_metadata(model, result).save(staging)
     write_json(staging / REPORT_FILE, result)
+    (staging / GATE_FILE).write_text(gate_markdown(gate), encoding="utf-8")
     result.files = _publish(staging, config.out_dir)
     return result
 
 
-def accuracy_gate_passed(top1_drop_pts: float, *, max_drop: float) -> bool:
-    """The quality gate: a drop (FP32 top-1 - INT8 top-1, points; negative = INT8 better) up to and
-    including `max_drop` passes."""
-    return top1_drop_pts <= max_drop
-
-
 def inference_metadata(model: TrainedModel, result: QuantizeResult) -> InferenceMetadata:
-    accuracy = {**result.accuracy.metrics(), "quality_gate_passed": float(result.quality_gate_passed),
+    accuracy = {**result.accuracy.metrics(), **result.gate.metrics(),
                 "max_accuracy_drop": result.max_accuracy_drop}
     return InferenceMetadata(arch=model.metadata.arch, precision="int8", input=model.input_spec(),
                              output=model.output_spec(), classes=model.metadata.classes,

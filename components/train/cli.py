@@ -23,7 +23,8 @@ def train_command(
     ] = DEFAULTS.batch_size,
     lr: Annotated[
         str, typer.Option(help="Peak LR: a number; 0 scales it from the global batch (0.1 x batch / 256); "
-                           "auto runs an LR range test on the train shards first.")
+                           "auto runs an LR probe (a short sweep judged on held-out loss) on the train "
+                           "shards first.")
     ] = f"{DEFAULTS.recipe.lr:g}",
     arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = DEFAULTS.arch,
     res_schedule: Annotated[
@@ -50,15 +51,17 @@ def train_command(
         int, typer.Option(help="Stop after N optimizer steps in total (0: all epochs).")
     ] = DEFAULTS.max_steps,
     warmup_epochs: Annotated[
-        float, typer.Option(help="Linear LR warm-up (at most a quarter of all steps).")
-    ] = DEFAULTS.recipe.warmup_epochs,
+        str, typer.Option(help="Linear LR warm-up in epochs (at most a quarter of all steps); auto: one "
+                          "epoch per decade the peak LR is above the batch rule's.")
+    ] = "auto",
     schedule: Annotated[
         str, typer.Option(help="LR decay after warm-up: cosine|step.")
     ] = DEFAULTS.recipe.schedule,
     log_every: Annotated[int, typer.Option(help="Steps between MLflow step metrics.")] = DEFAULTS.log_every,
-    lr_range_steps: Annotated[
-        int, typer.Option(help="Steps of the LR range test that --lr auto runs.")
-    ] = DEFAULTS.lr_range_steps,
+    lr_probe_steps: Annotated[
+        int, typer.Option(help="--lr auto's LR probe: steps each candidate LR trains before the first "
+                          "judgement on held-out loss.")
+    ] = DEFAULTS.lr_probe_steps,
     crop_min_scale: Annotated[
         float, typer.Option(help="RandomResizedCrop's smallest kept share of the image area "
                            "(0.08 ImageNet; raise it for small objects).")
@@ -85,7 +88,12 @@ def train_command(
     from visionnode.components.common.artifacts import check_shard_source
 
     check_shard_source(shards)  # before the seconds of importing torch
-    from visionnode.components.common.training.recipe import Recipe, parse_lr, parse_res_schedule
+    from visionnode.components.common.training.recipe import (
+        Recipe,
+        parse_lr,
+        parse_res_schedule,
+        parse_warmup,
+    )
     from visionnode.components.train.train import (  # imports torch: only when the command runs
         PREEMPTED_EXIT_CODE,
         train,
@@ -98,8 +106,9 @@ def train_command(
         res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri,
         checkpoint_every=checkpoint_every, resume=resume, compile=compile, workers=workers,
         max_steps=max_steps, seed=seed, log_every=log_every,
-        recipe=Recipe(lr=peak_lr, warmup_epochs=warmup_epochs, schedule=schedule), auto_lr=auto_lr,
-        lr_range_steps=lr_range_steps, crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
+        recipe=Recipe(lr=peak_lr, warmup_epochs=parse_warmup(warmup_epochs), schedule=schedule),
+        auto_lr=auto_lr,
+        lr_probe_steps=lr_probe_steps, crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
         head_epochs=head_epochs,
     )
     result = train(config)

@@ -36,12 +36,13 @@ def train_op(
             (manifest.json with base_uri + per-shard uri).
         model: Output dir: weights.pt (state_dict) + model.json (arch, classes, input size, mean/std,
             metrics); metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
-        metrics: top1, top5, val_loss, final train loss, images/s, steps.
+        metrics: top1 with its 95 % Wilson interval (top1_ci_low/high over val_images), top5, val_loss,
+            final train loss, images/s, steps, peak_lr.
         epochs: Epochs to train.
         batch_size: Images per optimizer step.
         lr: Peak learning rate; 0.0 means "auto": `suggested_lr` when that is > 0, else scaled from the batch
             (0.1 x batch / 256). A given lr always wins.
-        suggested_lr: validate's LR range-test suggestion (its `suggested_lr` output); 0.0 = none.
+        suggested_lr: validate's LR probe suggestion (its `suggested_lr` output); 0.0 = none.
         arch: resnet18|34|50|101|152.
         res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
         precision: auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, else fp32/fp16).
@@ -64,12 +65,13 @@ def train_op(
 
     enter_pipeline_context(pipeline_run_id)
     res_start, res_end = parse_res_schedule(res_schedule)
+    peak_lr, lr_source = resolve_lr(lr, suggested_lr)
     shards = Path(remote_shards.path)
     config = TrainConfig(
         shards=str(shards), out_dir=Path(model.path), epochs=epochs, batch_size=batch_size, arch=arch,
         res_start=res_start, res_end=res_end, precision=precision,
         checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, pipeline_run_id),
-        workers=workers, recipe=Recipe(lr=resolve_lr(lr, suggested_lr)), crop_min_scale=crop_min_scale,
+        workers=workers, recipe=Recipe(lr=peak_lr), lr_source=lr_source, crop_min_scale=crop_min_scale,
         flip=flip, init_weights=init_weights, head_epochs=head_epochs,
     )
     result = train(config)
@@ -77,6 +79,7 @@ def train_op(
         raise SystemExit(PREEMPTED_EXIT_CODE)
     model.metadata.update({"arch": result.arch, "input_size": res_end, "top1": result.top1 or 0.0,
                            "top5": result.top5 or 0.0, "registered_model": result.registered_model or "",
-                           "mlflow_run_id": result.mlflow_run_id or ""})
+                           "mlflow_run_id": result.mlflow_run_id or "",
+                           "lr_plan": result.lr_plan.describe()})
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)

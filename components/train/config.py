@@ -7,7 +7,7 @@ from pathlib import Path
 
 from visionnode.components.common.data.ffcv_io import Augmentation
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.training.lr_range import LRRangeConfig
+from visionnode.components.common.training.lr_probe import LRProbeConfig
 from visionnode.components.common.training.recipe import Recipe
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -39,8 +39,9 @@ class TrainConfig:
     registered_model_name: str = ""  # MLflow model registry name; empty means visionnode-<arch>
     tracking: bool = True            # False: no MLflow run even when a tracking URI is configured
     recipe: Recipe = field(default_factory=Recipe)
-    auto_lr: bool = False            # peak LR from an LR range test on the train shards (`--lr auto`)
-    lr_range_steps: int = 40
+    auto_lr: bool = False            # peak LR from an LR probe on the train shards (`--lr auto`)
+    lr_probe_steps: int = LRProbeConfig.first_round_steps  # the probe's first-round steps per candidate
+    lr_source: str = ""              # where recipe.lr came from (LRPlan.source); empty: given or batch rule
     crop_min_scale: float = 0.08     # RandomResizedCrop keeps this..100 % of the image area
     flip: bool = True                # random horizontal flip
     init_weights: str = ""           # state dict (path or s3://) to fine-tune from; empty: random init
@@ -67,7 +68,7 @@ class TrainConfig:
             if self.recipe.lr > 0:
                 raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
                                   "pass one of them")
-            LRRangeConfig(steps=self.lr_range_steps).checked()
+            LRProbeConfig(first_round_steps=self.lr_probe_steps).checked()
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"--crop-min-scale {self.crop_min_scale} is out of range",
                               "use a value above 0 and at most 1: ImageNet's 0.08, up to 1 for no zoom-in")
@@ -77,6 +78,10 @@ class TrainConfig:
         if self.head_epochs and not self.init_weights:
             raise ConfigError("--head-epochs trains a new head on pre-trained features",
                               "pass --init-weights too, or --head-epochs 0")
+
+    @property
+    def resolved_lr_source(self) -> str:
+        return self.lr_source or ("given" if self.recipe.lr > 0 else "batch rule")
 
     @property
     def augmentation(self) -> Augmentation:

@@ -13,6 +13,7 @@ which Kubeflow's PyTorchJob `restartPolicy: ExitCode` treats as retryable; the r
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import os
 import statistics
@@ -28,16 +29,18 @@ from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
 from visionnode.components.common.jsonio import to_jsonable
 from visionnode.components.common.progress import console, progress_bar
+from visionnode.components.common.stats import accuracy_interval
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
-from visionnode.components.common.training.lr_range import (
-    LRRangeConfig,
-    LRRangeResult,
-    lr_range_figure,
-    lr_range_test,
-    preserved_state,
+from visionnode.components.common.training.lr_probe import (
+    LRProbeConfig,
+    LRProbeResult,
+    lr_probe_figure,
+    probe_lr,
+    promise_note,
 )
 from visionnode.components.common.training.model import build_resnet, count_parameters, depth_from_arch
 from visionnode.components.common.training.recipe import (
+    LRPlan,
     build_optimizer,
     build_scheduler,
     resolution_for_epoch,
@@ -64,7 +67,8 @@ from visionnode.components.train.trainer import StopSignal, Trainer, set_loader_
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal after saving a checkpoint; retry resumes"
 RESUME_MODES = ("auto", "never")
-LR_RANGE_FILE = "lr_range.png"
+LR_PROBE_FILE = "lr_probe.png"
+PROBE_HELDOUT_BATCHES = 2  # 64 images at batch 32: as many as validate holds out of its 256-image subset
 
 
 @dataclass
@@ -79,10 +83,15 @@ class TrainResult:
     world_size: int
     global_batch: int
     peak_lr: float
-    lr_range: LRRangeResult | None   # the range test `--lr auto` ran (None otherwise)
+    lr_plan: LRPlan                  # the peak LR, its source, warm-up and schedule
+    lr_probe: LRProbeResult | None   # the probe `--lr auto` ran (None otherwise)
     init_weights: InitWeights | None
     top1: float | None
     top5: float | None
+    val_images: int | None
+    top1_ci_low: float | None        # 95 % Wilson interval of top1 over val_images
+    top1_ci_high: float | None
+    note: str | None                 # one line when top-1 is far below what the LR probe promised
     val_loss: float | None
     initial_loss: float | None
     final_loss: float | None
@@ -98,7 +107,8 @@ class TrainResult:
     def metrics(self) -> dict[str, float]:
         """The scalar figures a dashboard (KFP Metrics, MLflow) shows;
         figures a run did not produce are left out."""
-        names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr")
+        names = ("top1", "top5", "top1_ci_low", "top1_ci_high", "val_images", "val_loss", "final_loss",
+                 "images_per_second", "steps", "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
 
@@ -195,10 +205,10 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     first_res = resolution_for_epoch(0, config.epochs, config.res_start, config.res_end)
     train_data = train_loader(train_files, config.batch_size, first_res, config.workers,
                               distributed=ctx.distributed, seed=config.seed, augmentation=config.augmentation)
-    lr_range = None
+    lr_probe = None
     if config.auto_lr and not source:  # a resumed run keeps the LR its checkpoint's scheduler holds
-        lr_range = range_test_on_shards(model, train_data, config, ctx, precision)
-        config = replace(config, recipe=replace(config.recipe, lr=lr_range.suggested_lr))
+        lr_probe = probe_on_shards(model, train_data, config, ctx, precision)
+        config = replace(config, recipe=replace(config.recipe, lr=lr_probe.suggested_lr), lr_source="probe")
     optimizer = build_optimizer(model, config.recipe, global_batch)
     val_data = val_loader(val_files, config.batch_size, config.res_end, config.workers,
                           distributed=ctx.distributed)
@@ -206,7 +216,11 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     if steps_per_epoch == 0:
         raise DataError(f"the train shards hold fewer images than one global batch ({global_batch})",
                         "lower --batch-size or add images")
-    scheduler = build_scheduler(optimizer, config.recipe, steps_per_epoch, config.epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, config.recipe, steps_per_epoch, total_steps, global_batch)
+    lr_plan = config.recipe.lr_plan(global_batch, steps_per_epoch, total_steps, config.resolved_lr_source)
+    if ctx.is_main:
+        console.print(f"LR plan: {lr_plan.describe()}")
 
     net: nn.Module = model
     if ctx.distributed:
@@ -233,8 +247,9 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
         resumed_step = trainer.step if source else None
         start_step = trainer.step
         tracker.log_params(_params(config, ctx, precision, global_batch, optimizer, steps_per_epoch, model))
-        if lr_range is not None and ctx.is_main:
-            log_lr_range(lr_range, config, tracker)
+        tracker.log_params({f"lr_plan.{k}": v for k, v in to_jsonable(lr_plan).items()})
+        if lr_probe is not None and ctx.is_main:
+            log_lr_probe(lr_probe, config, tracker)
         if init is not None:
             tracker.set_tags({"init_weights": init.source, "init_head_replaced": init.head_replaced})
 
@@ -254,8 +269,9 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
             status=status, out_dir=str(config.out_dir), arch=config.arch,
             epochs_completed=trainer.epoch, steps=trainer.step, steps_this_run=trainer.step - start_step,
             precision=precision, world_size=ctx.world_size, global_batch=global_batch,
-            peak_lr=trainer.scheduler.base_lrs[0], lr_range=lr_range, init_weights=init,
+            peak_lr=trainer.scheduler.base_lrs[0], lr_plan=lr_plan, lr_probe=lr_probe, init_weights=init,
             top1=trainer.last_metrics.get("top1"), top5=trainer.last_metrics.get("top5"),
+            val_images=None, top1_ci_low=None, top1_ci_high=None, note=None,
             val_loss=trainer.last_metrics.get("val_loss"),
             initial_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
             images_per_second=statistics.median(run_rates) if run_rates else None,
@@ -263,6 +279,7 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
             mlflow_run_id=tracker.run_id, registered_model=None, replica_fingerprints=fingerprints,
             wall_s=0.0,
         )
+        describe_quality(result, trainer.last_metrics)
         if ctx.is_main and status != "preempted":
             write_model(trainer, manifest, {k: v for k, v in to_jsonable(result).items()
                                             if k in ("status", "steps", "epochs_completed", "precision",
@@ -274,54 +291,54 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
             result.registered_model = register_model(trainer)
         result.wall_s = round(time.perf_counter() - started, 2)
         tracker.log_metrics({"final_top1": result.top1 or 0.0, "final_top5": result.top5 or 0.0,
-                             "median_img_per_s": result.images_per_second or 0.0})
-        tracker.set_tags({"status": status})
+                             "median_img_per_s": result.images_per_second or 0.0,
+                             **{k: v for k, v in result.metrics().items() if k.startswith("top1_ci")}})
+        tracker.set_tags({"status": status, **({"quality_note": result.note} if result.note else {})})
     barrier(ctx)
     return result
 
 
-def range_test_on_shards(model: nn.Module, train_data: Any, config: TrainConfig, ctx: DistContext,
-                         precision: str) -> LRRangeResult:
-    """`--lr auto`: the LR range test on this model and the train shards, with the recipe's optimizer and
-    loss; the model's weights (and BN statistics) are restored afterwards."""
+def describe_quality(result: TrainResult, last_metrics: dict[str, float]) -> None:
+    """top-1's 95 % Wilson interval over the val images, and the note when it falls far short of the
+    probe's promise; printed on rank 0."""
+    images = int(last_metrics.get("val_images", 0))
+    if result.top1 is None or not images:
+        return
+    interval = accuracy_interval(result.top1, images)
+    result.val_images, result.top1_ci_low, result.top1_ci_high = images, interval.low, interval.high
+    if result.lr_probe is not None:
+        result.note = promise_note(result.top1, images, result.lr_probe.promised_top1,
+                                   result.lr_probe.heldout_images)
+    console.print(f"top-1 {result.top1:.1f} % (95 % CI {interval}, {images} val images)"
+                  + (f"\nnote: {result.note}" if result.note else ""))
+
+
+def probe_on_shards(model: nn.Module, train_data: Any, config: TrainConfig, ctx: DistContext,
+                    precision: str) -> LRProbeResult:
+    """`--lr auto`: the LR probe (lr_probe.py) on copies of this model with the recipe's optimizer and loss:
+    the first train batches are held out, the next ones train every candidate on the same images."""
     if ctx.distributed:
-        raise ConfigError("--lr auto runs its range test in one process",
+        raise ConfigError("--lr auto runs its LR probe in one process",
                           "run `visionnode validate` (its suggested_lr) or `train --lr auto` on one process, "
                           "then pass that --lr to the distributed run")
-    range_config = LRRangeConfig(steps=config.lr_range_steps)
-    optimizer = build_optimizer(model, config.recipe, config.batch_size)
-    scaler = grad_scaler(precision, ctx.device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.recipe.label_smoothing)
-    batches = itertools.chain.from_iterable(itertools.repeat(train_data))  # as many epochs as the steps need
-
-    def step(lr: float) -> float:
-        images, labels = next(batches)
-        images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(ctx.device, non_blocking=True).long().view(-1)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(precision, ctx.device):
-            loss = criterion(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return float(loss.item())
-
-    model.train()
-    with preserved_state(model), progress_bar(range_config.steps, f"LR range test {config.arch}",
-                                              unit="step") as advance:
-        result = lr_range_test(step, range_config, advance)
-    console.print(f"LR range test: suggested peak LR {result.suggested_lr:.3g} "
-                  f"(a third of where the smoothed loss is lowest, {result.min_loss_lr:.3g}; "
-                  f"{result.seconds:.1f} s)")
+    probe = LRProbeConfig(first_round_steps=config.lr_probe_steps)
+    heldout_batches = PROBE_HELDOUT_BATCHES
+    stream = itertools.chain.from_iterable(itertools.repeat(train_data))  # as many epochs as it needs
+    batches = [(images.to(ctx.device).contiguous(memory_format=torch.channels_last),
+                labels.to(ctx.device).long().view(-1))
+               for images, labels in itertools.islice(stream, heldout_batches + probe.max_steps)]
+    with progress_bar(probe.total_steps, f"LR probe {config.arch}", unit="step") as advance:
+        result = probe_lr(lambda: copy.deepcopy(model), batches[heldout_batches:], batches[:heldout_batches],
+                          config.recipe, probe, precision=lambda: autocast(precision, ctx.device),
+                          advance=advance)
+    console.print(result.summary_line())
     return result
 
 
-def log_lr_range(result: LRRangeResult, config: TrainConfig, tracker: Tracker) -> None:
-    tracker.log_metrics({"suggested_lr": result.suggested_lr, "lr_range_seconds": result.seconds})
-    figure = lr_range_figure(result, f"LR range test {config.arch}, batch {config.batch_size}")
-    save_figure(figure, Path(config.out_dir) / LR_RANGE_FILE, tracker)
+def log_lr_probe(result: LRProbeResult, config: TrainConfig, tracker: Tracker) -> None:
+    tracker.log_metrics(result.metrics())
+    figure = lr_probe_figure(result, f"LR probe {config.arch}, batch {config.batch_size}")
+    save_figure(figure, Path(config.out_dir) / LR_PROBE_FILE, tracker)
     figure.clear()
 
 

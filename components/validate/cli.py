@@ -34,9 +34,10 @@ def validate_command(
     profile_batches: Annotated[
         int, typer.Option(help="Batches timed per profile stage.")
     ] = DEFAULTS.profile_batches,
-    lr_range_steps: Annotated[
-        int, typer.Option(help="Steps of the LR range test (train's SGD recipe); 0 skips it.")
-    ] = DEFAULTS.lr_range_steps,
+    lr_probe_steps: Annotated[
+        int, typer.Option(help="LR probe: steps each candidate LR trains before the first judgement "
+                          "(train's SGD recipe, successive halving on held-out loss); 0 skips it.")
+    ] = DEFAULTS.lr_probe_steps,
     seed: Annotated[
         int, typer.Option(help="Seed for the subset, the model and batch order.")
     ] = DEFAULTS.seed,
@@ -64,7 +65,7 @@ def validate_command(
         workers=workers,
         profile_arch=profile_arch,
         profile_batches=profile_batches,
-        lr_range_steps=lr_range_steps,
+        lr_probe_steps=lr_probe_steps,
         seed=seed,
         report=report,
     )

@@ -15,7 +15,7 @@ def validate_op(
     subset: int = 256,
     image_size: int = 64,
     steps: int = 30,
-    lr_range_steps: int = 40,
+    lr_probe_steps: int = 10,
     pipeline_run_id: str = "",
 ) -> NamedTuple("ValidateOutputs", [("suggested_lr", float)]):
     """Smoke-train on a subset of the raw images, check ResNet-152's integrity and profile the input pipeline.
@@ -28,17 +28,18 @@ def validate_op(
         metrics: Scalars: passed (1/0), images_used, images_skipped, loss_first, loss_last,
             loss_relative_drop,
             resnet152_parameters, gradient_problems, data_images_per_s, compute_images_per_s,
-            combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR range test also suggested_lr,
-            lr_range_steepest_lr, lr_range_min_loss_lr, lr_range_seconds.
+            combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR probe also suggested_lr,
+            lr_probe_top1 (the winner's held-out top-1), lr_probe_seconds, lr_probe_steps,
+            lr_probe_heldout_images.
         subset: Images sampled (seeded) from the train split and over-fitted by the smoke training.
         image_size: Square input side in pixels for smoke training and the profile.
         steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
-        lr_range_steps: Steps of the learning-rate range test
-            (train's SGD recipe on the smoke subset); 0 skips it.
+        lr_probe_steps: LR probe: steps each candidate LR trains (train's SGD recipe on the smoke subset)
+            before the first judgement on held-out loss; the best third trains 3x as long; 0 skips it.
         pipeline_run_id: The KFP run id; nests this step's MLflow run under the pipeline's parent run.
 
     Returns:
-        suggested_lr: the range test's peak LR for train (0.0 when skipped);
+        suggested_lr: the LR probe's peak LR for train (0.0 when skipped);
             train takes it when its `lr` is 0.
         The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
@@ -60,7 +61,7 @@ def validate_op(
             subset=subset,
             image_size=image_size,
             steps=steps,
-            lr_range_steps=lr_range_steps,
+            lr_probe_steps=lr_probe_steps,
             report=report_path,
         )
     )
@@ -69,4 +70,4 @@ def validate_op(
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)
     outputs = NamedTuple("ValidateOutputs", [("suggested_lr", float)])
-    return outputs(result.lr_range.suggested_lr if result.lr_range is not None else 0.0)
+    return outputs(result.lr_probe.suggested_lr if result.lr_probe is not None else 0.0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.training.lr_range import LRRangeConfig
+from visionnode.components.common.training.lr_probe import LRProbeConfig
 
 
 @dataclass
@@ -25,7 +25,8 @@ class ValidateConfig:
     workers: int = 2  # DataLoader worker processes
     profile_batches: int = 8  # batches timed per profile measurement (after one warm-up batch)
     profile_arch: str | None = None  # model for the compute/combined profile; None = `arch`
-    lr_range_steps: int = 40  # LR range test steps (SGD as train runs it) on the smoke subset; 0 skips it
+    # LR probe: first-round steps per candidate LR (train's SGD recipe); 0 skips it
+    lr_probe_steps: int = LRProbeConfig.first_round_steps
     seed: int = 0
     report: Path | None = None  # Markdown report; the loss-curve PNG is written beside it
 
@@ -57,14 +58,14 @@ class ValidateConfig:
             )
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ConfigError(f"--lr {self.lr} is invalid", "use a finite, non-negative learning rate")
-        if self.lr_range_steps != 0:
-            self.lr_range().checked()
+        if self.lr_probe_steps != 0:
+            self.lr_probe().checked()
         if self.workers < 0 or self.profile_batches < 1:
             raise ConfigError("workers must be >= 0 and profile_batches >= 1")
         return self
 
-    def lr_range(self) -> LRRangeConfig:
-        return LRRangeConfig(steps=self.lr_range_steps)
+    def lr_probe(self) -> LRProbeConfig:
+        return LRProbeConfig(first_round_steps=self.lr_probe_steps)
 
     @property
     def effective_window(self) -> int:

@@ -1,4 +1,4 @@
-"""validate's Markdown report with its loss-curve and LR range plots embedded."""
+"""validate's Markdown report with its loss-curve and LR probe plots embedded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 import math
 from typing import TYPE_CHECKING, Any
 
-from visionnode.components.common.training.lr_range import LRRangeResult
+from visionnode.components.common.training.lr_probe import LRProbeResult
 from visionnode.components.validate.smoke import SmokeTrainResult
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def loss_curve_figure(smoke: SmokeTrainResult) -> Any:
     return figure
 
 
-def render_report(result: ValidateResult, plot_png: bytes, lr_range_png: bytes | None = None) -> str:
+def render_report(result: ValidateResult, plot_png: bytes, lr_probe_png: bytes | None = None) -> str:
     smoke, arch, profile = result.smoke, result.architecture, result.profile
     status = "PASSED" if result.passed else "FAILED"
     data_uri = "data:image/png;base64," + base64.b64encode(plot_png).decode("ascii")
@@ -122,8 +122,8 @@ def render_report(result: ValidateResult, plot_png: bytes, lr_range_png: bytes |
         f"**Bottleneck: {profile.bottleneck}** — {profile.verdict}",
         "",
     ]
-    if result.lr_range is not None and lr_range_png is not None:
-        lines += render_lr_range(result.lr_range, lr_range_png)
+    if result.lr_probe is not None and lr_probe_png is not None:
+        lines += render_lr_probe(result.lr_probe, lr_probe_png)
     if result.skipped:
         lines += ["## Skipped files", "", "| file | reason |", "|---|---|"]
         lines += [f"| `{s.path}` | {s.reason} |" for s in result.skipped] + [""]
@@ -132,25 +132,30 @@ def render_report(result: ValidateResult, plot_png: bytes, lr_range_png: bytes |
     return "\n".join(lines)
 
 
-def render_lr_range(lr_range: LRRangeResult, png: bytes) -> list[str]:
+def render_lr_probe(probe: LRProbeResult, png: bytes) -> list[str]:
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    ending = "stopped when the loss diverged" if lr_range.diverged else "ran every step"
-    clamp = " (clamped to the sane band)" if lr_range.clamped else ""
+    rows = [f"| {j.lr:g} | {j.steps} | {j.heldout_loss:.3f} | {j.heldout_top1:.1f} |"
+            for j in probe.judgements]
     return [
-        "## 4. Learning-rate range test",
+        "## 4. Learning-rate probe",
         "",
         (
-            f"{len(lr_range.lrs)} steps from lr {lr_range.lrs[0]:.2g} to {lr_range.lrs[-1]:.2g}, "
-            f"{ending} ({lr_range.seconds:.1f} s). Loss fell fastest at lr {lr_range.steepest_lr:.3g}; "
-            f"lowest at {lr_range.min_loss_lr:.3g}; the suggestion is a third of that."
+            f"Candidates {', '.join(f'{c:g}' for c in probe.candidates)} each trained train's recipe on "
+            f"{probe.train_images:,} augmented images; the best third by loss on {probe.heldout_images} "
+            f"held-out images trained on (successive halving), {probe.steps_run} steps in "
+            f"{probe.seconds:.1f} s."
         ),
+        "",
+        "| LR | steps | held-out loss | held-out top-1 % |",
+        "|---|---|---|---|",
+        *rows,
         "",
         (
-            f"**Suggested LR: {lr_range.suggested_lr:.3g}**{clamp} — train uses it when its `lr` is 0 "
-            f"(`visionnode train --lr auto` runs the same test on the shards)."
+            f"**Suggested LR: {probe.suggested_lr:g}** (held-out top-1 {probe.promised_top1:.1f} %) — train "
+            f"uses it when its `lr` is 0 (`visionnode train --lr auto` runs the same probe on the shards)."
         ),
         "",
-        f"![LR range test]({data_uri})",
+        f"![LR probe]({data_uri})",
         "",
     ]
 

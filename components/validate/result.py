@@ -1,11 +1,11 @@
-"""What validate found: the data used, each check, the LR range test and whether the gates passed."""
+"""What validate found: the data used, each check, the LR probe and whether the gates passed."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from visionnode.components.common.artifacts import SkippedFile
-from visionnode.components.common.training.lr_range import LRRangeResult
+from visionnode.components.common.training.lr_probe import LRProbeResult
 from visionnode.components.validate.architecture import ArchitectureCheck
 from visionnode.components.validate.profile import PipelineProfile
 from visionnode.components.validate.smoke import SmokeTrainResult
@@ -25,12 +25,12 @@ class ValidateResult:
     smoke: SmokeTrainResult
     architecture: ArchitectureCheck
     profile: PipelineProfile
-    lr_range: LRRangeResult | None  # None when skipped (lr_range_steps 0)
+    lr_probe: LRProbeResult | None  # None when skipped (lr_probe_steps 0)
     passed: bool
     failures: list[str] = field(default_factory=list)
     report: str | None = None
     plot: str | None = None
-    lr_range_plot: str | None = None
+    lr_probe_plot: str | None = None
     mlflow_run_id: str | None = None
     wall_seconds: float = 0.0
 
@@ -52,16 +52,6 @@ class ValidateResult:
             "combined_images_per_s": profile.combined_images_per_s,
             "bottleneck_ratio": profile.ratio,
             "wall_seconds": self.wall_seconds,
-            **lr_range_metrics(self.lr_range),
+            **(self.lr_probe.metrics() if self.lr_probe is not None else {}),
         }
 
-
-def lr_range_metrics(lr_range: LRRangeResult | None) -> dict[str, float]:
-    if lr_range is None:
-        return {}
-    return {
-        "suggested_lr": lr_range.suggested_lr,
-        "lr_range_steepest_lr": lr_range.steepest_lr,
-        "lr_range_min_loss_lr": lr_range.min_loss_lr,
-        "lr_range_seconds": lr_range.seconds,
-    }

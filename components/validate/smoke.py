@@ -1,4 +1,4 @@
-"""Smoke training (does the loss fall on a fixed subset?) and the LR range test on the same subset."""
+"""Smoke training (does the loss fall on a fixed subset?) and the LR probe on the same subset."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker
-from visionnode.components.common.training.lr_range import LRRangeResult, lr_range_test
+from visionnode.components.common.training.lr_probe import LRProbeResult, probe_lr
 from visionnode.components.common.training.model import build_resnet, depth_from_arch
 from visionnode.components.validate.config import ValidateConfig
 
@@ -161,43 +162,50 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def lr_range_on_subset(
+def lr_probe_on_subset(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
     config: ValidateConfig,
     tracker: Tracker | None = None,
-) -> LRRangeResult:
-    """The LR range test with train's optimizer and loss on a fresh smoke model over the in-memory subset,
-    each image random-resized-cropped and flipped as train's loader does (un-augmented, the few hundred
-    images are memorised within the test and the suggestion comes out several times too high)."""
+) -> LRProbeResult:
+    """The LR probe (common/training/lr_probe.py) with train's recipe on fresh smoke models over the in-memory
+    subset: a seeded quarter of it held out (un-augmented), the rest random-resized-cropped and flipped as
+    train's loader does."""
     from torchvision.transforms import v2 as T
 
-    from visionnode.components.common.training.recipe import Recipe, build_optimizer
+    from visionnode.components.common.training.recipe import Recipe
 
-    recipe = Recipe()
-    range_config = config.lr_range()
-    torch.manual_seed(config.seed)
-    model = build_resnet(depth_from_arch(config.arch), num_classes).train()
-    optimizer = build_optimizer(model, recipe, min(config.batch_size, len(labels)))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    batches = fixed_batches(len(labels), config.batch_size, range_config.steps, config.seed)
+    probe = config.lr_probe()
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(labels), generator=generator)
+    held = max(2, int(len(labels) * probe.heldout_share))
+    heldout_index, train_index = order[:held], order[held:]
+    if len(train_index) < 2:
+        raise ConfigError(f"the LR probe needs more than {len(labels)} images",
+                          "raise --subset (default 256)")
     augment = T.Compose([T.RandomResizedCrop(config.image_size, antialias=True), T.RandomHorizontalFlip()])
+    torch.manual_seed(config.seed)
+    batches = []
+    for index in fixed_batches(len(train_index), config.batch_size, probe.max_steps, config.seed):
+        chosen = train_index[index]
+        augmented = torch.stack([augment(image) for image in images[chosen]])
+        batches.append((augmented.contiguous(memory_format=torch.channels_last), labels[chosen]))
+    heldout = [
+        (images[part].contiguous(memory_format=torch.channels_last), labels[part])
+        for part in heldout_index.split(config.batch_size)
+    ]
+    depth = depth_from_arch(config.arch)
 
-    def step(lr: float) -> float:
-        index = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        augmented = torch.stack([augment(image) for image in images[index]])
-        loss = loss_fn(model(augmented), labels[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.item())
+    def fresh_model() -> nn.Module:
+        torch.manual_seed(config.seed)  # every candidate starts from the same weights
+        return build_resnet(depth, num_classes).to(memory_format=torch.channels_last)
 
-    with progress_bar(range_config.steps, f"LR range test {config.arch}", unit="step") as advance:
-        result = lr_range_test(step, range_config, advance)
+    with progress_bar(probe.total_steps, f"LR probe {config.arch}", unit="step") as advance:
+        result = probe_lr(fresh_model, batches, heldout, Recipe(), probe, advance=advance)
     if tracker is not None:
-        for index, (lr, loss) in enumerate(zip(result.lrs, result.smoothed)):
-            tracker.log_metrics({"lr_range_lr": lr, "lr_range_smoothed_loss": loss}, step=index)
+        for index, judgement in enumerate(result.judgements):
+            tracker.log_metrics(
+                {"lr_probe_lr": judgement.lr, "lr_probe_heldout_loss": judgement.heldout_loss}, step=index
+            )
     return result

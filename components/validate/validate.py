@@ -18,13 +18,14 @@ Three checks, run before any expensive step of the pipeline:
    backward pass every parameter tensor has a finite, non-zero gradient; any that does not is named.
 3. Pipeline profile: images/s of read+decode+augment alone (DataLoader with workers), of the train step alone
    (synthetic tensors of the same shape) and of both together, with a verdict naming the bottleneck.
-4. Learning-rate range test (common/training/lr_range.py): a fresh smoke model trained with train's own
-   optimizer (SGD + Nesterov, label smoothing, train's Recipe) on the in-memory subset while the LR grows
-   exponentially; the suggested LR (a third of the LR at the smoothed loss's minimum, clamped to
-   0.001-1) is validate's `suggested_lr` output, which train uses when its own LR is 0 ("auto"). Not a
-   gate. Why on the small smoke model, not ResNet-152: 40 steps cost ~10 s instead of ~2 min on 2 cores;
-   with zero-initialised residual branches and BatchNorm both nets tolerate similar LRs. The LR is found at
-   validate's batch size and image size.
+4. Learning-rate probe (common/training/lr_probe.py): candidate peak LRs (0.003-0.3, half a decade apart)
+   each train fresh copies of the smoke model with train's own recipe (SGD + Nesterov, label smoothing) on
+   three quarters of the in-memory subset, augmented as train's loader does; successive halving on the loss
+   of the held-out quarter keeps the best third for a 3x longer round until one is left. Its LR is
+   validate's `suggested_lr` output, which train uses when its own LR is 0 ("auto"); the winner's held-out
+   top-1 (`lr_probe_top1`) is what the data promised. Not a gate. Why on the small smoke model, not
+   ResNet-152: its 72 steps cost ~13 s instead of ~70 s on 2 cores; the panel in benchmarks/bench_lr_panel.py
+   checks that the choice holds for the trained model. The LR is found at validate's batch and image size.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.errors import DataError, QualityGateError
 from visionnode.components.common.jsonio import atomic_write_text, to_jsonable
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
-from visionnode.components.common.training.lr_range import lr_range_figure
+from visionnode.components.common.training.lr_probe import lr_probe_figure
 from visionnode.components.validate.architecture import ArchitectureCheck, check_architecture
 from visionnode.components.validate.config import ValidateConfig
 from visionnode.components.validate.data import choose_subset, decode_subset
@@ -50,12 +51,12 @@ from visionnode.components.validate.result import ValidateResult
 from visionnode.components.validate.smoke import (
     SmokeTrainResult,
     judge_loss_curve,
-    lr_range_on_subset,
+    lr_probe_on_subset,
     smoke_train,
 )
 
 __all__ = ["ValidateConfig", "ValidateResult", "check_architecture", "choose_subset", "decode_subset",
-           "gate_failures", "judge_loss_curve", "lr_range_on_subset", "raise_for_gates", "run_checks",
+           "gate_failures", "judge_loss_curve", "lr_probe_on_subset", "raise_for_gates", "run_checks",
            "smoke_train", "summarize_profile", "validate"]
 
 
@@ -81,9 +82,9 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
         smoke = smoke_train(images, labels, num_classes, config, tracker=tracker)
         architecture = check_architecture(seed=config.seed)
         profile = profile_pipeline(subset, num_classes, config)
-        lr_range = (
-            lr_range_on_subset(images, labels, num_classes, config, tracker=tracker)
-            if config.lr_range_steps
+        lr_probe = (
+            lr_probe_on_subset(images, labels, num_classes, config, tracker=tracker)
+            if config.lr_probe_steps
             else None
         )
         failures = gate_failures(smoke, architecture)
@@ -100,7 +101,7 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
             smoke=smoke,
             architecture=architecture,
             profile=profile,
-            lr_range=lr_range,
+            lr_probe=lr_probe,
             passed=not failures,
             failures=failures,
             mlflow_run_id=tracker.run_id,
@@ -143,18 +144,18 @@ def write_outputs(result: ValidateResult, config: ValidateConfig, tracker: Track
         figure = loss_curve_figure(result.smoke)
         save_figure(figure, plot_path, tracker)
         close_figure(figure)
-        lr_plot_path = report_path.with_name(report_path.stem + "_lr_range.png")
-        if result.lr_range is not None:
-            figure = lr_range_figure(
-                result.lr_range,
-                f"LR range test {config.arch}, SGD as train runs it, batch {config.batch_size}"
+        lr_plot_path = report_path.with_name(report_path.stem + "_lr_probe.png")
+        if result.lr_probe is not None:
+            figure = lr_probe_figure(
+                result.lr_probe,
+                f"LR probe {config.arch}, SGD as train runs it, batch {config.batch_size}"
             )
             save_figure(figure, lr_plot_path, tracker)
             close_figure(figure)
         if config.report is not None:
             result.report, result.plot = str(report_path), str(plot_path)
-            result.lr_range_plot = str(lr_plot_path) if result.lr_range is not None else None
-        lr_png = lr_plot_path.read_bytes() if result.lr_range is not None else None
+            result.lr_probe_plot = str(lr_plot_path) if result.lr_probe is not None else None
+        lr_png = lr_plot_path.read_bytes() if result.lr_probe is not None else None
         atomic_write_text(report_path, render_report(result, plot_path.read_bytes(), lr_png))
         tracker.log_metrics(result.metrics())
         tracker.set_tags({"validate.passed": result.passed, "validate.bottleneck": result.profile.bottleneck})

@@ -1,0 +1,87 @@
+"""Two real image datasets that ship inside packages installable here, written in ImageNet layout.
+
+- **digits** (scikit-learn's `load_digits`, bundled in the sklearn wheel as `digits.csv.gz`): 1,797 real scans
+  of handwritten digits (UCI "Optical Recognition of Handwritten Digits", 43 writers), 8x8 pixels, 17 grey
+  levels, 10 classes. Upscaled to `size` px (bicubic) and saved as RGB JPEGs: the kind of data (scanned
+  symbols) where the recipe's ImageNet augmentation is at its worst. Issue 19 and 31 measured on it.
+- **textures** (scikit-image's bundled photographs under `skimage/data/`): a Brodatz-style texture
+  classification set, as texture benchmarks are built: each class is one large photograph, and the images are
+  64-px crops of it (grey, so colour gives nothing away). Train crops come from the top three quarters of each
+  photograph, val crops from the bottom quarter: no pixel is shared between the splits. Eight classes:
+  brick, grass, gravel (scikit-image's texture samples), the moon's surface, immunohistochemistry tissue
+  (`ihc`, a microscopy slide), coffee beans and cup (`coffee`), cat fur (`chelsea`) and a portrait
+  (`astronaut`): photographs, textures and a medical image, another kind of data than scans.
+
+Both need only the packages (no download at run time): scikit-learn and scikit-image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from visionnode.components.common.jsonio import staged_dir
+from visionnode.components.local.synth import synthetic_wnid
+
+# class name -> skimage.data loader
+TEXTURES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "moon": "moon",
+            "ihc": "immunohistochemistry", "coffee": "coffee", "chelsea": "chelsea", "astronaut": "astronaut"}
+CROP = 64
+
+
+def _save(root: Path, split: str, class_id: int, index: int, pixels: np.ndarray) -> None:
+    folder = root / split / synthetic_wnid(class_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).convert("RGB").save(folder / f"{split}_{class_id:02d}_{index:05d}.JPEG", "JPEG",
+                                                  quality=95)
+
+
+def _write_mapping(root: Path, names: list[str]) -> None:
+    (root / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{synthetic_wnid(c)} {name}\n" for c, name in enumerate(names)), encoding="utf-8")
+
+
+def write_digits(out: Path, train_per_class: int, val_per_class: int, size: int = 64, seed: int = 0) -> Path:
+    """sklearn's digits, a seeded split per class (train first, then val), upscaled to `size` px."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    with staged_dir(out) as root:
+        for digit in range(10):
+            chosen = rng.permutation(np.flatnonzero(digits.target == digit))
+            if len(chosen) < train_per_class + val_per_class:
+                raise ValueError(f"digit {digit} has only {len(chosen)} images")
+            for split, picks in (("train", chosen[:train_per_class]),
+                                 ("val", chosen[train_per_class:train_per_class + val_per_class])):
+                for index, i in enumerate(picks):
+                    grey = (digits.images[i] * (255 / 16)).astype(np.uint8)
+                    _save(root, split, digit, index, np.asarray(
+                        Image.fromarray(grey).resize((size, size), Image.Resampling.BICUBIC)))
+        _write_mapping(root, [f"digit {d}" for d in range(10)])
+    return out
+
+
+def write_textures(out: Path, train_per_class: int, val_per_class: int, seed: int = 0) -> Path:
+    """Random CROP x CROP crops: train from the top 3/4 of each photograph, val from the bottom 1/4."""
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    rng = np.random.default_rng(seed)
+    with staged_dir(out) as root:
+        for class_id, loader in enumerate(TEXTURES.values()):
+            photo = getattr(data, loader)()
+            grey = rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
+            grey = (grey * 255).astype(np.uint8)
+            split_row = grey.shape[0] * 3 // 4
+            regions = {"train": grey[:split_row], "val": grey[split_row:]}
+            for split, count in (("train", train_per_class), ("val", val_per_class)):
+                region = regions[split]
+                for index in range(count):
+                    top = int(rng.integers(0, region.shape[0] - CROP + 1))
+                    left = int(rng.integers(0, region.shape[1] - CROP + 1))
+                    _save(root, split, class_id, index, region[top:top + CROP, left:left + CROP])
+        _write_mapping(root, list(TEXTURES))
+    return out
