@@ -99,7 +99,8 @@ class TrainResult:
     def metrics(self) -> dict[str, float]:
         """The scalar figures a dashboard (KFP Metrics, MLflow) shows;
         figures a run did not produce are left out."""
-        names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "wall_s", "peak_lr")
+        names = ("top1", "top5", "val_loss", "final_loss", "images_per_second", "steps", "steps_this_run",
+                 "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
 
