@@ -57,7 +57,9 @@ def current_run_id() -> str:
 
 
 def result_settings(config: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:
-    values = {name: to_jsonable(getattr(config, name)) for name in RESULT_SETTINGS}
+    """The settings that determine the weights, flat (`recipe.lr`, ...) so a refusal can name what differs."""
+    values = {name: to_jsonable(getattr(config, name)) for name in RESULT_SETTINGS if name != "recipe"}
+    values.update({f"recipe.{k}": v for k, v in to_jsonable(config.recipe).items()})
     return {**values, "world_size": world_size, "precision": precision}
 
 
