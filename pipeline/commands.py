@@ -24,6 +24,8 @@ ParamOption = Annotated[Optional[list[str]], typer.Option(
     "--param", "-p", help="Pipeline parameter as name=value; repeat for several (e.g. -p epochs=4).")]
 ParamFileOption = Annotated[Optional[Path], typer.Option(
     help="YAML file of pipeline parameters (name: value); --param values override it.")]
+NoCacheOption = Annotated[bool, typer.Option(
+    "--no-cache", help="Run every step, reusing nothing from earlier runs (KFP's cache off for this run).")]
 
 
 @pipeline_app.command("compile")
@@ -48,13 +50,14 @@ def submit_command(
                         typer.Option(help="Run name (default: pipeline name + version).")] = None,
     namespace: Annotated[Optional[str],
                          typer.Option(help="Kubeflow profile namespace (multi-user KFP).")] = None,
+    no_cache: NoCacheOption = False,
     json_path: JsonOption = None,
 ) -> None:
     """Upload the pipeline (a new version when it changed), create a run and print its URL."""
     from visionnode.pipeline.submit import SubmitConfig, submit_pipeline
 
     params = _params(param, param_file)
-    result = submit_pipeline(SubmitConfig(host, experiment, params, run_name, namespace))
+    result = submit_pipeline(SubmitConfig(host, experiment, params, run_name, namespace, no_cache))
     emit_result(result, json_path, "submitted")
 
 
@@ -73,9 +76,13 @@ def run_command(
     triton_container: Annotated[Optional[bool], typer.Option(
         "--triton-container/--no-triton-container",
         help="Serve from the visionnode/triton-openvino image (default: with --runner docker).")] = None,
+    no_cache: NoCacheOption = False,
     json_path: JsonOption = None,
 ) -> None:
-    """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary."""
+    """Run the whole DAG locally against the embedded S3, MLflow and Triton, then print a summary.
+
+    Steps whose inputs match an earlier run's (same data fingerprint, same parameters, same code) are taken
+    from KFP's cache, as a cluster does: a re-run after a failure resumes at the failed step."""
     from visionnode.pipeline.local_run import LocalRunConfig, run_local
 
     if not local:
@@ -83,12 +90,16 @@ def run_command(
                           "add --local, or use `visionnode pipeline submit --host URL` for a cluster")
     container_triton = runner == "docker" if triton_container is None else triton_container
     result = run_local(LocalRunConfig(data=data, params=_params(param, param_file), runner=runner,
-                                      triton_container=container_triton, on_step=_print_step))
+                                      triton_container=container_triton, cache=not no_cache,
+                                      on_step=_print_step))
     headline = result.summary | {"wall_seconds": round(result.wall_seconds, 1),
+                                 "cached_steps": ", ".join(result.cached) or "none",
                                  "run_dir": str(result.run_dir),
                                  "logs": str(result.log_dir), "mlflow_run": result.mlflow_run_url}
     # Every step's metrics are in the JSON summary (and MLflow); the terminal gets the headline figures.
-    emit_result(headline, json_path, "pipeline run", summary=headline | {"steps": result.task_metrics})
+    emit_result(headline, json_path, "pipeline run",
+                summary=headline | {"steps": result.task_metrics, "cached": result.cached,
+                                    "pipeline_run_id": result.run_id})
 
 
 def _print_step(line: str) -> None:

@@ -4,8 +4,12 @@ Steps: start (or reuse) the embedded S3/MLflow/Triton stack,
 generate the demo dataset unless `--data` is given,
 export the service endpoints into the environment the components inherit,
 open the MLflow parent run that every
-phase nests under, run the pipeline with kfp.local, then read each task's metrics back from its
-`executor_output.json` into one summary.
+phase nests under, run the pipeline with kfp.local (local_dag.py: KFP's own task cache, keyed as a cluster
+keys it, so a re-run reuses the steps whose inputs did not change and a run that failed resumes at the failed
+step), then read each task's metrics back from its `executor_output.json` into one summary.
+
+Every run gets its own id (`VISIONNODE_PIPELINE_RUN_ID` in the tasks' environment, as KFP gives a pod its
+run's id), which names its default checkpoint location; the pipeline's other defaults are the compiled ones.
 
 Two runners: `subprocess` (kfp.local.SubprocessRunner: every task in this Python environment, the default) and
 `docker` (kfp.local.DockerRunner: every task in its phase's image, as uid 10001 with a read-only root, host
@@ -14,9 +18,8 @@ networking to the embedded stack on 127.0.0.1, the dataset mounted read-only at 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -26,18 +29,18 @@ from typing import Any
 
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
 from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
-from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
+from visionnode.components.common.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, tracked_run
 from visionnode.components.local import containers
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 from visionnode.pipeline.compile import compiled_spec, parameter_defaults
+from visionnode.pipeline.local_dag import DagRun, run_dag, source_digest, step_metrics
 from visionnode.pipeline.params import check_params
 from visionnode.pipeline.pipeline import PIPELINE_NAME
-from visionnode.pipeline.step_log import StepEvent, StepLog
 
 # A service named by one of these variables is external: the local run does not start an embedded one.
 EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
                 "triton": ("VISIONNODE_TRITON_HTTP",)}
-TASK_ORDER = containers.PHASES  # the DAG's steps, each in its phase's image
+TASK_ORDER = ("fingerprint", *containers.PHASES)  # the DAG's steps (fingerprint runs in transfer's image)
 
 # Small enough for 2 CPU cores in minutes, large enough that every phase does real work.
 DEMO_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=0, min_side=64, max_side=128)
@@ -63,6 +66,7 @@ class LocalRunConfig:
     runner: str = "subprocess"                    # "subprocess" or "docker" (RUNNERS)
     # serve from the triton-openvino image (docker runner's default)
     triton_container: bool = False
+    cache: bool = True                            # reuse steps a run with the same inputs made (KFP's cache)
     on_step: Callable[[str], None] = print        # receives one line per step as it starts and ends
 
 
@@ -76,6 +80,8 @@ class LocalRunResult:
     summary: dict[str, Any]
     task_metrics: dict[str, dict[str, Any]]
     mlflow_run_url: str | None
+    run_id: str = ""
+    cached: dict[str, str] = field(default_factory=dict)  # step -> the run dir its outputs came from
 
 
 def run_local(config: LocalRunConfig) -> LocalRunResult:
@@ -88,13 +94,14 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
     params = _pipeline_params(data, config)
     check_params(parameter_defaults(compiled_spec()) | params, local=True)
     pipeline_root = (config.work_dir or state_dir() / "pipeline-runs").resolve()
-    if config.runner == "docker":
-        _check_docker(pipeline_root, config.data)
+    images = _check_docker(pipeline_root, config.data) if config.runner == "docker" else []
+    cache_root = _cache_root(pipeline_root, config.runner, images) if config.cache else None
     endpoints = _start_stack(config.triton_container)
     if config.data is None and not (data / "LOC_synset_mapping.txt").is_file():
         synthesize_dataset(data, DEMO_DATA)
-    with (service_env := _service_environment(endpoints)), \
-            tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data}) as parent:
+    run_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    with (service_env := _service_environment(endpoints, run_id)), \
+            tracked_run(f"{PIPELINE_NAME}-local", tags={"data": data, "pipeline_run_id": run_id}) as parent:
         os.environ[PARENT_RUN_ENV] = parent.run_id or ""
         parent.log_params(params)
         if config.runner == "docker":
@@ -102,14 +109,20 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
             runner = _docker_runner(environment, data, pipeline_root)
         else:
             runner = _subprocess_runner()
-        run_dir, log_dir = _run_pipeline(params, pipeline_root, runner, config.on_step)
-        task_metrics = read_task_metrics(run_dir)
+        run = _run_pipeline(params, pipeline_root, runner, config.on_step, cache_root)
+        task_metrics = {step: step_metrics(path) for step, path in run.task_dirs.items()}
         summary = summarize(task_metrics)
         parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         parent.set_tags({k: v for k, v in summary.items() if k in QUALITY_TAGS})
+        parent.set_tags({f"cached.{step}": path.parent.name for step, path in run.cached.items()})
         url = parent.run_url
-    return LocalRunResult(run_dir, log_dir, time.perf_counter() - started, data, params, summary,
-                          task_metrics, url)
+    return LocalRunResult(run.run_dir, run.log_dir, time.perf_counter() - started, data, params, summary,
+                          task_metrics, url, run_id, {s: str(p.parent) for s, p in run.cached.items()})
+
+
+def _cache_root(pipeline_root: Path, runner: str, images: list[str]) -> Path:
+    """Beside the pipeline root, one namespace per version of the code (and of the images it runs in)."""
+    return pipeline_root.parent / f"{pipeline_root.name}-cache" / f"{runner}-{source_digest(images)}"
 
 
 def _start_stack(triton_container: bool) -> Endpoints:
@@ -129,10 +142,11 @@ def _check_dataset(data: Path) -> None:
                         "point --data at an ImageNet-layout root (train/<wnid>/*.JPEG, val/...)")
 
 
-def _check_docker(pipeline_root: Path, data: Path | None) -> None:
-    """Before anything starts: an engine, the seven phase images, and paths the images' uid can reach."""
+def _check_docker(pipeline_root: Path, data: Path | None) -> list[str]:
+    """Before anything starts: an engine, the seven phase images, and paths the images' uid can reach.
+    Returns the images' ids (what the cache is keyed by, besides the code)."""
     client = containers.docker_client()
-    containers.require_images(client, containers.PHASES)
+    ids = [client.images.get(tag).id for tag in containers.require_images(client, containers.PHASES)]
     client.close()
     for path, what in ((pipeline_root, "the pipeline root"), (data or state_dir(), "the dataset")):
         blocked = containers.unreachable_ancestor(path)
@@ -141,6 +155,7 @@ def _check_docker(pipeline_root: Path, data: Path | None) -> None:
                               f"{what} {path}: {blocked} is not searchable by other users",
                               "set VISIONNODE_STATE_DIR (and --data) to a directory outside it, e.g. "
                               "/var/tmp/visionnode, or chmod o+x it")
+    return ids
 
 
 def demo_data_dir() -> Path:
@@ -149,22 +164,19 @@ def demo_data_dir() -> Path:
 
 
 def _pipeline_params(data: Path, config: LocalRunConfig) -> dict[str, Any]:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    """The demo's parameters (without --data) and the data; shards and checkpoints go where the compiled
+    pipeline's defaults put them, as in a cluster."""
     params: dict[str, Any] = dict(DEMO_PARAMS) if config.data is None else {}
-    params.update({
-        "data_uri": str(data),
-        "shards_uri": f"s3://visionnode/shards/{data.name}",
-        "checkpoint_uri": f"s3://visionnode/checkpoints/{stamp}",
-    })
+    params["data_uri"] = str(data)
     params.update(config.params)
     return params
 
 
 class _service_environment:
-    """Export endpoints and S3 credentials for the component subprocesses; restore the environment after."""
+    """Export endpoints, S3 credentials and the run id for the tasks; restore the environment after."""
 
-    def __init__(self, endpoints: Endpoints) -> None:
-        self.values = service_env(endpoints, resolve_s3_credentials())
+    def __init__(self, endpoints: Endpoints, run_id: str) -> None:
+        self.values = service_env(endpoints, resolve_s3_credentials()) | {PIPELINE_RUN_ENV: run_id}
         self.saved: dict[str, str | None] = {}
 
     def __enter__(self) -> None:
@@ -206,46 +218,32 @@ def _docker_runner(environment: dict[str, str], data: Path, pipeline_root: Path)
     return local.DockerRunner(entrypoint=[""], **run_args)
 
 
-def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any,
-                  on_step: Callable[[str], None]) -> tuple[Path, Path]:
-    """Run the DAG with kfp.local; its output goes to one log file per step,
-    one line per step to `on_step`."""
-    from kfp import local
-
+def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any, on_step: Callable[[str], None],
+                  cache_root: Path | None) -> DagRun:
+    """The DAG with kfp.local (local_dag.py); a step that neither ran to the end nor came from cache stops
+    the run with a one-line error naming it and its log."""
     from visionnode.pipeline.pipeline import visionnode_pipeline
 
-    pipeline_root.mkdir(parents=True, exist_ok=True)
-    before = set(pipeline_root.iterdir())
-    # Beside the pipeline root, not in it: a new directory in the root is how the run directory is found.
-    log_dir = pipeline_root.parent / f"{pipeline_root.name}-logs" / time.strftime("%Y%m%d-%H%M%S")
-    # Expected here, so not worth a warning per task: kfp.local ignores resources/accelerators/display names.
-    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=False)
-    reporter = _StepReporter(lambda: _newest_dir(pipeline_root, before), on_step)
-    with contextlib.closing(StepLog(log_dir, reporter)) as step_log, contextlib.redirect_stdout(step_log):
-        visionnode_pipeline(**params)
-    run_dir = _newest_dir(pipeline_root, before)
-    if run_dir is None:
-        raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root} and {log_dir}")
-    failed = [t for t in TASK_ORDER if _task_dir(run_dir, t) is None
-              or not (_task_dir(run_dir, t) / "executor_output.json").is_file()]
+    run = run_dag(visionnode_pipeline, params, TASK_ORDER, pipeline_root, runner, on_step, cache_root,
+                  key_figure)
+    if run.run_dir is None:
+        raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root} and {run.log_dir}")
+    failed = [step for step in TASK_ORDER
+              if step not in run.task_dirs or not (run.task_dirs[step] / "executor_output.json").is_file()]
     if failed:
         raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}",
-                              f"its log is {log_dir / f'{failed[0]}.log'}; outputs of the steps that ran are "
-                              f"under {run_dir}")
-    return run_dir, log_dir
-
-
-def _newest_dir(pipeline_root: Path, before: set[Path]) -> Path | None:
-    new_dirs = sorted(set(pipeline_root.iterdir()) - before)
-    return new_dirs[-1] if new_dirs else None
+                              f"its log is {run.log_dir / f'{failed[0]}.log'}; outputs of the steps that ran "
+                              f"are under {run.run_dir}; a re-run reuses the steps before it")
+    return run
 
 
 # The figure a step's end line shows: (metric name, label, format) from the step's metrics artifact.
 KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "fingerprint": (("files", "files", "{:,.0f}"), ("total_mb", "MB", "{:,.1f}")),
     "validate": (("loss_first", "loss", "{:.3g}"), ("loss_last", "->", "{:.3g}")),
     "shard": (("images_written", "images", "{:,.0f}"),),
-    "transfer": (("mb_per_s", "MB/s", "{:.1f}"),),
+    "transfer": (("objects_skipped", "verified in place", "{:.0f}"),
+                 ("objects_transferred", "copied", "{:.0f}")),
     "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}")),
     "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement %", "{:.1f}")),
     "deploy": (("load_s", "loaded in s", "{:.1f}"),),
@@ -259,58 +257,7 @@ def key_figure(step: str, metrics: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-class _StepReporter:
-    """Turns step events into one line each: `train  done   212 s  top-1 % 27.1  log: ...`."""
-
-    def __init__(self, run_dir: Callable[[], Path | None], on_step: Callable[[str], None]) -> None:
-        self.run_dir = run_dir
-        self.on_step = on_step
-        self.started: dict[str, float] = {}
-
-    def __call__(self, event: StepEvent) -> None:
-        if event.kind == "started":
-            self.started[event.step] = time.perf_counter()
-            self.on_step(f"{event.step:<9} started")
-            return
-        seconds = time.perf_counter() - self.started.get(event.step, time.perf_counter())
-        if event.kind == "retrying":
-            self.on_step(f"{event.step:<9} failed  {seconds:5.0f} s  retrying ({event.status})  log: "
-                         f"{event.log}")
-            return
-        word = "done" if event.status == "SUCCESS" else "FAILED"
-        run_dir = self.run_dir()
-        figure = key_figure(event.step, read_task_metrics(run_dir).get(event.step, {})) if run_dir else ""
-        self.on_step(f"{event.step:<9} {word:<6} {seconds:5.0f} s  {figure}  log: {event.log}")
-
-
-def _task_dir(run_dir: Path, task: str) -> Path | None:
-    """kfp.local names task dirs after the component (`validate-op`) or the display name."""
-    for candidate in (f"{task}-op", task):
-        if (run_dir / candidate).is_dir():
-            return run_dir / candidate
-    return None
-
-
-# Per task, another output artifact whose metadata the summary reads too.
-EXTRA_METADATA = {"train": "model", "quantize": "gate_report", "deploy": "endpoint"}
 QUALITY_TAGS = ("train_lr_plan", "train_quality_note", "int8_gate", "int8_gate_note")
-
-
-def read_task_metrics(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Task -> the metadata of its `metrics` output artifact (and of EXTRA_METADATA's), from kfp.local's
-    executor_output.json."""
-    metrics: dict[str, dict[str, Any]] = {}
-    for task in TASK_ORDER:
-        task_dir = _task_dir(run_dir, task)
-        output = task_dir / "executor_output.json" if task_dir else None
-        if output is None or not output.is_file():
-            continue
-        artifacts = json.loads(output.read_text()).get("artifacts", {})
-        metrics[task] = artifacts.get("metrics", {}).get("artifacts", [{}])[0].get("metadata", {})
-        extra = EXTRA_METADATA.get(task)
-        if extra in artifacts:
-            metrics[task].update(artifacts[extra]["artifacts"][0].get("metadata", {}))
-    return metrics
 
 
 def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -16,8 +16,6 @@ from urllib.parse import urlparse
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.storage.s3 import parse_s3_uri
 
-# Where a cluster's importer can read the raw dataset from (KFP resolves these object-store schemes).
-REMOTE_DATA_SCHEMES = ("s3", "gs", "minio", "http", "https")
 _PLACEHOLDER = Path("/placeholder")
 
 
@@ -33,11 +31,10 @@ def check_params(params: dict[str, Any], *, local: bool) -> None:
 
 def _check_uris(params: dict[str, Any], local: bool) -> None:
     data_uri = str(params.get("data_uri", ""))
-    scheme = urlparse(data_uri).scheme
-    if not local and (scheme not in REMOTE_DATA_SCHEMES or not urlparse(data_uri).netloc):
-        raise ConfigError(f"data_uri {data_uri!r} is not a URI the cluster can read",
-                          "use s3://bucket/prefix (ImageNet layout), or gs://, minio://, https://")
-    for name in ("shards_uri", "checkpoint_uri"):
+    if not local and (urlparse(data_uri).scheme != "s3" or not urlparse(data_uri).netloc):
+        raise ConfigError(f"data_uri {data_uri!r} is not a URI the cluster's steps can read in place",
+                          "use s3://bucket/prefix (ImageNet layout) on the store the S3 Secret names")
+    for name in ("shards_uri", "transfer_destination", "checkpoint_uri"):
         if params.get(name):
             try:
                 parse_s3_uri(params[name])
@@ -62,9 +59,10 @@ def _shard(params: dict[str, Any]) -> None:
 
 
 def _transfer(params: dict[str, Any]) -> None:
-    from visionnode.components.transfer.config import UploadConfig
+    from visionnode.components.transfer.config import PlaceConfig
 
-    UploadConfig(_PLACEHOLDER, params["shards_uri"], concurrency=params["transfer_concurrency"]).validate()
+    PlaceConfig(_PLACEHOLDER, params["transfer_destination"],
+                concurrency=params["transfer_concurrency"]).validate()
 
 
 def _train(params: dict[str, Any]) -> None:

@@ -1,41 +1,62 @@
-"""The KFP v2 DAG: validate -> shard -> transfer -> train -> quantize -> deploy -> benchmark.
+"""The KFP v2 DAG: fingerprint -> validate -> shard -> transfer -> train -> quantize -> deploy -> benchmark.
 
 Each task is one phase's component (components/<phase>/component.py); data flows only through typed
-artifacts. Cluster-only settings (secrets, resources, retries, caching) are attached here; kfp.local
-accepts and ignores them, so the same definition runs in a cluster and on one machine.
+artifacts and parameters. The raw data is read where it lies (`data_uri`), never imported as an artifact
+(KFP's launcher would download all of it into every pod that takes it). Cluster-only settings (secrets,
+resources, retries) are attached here; kfp.local accepts and ignores them, so the same definition runs in a
+cluster and on one machine.
+
+Caching (docs/caching.md): the first step fingerprints the data and is never cached; validate, shard,
+transfer, train and quantize are, keyed by that fingerprint and their settings (no input differs per run: the
+run id reaches every task as an environment variable from its pod's `pipeline/runid` label); deploy and
+benchmark act on a live server and are never cached.
 """
 
 from kfp import dsl, kubernetes
 
 from visionnode.components.benchmark.component import benchmark_op
 from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
+from visionnode.components.common.tracking import PIPELINE_RUN_ENV
 from visionnode.components.deploy.component import deploy_op
 from visionnode.components.deploy.config import DEFAULTS as DEPLOY
 from visionnode.components.quantize.component import quantize_op
 from visionnode.components.quantize.config import DEFAULTS as QUANTIZE
 from visionnode.components.shard.component import shard_op
 from visionnode.components.shard.config import DEFAULTS as SHARD
+from visionnode.components.shard.config import SHARD_STORE
 from visionnode.components.train.component import train_op
 from visionnode.components.train.config import DEFAULTS as TRAIN
 from visionnode.components.transfer.component import transfer_op
 from visionnode.components.transfer.config import DEFAULTS as TRANSFER
 from visionnode.components.validate.component import validate_op
 from visionnode.components.validate.config import DEFAULTS as VALIDATE
+from visionnode.pipeline.fingerprint import fingerprint_op
 
 PIPELINE_NAME = "visionnode-152"
 S3_SECRET = "visionnode-s3"              # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, VISIONNODE_S3_ENDPOINT
 MLFLOW_SECRET = "visionnode-mlflow"      # MLFLOW_TRACKING_URI
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "VISIONNODE_S3_ENDPOINT")
+# KFP's API server labels every pod of a run with its id (backend/src/apiserver/template/v2_template.go:
+# SetPodMetadataLabels(pipeline/runid, RunID)); the downward API hands it to the task as an environment
+# variable, which is no part of the cache key (backend/src/v2/driver/cache.go: inputs, outputs, image,
+# command, PVCs).
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
 
 def _with_services(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
-    """Credentials from Kubernetes Secrets (never in the pipeline spec) and resource requests."""
+    """Credentials from Kubernetes Secrets (never in the pipeline spec), the run id, resource requests."""
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET,
                                  secret_key_to_env={k: k for k in S3_SECRET_KEYS})
     kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET,
                                  secret_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"})
+    kubernetes.use_field_path_as_env(task, env_name=PIPELINE_RUN_ENV, field_path=RUN_ID_FIELD)
     task.set_cpu_request(cpu).set_memory_request(memory)
     return task
+
+
+def _cached(task: dsl.PipelineTask, cached: bool) -> dsl.PipelineTask:
+    """Stated for every task: a step with side effects on a live service must never be served from cache."""
+    return task.set_caching_options(enable_caching=cached)
 
 
 def _retry(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -45,13 +66,14 @@ def _retry(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 
 @dsl.pipeline(name=PIPELINE_NAME,
-              description="ResNet-152 on ImageNet-1K: validate, shard (FFCV), transfer (S3), train (DDP, "
-              "AMP), "
-                          "quantize (OpenVINO INT8), deploy (Triton), benchmark (QPS, P99, SLO).")
+              description="ResNet-152 on ImageNet-1K: fingerprint, validate, shard (FFCV), transfer (S3), "
+                          "train (DDP, AMP), quantize (OpenVINO INT8), deploy (Triton), benchmark (QPS, P99, "
+                          "SLO).")
 def visionnode_pipeline(
     data_uri: str,
-    shards_uri: str = "s3://visionnode/shards",
-    checkpoint_uri: str = "s3://visionnode/checkpoints",
+    shards_uri: str = SHARD_STORE,
+    transfer_destination: str = TRANSFER.destination,
+    checkpoint_uri: str = TRAIN.checkpoint_uri,
     model_repository: str = "",
     triton_http: str = "",
     triton_grpc: str = "",
@@ -87,54 +109,55 @@ def visionnode_pipeline(
     """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
 
     `lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
+    `shards_uri` is the base of the shard store: shards go to `<shards_uri>/<data digest>/<settings digest>/`.
+    `checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
     """
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    raw = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
-    raw.set_display_name("raw images")
+    fingerprint = fingerprint_op(data_uri=data_uri)
+    _cached(_with_services(fingerprint, cpu="1", memory="1G"), False)  # it alone sees the data change
+    data_digest = fingerprint.outputs["data_digest"]
 
-    validate = validate_op(data=raw.output, subset=validate_subset, image_size=validate_image_size,
-                           steps=validate_steps, lr_probe_steps=validate_lr_probe_steps,
-                           pipeline_run_id=run_id)
-    _with_services(validate, cpu="2", memory="8G")
+    validate = validate_op(data_uri=data_uri, data_digest=data_digest, subset=validate_subset,
+                           image_size=validate_image_size, steps=validate_steps,
+                           lr_probe_steps=validate_lr_probe_steps)
+    _cached(_with_services(validate, cpu="2", memory="8G"), True)
 
-    shard = shard_op(data=raw.output, images_per_shard=images_per_shard, max_resolution=max_resolution,
-                     jpeg_quality=jpeg_quality, workers=workers, pipeline_run_id=run_id).after(validate)
-    _with_services(shard, cpu="4", memory="8G").set_caching_options(True)
+    shard = shard_op(data_uri=data_uri, data_digest=data_digest, shards_uri=shards_uri,
+                     images_per_shard=images_per_shard, max_resolution=max_resolution,
+                     jpeg_quality=jpeg_quality, workers=workers).after(validate)
+    _cached(_with_services(shard, cpu="4", memory="8G"), True)
 
-    transfer = transfer_op(shards=shard.outputs["shards"], destination=shards_uri,
-                           concurrency=transfer_concurrency, pipeline_run_id=run_id)
-    _retry(_with_services(transfer, cpu="2", memory="4G"))
+    transfer = transfer_op(shards=shard.outputs["shards"], data_digest=data_digest,
+                           destination=transfer_destination, concurrency=transfer_concurrency)
+    _cached(_retry(_with_services(transfer, cpu="2", memory="4G")), True)
 
-    train = train_op(remote_shards=transfer.outputs["remote_shards"], epochs=epochs, batch_size=batch_size,
-                     lr=lr,
+    train = train_op(remote_shards=transfer.outputs["remote_shards"], data_digest=data_digest, epochs=epochs,
+                     batch_size=batch_size, lr=lr,
                      suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
                      precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
                      crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
-                     head_epochs=head_epochs,
-                     pipeline_run_id=run_id)
+                     head_epochs=head_epochs)
     _with_services(train, cpu="8",
                    memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    # A preempted train task resumes from its newest checkpoint (`--resume auto`), so a retry is safe.
-    _retry(train)
+    # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.
+    _cached(_retry(train), True)
 
     quantize = quantize_op(model=train.outputs["model"], remote_shards=transfer.outputs["remote_shards"],
                            calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                           full_int8=full_int8, pipeline_run_id=run_id)
-    _with_services(quantize, cpu="4", memory="8G")
+                           full_int8=full_int8)
+    _cached(_with_services(quantize, cpu="4", memory="8G"), True)
 
     deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=model_repository,
-                       triton_http=triton_http, triton_grpc=triton_grpc, model_name=model_name,
-                       pipeline_run_id=run_id)
-    _retry(_with_services(deploy, cpu="1", memory="2G"))
+                       triton_http=triton_http, triton_grpc=triton_grpc, model_name=model_name)
+    _cached(_retry(_with_services(deploy, cpu="1", memory="2G")), False)  # loads a model into a live server
 
     benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"],
                              remote_shards=transfer.outputs["remote_shards"],
                              protocol=benchmark_protocol, concurrency=benchmark_concurrency,
                              duration_s=benchmark_duration_s, target_qps=target_qps,
-                             target_p99_ms=target_p99_ms,
-                             pipeline_run_id=run_id)
-    _with_services(benchmark, cpu="2", memory="2G")
+                             target_p99_ms=target_p99_ms)
+    _cached(_with_services(benchmark, cpu="2", memory="2G"), False)  # measures the server as it is now
 
-    for task, name in ((validate, "validate"), (shard, "shard"), (transfer, "transfer"), (train, "train"),
-                       (quantize, "quantize"), (deploy, "deploy"), (benchmark, "benchmark")):
+    for task, name in ((fingerprint, "fingerprint"), (validate, "validate"), (shard, "shard"),
+                       (transfer, "transfer"), (train, "train"), (quantize, "quantize"), (deploy, "deploy"),
+                       (benchmark, "benchmark")):
         task.set_display_name(name)

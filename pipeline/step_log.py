@@ -3,7 +3,7 @@
 kfp.local prints everything (each task's executor input, the component's own output, its outputs) with
 `print` and the root logger on standard output. While the DAG runs, `StepLog` stands in for `sys.stdout`:
 it writes each step's lines to `<log_dir>/<step>.log` (kfp.local's own framing to `pipeline.log`) and
-reports a step's start, end and retries, recognised by kfp.local's messages, to a callback.
+reports a step's start, end, retries and cache hits, recognised by kfp.local's messages, to a callback.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([\w-]+)'")
 FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
 RETRYING = re.compile(r"Task '?([\w-]+)'? failed \(attempt (\d+)/(\d+)\)")
+# kfp/local/orchestrator/task_executor.py logs a served-from-cache task this way
+CACHE_HIT = re.compile(r"Task '?([\w-]+)'? cache hit \(key=([0-9a-f]+)\)")
 PIPELINE_LOG = "pipeline"
 
 
 @dataclass(frozen=True)
 class StepEvent:
     step: str            # the phase name (kfp.local's task name without `-op`)
-    kind: str            # "started", "finished" or "retrying"
-    status: str = ""     # SUCCESS / FAILURE for "finished"; "attempt N/M" for "retrying"
+    kind: str            # "started", "finished", "retrying" or "cached"
+    status: str = ""     # SUCCESS/FAILURE ("finished"); "attempt N/M" ("retrying"); the key ("cached")
     log: Path | None = None
 
 
@@ -82,6 +84,10 @@ class StepLog(io.TextIOBase):
             self._file(step).flush()
             self.on_event(StepEvent(step, "finished", finished[2], self.log_path(step)))
             self._current = PIPELINE_LOG
+        elif cached := CACHE_HIT.search(line):
+            step = step_name(cached[1])
+            self._file(PIPELINE_LOG).flush()
+            self.on_event(StepEvent(step, "cached", cached[2], self.log_path(PIPELINE_LOG)))
         elif retrying := RETRYING.search(line):
             step = step_name(retrying[1])
             self.on_event(StepEvent(step, "retrying", f"attempt {retrying[2]}/{retrying[3]}",

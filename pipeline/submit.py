@@ -1,4 +1,11 @@
-"""Submit the compiled pipeline to a Kubeflow Pipelines endpoint with `kfp.Client`."""
+"""Submit the compiled pipeline to a Kubeflow Pipelines endpoint with `kfp.Client`.
+
+Runs are created from a pipeline version (uploaded once per distinct compiled spec), so the KFP UI groups
+them. `kfp.Client.run_pipeline(enable_caching=False)` cannot turn caching off for such a run: the SDK applies
+it only to a pipeline package it sends inline (kfp/client/client.py `_create_job_config`; kubeflow/pipelines
+#14253), and a run by version id is created with the version's spec as uploaded. So `--no-cache` submits a
+version of its own whose every task has caching off.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from visionnode.components.common.adapters.kfp import project_version
 from visionnode.components.common.errors import ConfigError, ServiceError
+from visionnode.components.common.jsonio import atomic_write_text
 from visionnode.pipeline.compile import compile_pipeline, compiled_spec, parameter_defaults
 from visionnode.pipeline.params import check_params
 from visionnode.pipeline.pipeline import PIPELINE_NAME
@@ -28,6 +38,7 @@ class SubmitConfig:
     params: dict[str, Any] = field(default_factory=dict)
     run_name: str | None = None
     namespace: str | None = None
+    no_cache: bool = False          # every task of this run runs, none is served from KFP's cache
 
 
 @dataclass
@@ -49,7 +60,10 @@ def submit_pipeline(config: SubmitConfig) -> SubmitResult:
     client = _call(config.host, _client, config)
     with tempfile.TemporaryDirectory() as scratch:
         package = compile_pipeline(Path(scratch) / "pipeline.yaml")
-        pipeline_id, version_id = _upload(client, config.host, package)
+        if config.no_cache:
+            package = without_caching(package)
+        pipeline_id, version_id = _upload(client, config.host, package,
+                                          suffix="-nocache" if config.no_cache else "")
     experiment = _call(config.host, client.create_experiment, name=config.experiment,
                        namespace=config.namespace)
     run = _call(config.host, client.run_pipeline, experiment_id=experiment.experiment_id,
@@ -90,11 +104,19 @@ def _preflight(host: str) -> None:
         raise _unreachable(host, getattr(exc, "reason", exc)) from None
 
 
-def _upload(client: Any, host: str, package: Path) -> tuple[str, str]:
+def without_caching(package: Path) -> Path:
+    """The compiled package with caching off on every task (the pipeline spec is the first YAML document)."""
+    documents = list(yaml.safe_load_all(package.read_text()))
+    for task in documents[0]["root"]["dag"]["tasks"].values():
+        task["cachingOptions"] = {"enableCache": False}
+    return atomic_write_text(package, yaml.safe_dump_all(documents, sort_keys=True))
+
+
+def _upload(client: Any, host: str, package: Path, suffix: str = "") -> tuple[str, str]:
     """Same pipeline name every time; each distinct compiled spec becomes one version
     (re-submits reuse it)."""
     digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
-    version_name = f"{project_version()}-{digest}"
+    version_name = f"{project_version()}-{digest}{suffix}"
     pipeline_id = _call(host, client.get_pipeline_id, PIPELINE_NAME)
     if pipeline_id is None:
         pipeline = _call(host, client.upload_pipeline, str(package), pipeline_name=PIPELINE_NAME,

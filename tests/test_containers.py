@@ -306,10 +306,10 @@ def test_benchmark_in_its_container_against_the_triton_container(client, images,
 def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, container_stack, images,
                                                                     dataset: Path,
                                                                     shared_dir: Path) -> None:
-    """The seven tasks in their images. The train task's container is killed mid-run: the task fails (exit
-    137,
-    named), the pipeline's retry policy runs it again and the run completes. A second run reuses every object
-    the first uploaded (transfer skips them), as with the subprocess runner."""
+    """The eight tasks in their images. The train task's container is killed mid-run: the task fails (exit
+    137, named), the pipeline's retry policy runs it again and the run completes. A second run takes validate
+    to quantize from KFP's cache (keyed by the images' ids too) and runs the rest, as with the subprocess
+    runner."""
     from visionnode.pipeline.local_run import TASK_ORDER, LocalRunConfig, run_local
 
     params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
@@ -350,6 +350,7 @@ def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, cont
 
     second = run_local(config)
     assert set(second.task_metrics) == set(TASK_ORDER)
+    assert set(second.cached) == {"validate", "shard", "transfer", "train", "quantize"}, steps
     outputs = [p for p in second.run_dir.rglob("*") if p.is_file() and p.name != "executor_output.json"]
     assert outputs and all(p.stat().st_uid == 10001 for p in outputs), "tasks ran as another uid"
     assert second.task_metrics["shard"]["images_written"] == 6 * (16 + 4)

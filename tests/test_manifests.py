@@ -686,6 +686,14 @@ def test_pipeline_params_are_valid_pipeline_parameters(params_file: Path):
     assert set(parsed) == set(yaml.safe_load(params_file.read_text()))
 
 
+@pytest.mark.parametrize("params_file", param_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_pipeline_params_pin_no_location_runs_would_share(params_file: Path):
+    """A fixed checkpoint or shard prefix makes every run resume or overwrite the one before (issue 27): the
+    pipeline's defaults give each run its checkpoints and each data/settings pair its shards."""
+    params = yaml.safe_load(params_file.read_text())
+    assert not {"checkpoint_uri", "shards_uri"} & set(params), params_file
+
+
 # ------------------------------------------------------------------------------------- credentials
 
 def committed_files() -> list[Path]:

@@ -43,10 +43,16 @@ def _artifact_sources(task: dict) -> dict[str, tuple[str, str]]:
             for name, a in artifacts.items() if "taskOutputArtifact" in a}
 
 
-def test_dag_has_seven_phase_tasks_and_the_importer(spec: dict) -> None:
+def test_dag_has_seven_phase_tasks_after_the_fingerprint_and_no_importer(spec: dict) -> None:
+    """The raw data is read where it lies: no importer (KFP's launcher would download all of it into each
+    pod that takes it), only its fingerprint, computed first."""
     names = set(_tasks(spec))
-    assert {f"{p}-op" for p in PHASES} <= names
-    assert len(names - {f"{p}-op" for p in PHASES}) == 1  # the raw-data importer
+    assert names == {f"{p}-op" for p in PHASES} | {"fingerprint-op"}
+    assert "importer" not in json.dumps(spec["deploymentSpec"])
+    for phase in ("validate", "shard"):
+        assert _tasks(spec)[f"{phase}-op"]["inputs"]["parameters"]["data_uri"] == {
+            "componentInputParameter": "data_uri"}
+        assert not _artifact_sources(_tasks(spec)[f"{phase}-op"])
 
 
 def test_artifacts_flow_along_the_contract(spec: dict) -> None:
@@ -314,20 +320,42 @@ def _step_lines(stderr: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_a_failed_accuracy_gate_stops_the_dag_before_deploy(stack, synth_dataset: Path,
-                                                            tmp_path: Path) -> None:
+def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(stack, synth_dataset: Path,
+                                                                               tmp_path: Path) -> None:
     """No model gets past quantize's gate: an impossible bound (INT8 must beat FP32 by 100 points) fails
-    the quantize task, and deploy and benchmark never start."""
+    the quantize task, and deploy and benchmark never start. Re-run with a bound it meets: the four steps
+    before it come from KFP's cache (each line says so, and names the run and log they came from), quantize
+    runs, deploy and benchmark (never cached) too. Then one parameter of train changed: train and what
+    follows it run, the steps before it are reused."""
+    state = tmp_path / "state"
     done = _run_local_dag(synth_dataset, {**TINY_DAG, "max_accuracy_drop": -100.0}, tmp_path / "run.json",
-                          tmp_path / "state")
+                          state)
     assert done.returncode != 0, done.stderr[-3000:]
     steps = [(s[0], s[1]) for s in _step_lines(done.stderr)]
     assert steps[-2:] == [("quantize", "started"), ("quantize", "FAILED")], done.stderr
     assert not [s for s in steps if s[0] in ("deploy", "benchmark")], done.stderr
     assert "stopped at step 'quantize'" in done.stderr
-    log = next((tmp_path / "state" / "pipeline-runs-logs").iterdir()) / "quantize.log"
-    assert "--max-accuracy-drop -100" in log.read_text()
+    assert "a re-run reuses the steps before it" in done.stderr
+    failed_logs = next((state / "pipeline-runs-logs").iterdir())
+    assert "--max-accuracy-drop -100" in (failed_logs / "quantize.log").read_text()
     assert not (tmp_path / "run.json").exists()
+
+    rerun = _run_local_dag(synth_dataset, TINY_DAG, tmp_path / "rerun.json", state)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    lines = {s[0]: s for s in _step_lines(rerun.stderr) if s[1] != "started"}
+    for phase in ("validate", "shard", "transfer", "train"):
+        assert lines[phase][1] == "cached" and str(failed_logs / f"{phase}.log") in lines[phase], lines[phase]
+    assert [lines[p][1] for p in ("quantize", "deploy", "benchmark")] == ["done"] * 3, rerun.stderr
+    summary = json.loads((tmp_path / "rerun.json").read_text())
+    assert set(summary["cached"]) == {"validate", "shard", "transfer", "train"}
+    assert summary["steps"]["train"]["steps_this_run"] > 0 and summary["qps"] > 0
+
+    changed = _run_local_dag(synth_dataset, {**TINY_DAG, "crop_min_scale": 0.5}, tmp_path / "changed.json",
+                             state)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    words = {s[0]: s[1] for s in _step_lines(changed.stderr) if s[1] != "started"}
+    assert words == {"validate": "cached", "shard": "cached", "transfer": "cached", "train": "done",
+                     "quantize": "done", "deploy": "done", "benchmark": "done"}, changed.stderr
 
 
 @pytest.mark.slow
@@ -346,7 +374,8 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     assert not [line for line in shown if "…" in line], "a cut line in the output"
 
     summary = json.loads(summary_path.read_text())
-    assert set(summary["steps"]) == set(PHASES) and all(summary["steps"][p] for p in PHASES), summary["steps"]
+    assert set(summary["steps"]) == {"fingerprint", *PHASES}, summary["steps"]
+    assert all(summary["steps"][p] for p in PHASES) and summary["cached"] == {}, summary
     # The headline figures are the benchmark step's, and agree with what Triton itself counted for the model
     # deploy loaded: a level that ran benchmark_duration_s at `qps` got at least qps x duration answers, and
     # no client latency is shorter than the server's own compute time.

@@ -112,7 +112,7 @@ def test_configs_and_clis_import_without_the_heavy_libraries() -> None:
 # has no such setting (None). Every other component parameter has the same name in the config and the CLI.
 NAME_MAP: dict[str, dict[str, tuple[str | None, str | None]]] = {
     "validate": {},
-    "shard": {},
+    "shard": {"shards_uri": (None, None)},  # the store's base; the CLI takes the exact --out instead
     "transfer": {"part_size_mb": ("part_size_mb", "part_size")},
     "train": {"lr": ("recipe.lr", "lr"), "suggested_lr": (None, None)},
     "quantize": {},
@@ -120,13 +120,10 @@ NAME_MAP: dict[str, dict[str, tuple[str | None, str | None]]] = {
                "model_name": ("model_name", "name"), "instances": ("serving.instances", "instances")},
     "benchmark": {"duration_s": ("duration_s", "duration")},
 }
-CLI_COMMANDS = {"transfer": "upload_command"}
-NOT_SETTINGS = {"pipeline_run_id"}  # plumbing the pipeline fills in, not a user's knob
+CLI_COMMANDS = {"transfer": "place_command"}
+NOT_SETTINGS: set[str] = set()  # plumbing the pipeline fills in, not a user's knob
 # Where the pipeline's default differs from the phase's on purpose, and why.
-PIPELINE_CHOICES = {
-    "train.checkpoint_uri": "a cluster run keeps checkpoints in S3 so a rescheduled pod resumes; the phase "
-                            "alone defaults to beside its output",
-}
+PIPELINE_CHOICES: dict[str, str] = {}
 
 
 def component_defaults(phase: str) -> dict[str, Any]:

@@ -274,7 +274,8 @@ def test_sigterm_mid_epoch_then_resume_from_s3(bucket: str, tiny_shards: Path, t
     summary = tmp_path / "preempted.json"
     command = [sys.executable, "-c", TRAIN_PAUSED_AT_FIRST_CHECKPOINT, "--shards", str(tiny_shards),
                "--out", str(tmp_path / "model"), "--epochs", "2", "--batch-size", "8", "--arch", "resnet18",
-               "--res-schedule", "32:32", "--precision", "fp32", "--lr", "0.05", "--checkpoint-uri", ckpt_uri,
+               "--res-schedule", "32:32", "--precision", "fp32", "--lr", "0.05", "--warmup-epochs", "0.25",
+               "--checkpoint-uri", ckpt_uri,
                "--checkpoint-every", "2", "--json", str(summary)]
     env = {**os.environ, "VISIONNODE_PROGRESS": "0", "MLFLOW_TRACKING_URI": ""}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

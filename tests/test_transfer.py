@@ -58,8 +58,9 @@ def open_multipart_uploads(bucket: str, prefix: str) -> list[str]:
     return [u["Key"] for u in uploads]
 
 
-def assert_remote_matches(bucket: str, prefix: str, manifest: ShardManifest) -> None:
-    """Every shard present once, with its sha256 as metadata, and no multipart upload left open."""
+def assert_remote_matches(bucket: str, prefix: str, manifest: ShardManifest,
+                          left_open: list[str] = ()) -> None:
+    """Every shard present once, with its sha256 as metadata, and no multipart upload open but `left_open`."""
     client = s3_client()
     expected = {f"{prefix}/{s.file}": s for s in manifest.shards}
     found = keys_under(bucket, prefix + "/")
@@ -69,7 +70,7 @@ def assert_remote_matches(bucket: str, prefix: str, manifest: ShardManifest) -> 
         assert head["ContentLength"] == shard.bytes
         assert head["Metadata"]["sha256"] == shard.sha256
         assert head.get("ChecksumSHA256"), "uploaded with a server-side SHA-256 checksum"
-    assert open_multipart_uploads(bucket, prefix) == []
+    assert open_multipart_uploads(bucket, prefix) == list(left_open)
     remote = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/manifest.json")["Body"].read())
     assert remote["base_uri"] == f"s3://{bucket}/{prefix}"
     assert {s["uri"] for s in remote["shards"]} == {f"s3://{bucket}/{k}" for k in expected}
@@ -253,8 +254,10 @@ def test_kill_at_random_points_then_resume(stack, bucket, tmp_path):
     summary = json.loads((tmp_path / "resume.json").read_text())
     assert summary["objects_skipped"] == len(finished), (summary, finished)
     assert summary["objects_transferred"] == len(manifest.shards) - len(finished), summary
-    assert summary["stale_uploads_aborted"] == len(left_open), (summary, left_open)
-    assert_remote_matches(bucket, "k", manifest)
+    # The killed runs' open uploads are young: as far as the resumed run can tell they may be another run's,
+    # in flight, so they are left alone; past the age bound they are aborted (test_concurrency.py).
+    assert summary["stale_uploads_aborted"] == 0
+    assert_remote_matches(bucket, "k", manifest, left_open)
     fetched = fetch_shards(FetchConfig(dest, tmp_path / "cache"))
     assert fetched.objects_transferred == len(manifest.shards)
 

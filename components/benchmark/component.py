@@ -16,7 +16,6 @@ def benchmark_op(
     duration_s: float = 10.0,
     target_qps: float = 100.0,
     target_p99_ms: float = 150.0,
-    pipeline_run_id: str = "",
 ):
     """Closed-loop concurrency sweep against the deployed model with real val images,
     plus in-process baselines.
@@ -36,15 +35,12 @@ def benchmark_op(
         duration_s: Measured seconds per level (after a 2 s warm-up).
         target_qps: SLO throughput target.
         target_p99_ms: SLO P99 latency target in milliseconds.
-        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
 
     from visionnode.components.benchmark.benchmark import benchmark
     from visionnode.components.benchmark.config import BenchmarkConfig, parse_levels
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
 
-    enter_pipeline_context(pipeline_run_id)
     meta = endpoint.metadata  # deploy's endpoint artifact always names the model and both URLs
     url = meta["grpc_url" if protocol == "grpc" else "http_url"]
     result = benchmark(BenchmarkConfig(model=meta["model_name"], protocol=protocol,

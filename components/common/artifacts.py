@@ -9,11 +9,12 @@ deploy    -> Endpoint        (artifact metadata: model name, version, URLs)
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionnode.components.common.errors import DataError
+from visionnode.components.common.errors import DataError, IntegrityError
 from visionnode.components.common.jsonio import read_json, write_json
 from visionnode.components.common.storage.s3 import parse_s3_uri
 
@@ -87,8 +88,22 @@ class ShardManifest:
     settings: dict[str, Any]                    # max_resolution, jpeg_quality, images_per_shard, ...
     skipped: list[SkippedFile] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
-    base_uri: str | None = None                 # set by transfer: where the shards live remotely
+    base_uri: str | None = None                 # where the shards live in the store (shard or transfer)
+    data_digest: str | None = None              # fingerprint of the raw data listing they were made from
     format: str = SHARDS_FORMAT
+
+    def check_made_from(self, data_digest: str) -> None:
+        """These shards must come from the run's data (its fingerprint), when both are known."""
+        if data_digest and self.data_digest and data_digest != self.data_digest:
+            raise IntegrityError(f"the shards under {self.base_uri} were made from data {self.data_digest}, "
+                                 f"not this run's {data_digest}", "re-run the pipeline from the shard step")
+
+    def content_digest(self) -> str:
+        """What a model trained on these shards depends on: the class index and every shard's bytes."""
+        digest = hashlib.sha256("\n".join(self.classes.wnids).encode())
+        for shard in sorted(self.shards, key=lambda s: s.file):
+            digest.update(f"\n{shard.file}\t{shard.sha256}".encode())
+        return digest.hexdigest()[:16]
 
     def shards_for(self, split: str) -> list[ShardInfo]:
         return [s for s in self.shards if s.split == split]
@@ -125,6 +140,7 @@ class ShardManifest:
             skipped=[SkippedFile(**s) for s in data.get("skipped", [])],
             empty_classes=list(data.get("empty_classes", [])),
             base_uri=data.get("base_uri"),
+            data_digest=data.get("data_digest"),
         )
 
 

@@ -15,7 +15,6 @@ def deploy_op(
     triton_grpc: str = "",
     model_name: str = "resnet152_int8",
     instances: int = 2,
-    pipeline_run_id: str = "",
 ):
     """Publish the INT8 model as a Triton model repository, load it (no downtime), check Triton's answers.
 
@@ -31,16 +30,13 @@ def deploy_op(
         model_name: Triton model name; the encoded-image front end is served as `<model_name>_jpeg`.
         instances: Triton model instances (KIND_CPU);
             one alone lets Triton's batcher stall some requests 500 ms.
-        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
     from visionnode.components.common.jsonio import write_json
     from visionnode.components.deploy.deploy import DeployConfig, deploy
     from visionnode.components.deploy.repository import ServingConfig
 
-    enter_pipeline_context(pipeline_run_id)
     result = deploy(DeployConfig(model_dir=Path(int8_model.path), repository=repository,
                                  triton_http=triton_http,
                                  triton_grpc=triton_grpc, model_name=model_name,

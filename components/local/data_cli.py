@@ -10,7 +10,8 @@ import typer
 from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 
-data_app = typer.Typer(help="Datasets: generate a synthetic ImageNet-layout dataset.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate a synthetic ImageNet-layout dataset, fingerprint one.",
+                       no_args_is_help=True)
 
 
 @data_app.command("synth")
@@ -29,6 +30,19 @@ def synth_command(
     """Write a deterministic ImageNet-layout dataset of JPEGs with a learnable class signal."""
     config = SynthConfig(classes, train_per_class, val_per_class, seed, min_side, max_side, flat_val)
     emit_result(synthesize_dataset(out, config), json_path, "synthetic dataset")
+
+
+@data_app.command("fingerprint")
+@user_errors
+def fingerprint_command(
+    data: Annotated[str, typer.Argument(help="Dataset root: a directory or s3://bucket/prefix.")],
+    json_path: JsonOption = None,
+) -> None:
+    """The data's fingerprint, as the pipeline's first step computes it: a digest of the listing (key, size,
+    mtime or ETag of every file), no byte of the data read. Steps and shards are keyed by it."""
+    from visionnode.components.common.storage.dataset import fingerprint_dataset
+
+    emit_result(fingerprint_dataset(data), json_path, "data fingerprint")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,6 @@ def quantize_op(
     calibration_images: int = 300,
     max_accuracy_drop: float = 1.0,
     full_int8: bool = False,
-    pipeline_run_id: str = "",
 ):
     """Quantize a trained ResNet to INT8 for CPU serving (OpenVINO + NNCF post-training quantization).
 
@@ -40,16 +39,14 @@ def quantize_op(
         full_int8: Also quantize the residual Adds, the stem and the shortcut projections, which compute
             in FP32 by default: faster (1.1x on an AVX-512 VNNI CPU; 1.6x with the PERFORMANCE preset on an
             AMX Xeon), but INT8 answers drift further from FP32 (agreement 94.7 % instead of 99.3 %).
-        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import record_metrics
     from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
     from visionnode.components.quantize.gate import gate_markdown
     from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
 
-    enter_pipeline_context(pipeline_run_id)
     config = QuantizeConfig(model_dir=Path(model.path), shards=remote_shards.path,
                             out_dir=Path(int8_model.path),
                             calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
@@ -59,8 +56,7 @@ def quantize_op(
         result = quantize_model(config)
     except AccuracyGateError as exc:
         result, failure = exc.result, exc
-    for name, value in result.metrics().items():
-        metrics.log_metric(name, float(value))
+    record_metrics(metrics, result.metrics())
     int8_model.metadata.update({
         "arch": result.arch, "precision": "int8", "framework": "openvino", "input_name": INPUT_NAME,
         "input_shape": [-1, result.input_size, result.input_size, 3], "input_dtype": "uint8",

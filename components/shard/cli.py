@@ -1,8 +1,7 @@
-"""`visionnode shard`: FFCV shards + manifest.json from an ImageNet-layout directory."""
+"""`visionnode shard`: FFCV shards + manifest.json from an ImageNet-layout directory or S3 prefix."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,8 +12,10 @@ from visionnode.components.shard.config import DEFAULTS, SPLIT_CHOICES, ShardCon
 
 @user_errors
 def shard_command(
-    data: Annotated[Path, typer.Option("--data", help="ImageNet-layout directory (train/<wnid>/, val/).")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory: .beton shards + manifest.json.")],
+    data: Annotated[str, typer.Option("--data", help="ImageNet-layout directory or s3://bucket/prefix "
+                                                      "(train/<wnid>/, val/), read where it lies.")],
+    out: Annotated[str, typer.Option("--out", help="Output: .beton shards + manifest.json, in a directory or "
+                                                    "straight into s3://bucket/prefix.")],
     split: Annotated[
         str, typer.Option(help=f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.")
     ] = DEFAULTS.split,
@@ -33,6 +34,9 @@ def shard_command(
     readback: Annotated[
         bool, typer.Option(help="Read the shards back once with the FFCV loader and report its images/s.")
     ] = DEFAULTS.readback,
+    data_digest: Annotated[
+        str, typer.Option(help="Refuse data whose fingerprint (`visionnode data fingerprint`) is not this.")
+    ] = DEFAULTS.data_digest,
     json_path: JsonOption = None,
 ) -> None:
     """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
@@ -42,7 +46,7 @@ def shard_command(
 
     config = ShardConfig(data=data, out=out, split=split, images_per_shard=images_per_shard,
                          max_resolution=max_resolution, jpeg_quality=jpeg_quality, workers=workers,
-                         readback=readback)
+                         readback=readback, data_digest=data_digest)
     emit_result(shard_dataset(config), json_path, "shard")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from visionnode.components.common.data.beton_writer import EncodedImage, encode_image
 from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.data.images import UnreadableImage, load_rgb, resize_max_side
+from visionnode.components.common.storage.dataset import read_objects
 from visionnode.components.shard.config import ShardConfig
 
 DECODE_CHUNK = 8            # files per pool task: amortises inter-process overhead
@@ -27,9 +28,10 @@ class Prepared:
 def prepare_files(paths: list[str], max_resolution: int, jpeg_quality: int) -> list[Prepared]:
     """Decode by content, convert to RGB, shrink to max side, JPEG-encode (runs in pool workers)."""
     prepared = []
-    for path in paths:
+    for path, source in zip(paths, read_objects(paths)):  # S3 objects are fetched side by side
         try:
-            rgb = resize_max_side(load_rgb(path), max_resolution)
+            rgb = resize_max_side(load_rgb(path, source if isinstance(source, bytes) else None),
+                                  max_resolution)
             prepared.append(Prepared(encode_image(rgb, jpeg_quality)))
         except UnreadableImage as exc:
             prepared.append(Prepared(None, exc.reason))

@@ -11,9 +11,7 @@ from typing import Any
 from visionnode.components.common.artifacts import ShardInfo, SkippedFile
 from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.jsonio import read_json, sha256_file, write_json
-
-JOURNAL_FILE = ".shard-journal.json"
+from visionnode.components.shard.store import ShardTarget
 
 
 @dataclass
@@ -42,52 +40,51 @@ class JournalEntry:
 
 
 class Journal:
-    def __init__(self, out: Path, settings: dict[str, Any]) -> None:
-        self.path = out / JOURNAL_FILE
+    """Per shard: the slice of files it holds and its sha256, kept where the shards are (ShardTarget)."""
+
+    def __init__(self, target: ShardTarget, settings: dict[str, Any]) -> None:
+        self.target = target
         self.settings = _settings_key(settings)
         self.entries: dict[str, JournalEntry] = {}
-        if self.path.is_file():
-            try:
-                data = read_json(self.path)
-                if data.get("settings") == self.settings:
-                    self.entries = {k: JournalEntry.from_dict(v) for k, v in data["entries"].items()}
-            except (DataError, KeyError, TypeError):
-                self.entries = {}  # unreadable journal: rewrite everything
+        try:
+            data = target.load_journal()
+            if data and data.get("settings") == self.settings:
+                self.entries = {k: JournalEntry.from_dict(v) for k, v in data["entries"].items()}
+        except (DataError, KeyError, TypeError):
+            self.entries = {}  # unreadable journal: rewrite everything
 
-    def reusable(self, out: Path, name: str, start: int, records: list[ImageRecord],
-                 root: Path) -> JournalEntry | None:
-        """The journal's entry for this shard if the file on disk is still exactly what it recorded."""
+    def reusable(self, name: str, start: int, records: list[ImageRecord],
+                 root: Path | str) -> JournalEntry | None:
+        """The journal's entry for this shard if the stored file is still exactly what it recorded."""
         entry = self.entries.get(name)
         if entry is None or entry.start != start or entry.end > len(records):
             return None
-        path = out / name
-        if not path.is_file() or path.stat().st_size != entry.bytes:
-            return None
         if entry.source_digest != source_digest(records[entry.start:entry.end], root):
             return None
-        return entry if sha256_file(path) == entry.sha256 else None
+        return entry if self.target.holds(name, entry.bytes, entry.sha256) else None
 
     def record(self, entry: JournalEntry) -> None:
+        """Store the shard just written (an upload, for the S3 store), then note it in the journal."""
+        self.target.commit(entry.file, entry.sha256)
         self.entries[entry.file] = entry
-        write_json(self.path, {"settings": self.settings, "entries": self.entries})
+        self.target.save_journal({"settings": self.settings, "entries": self.entries})
 
 
 def _settings_key(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "split"}  # the split of a shard is in its name
 
 
-def source_digest(records: list[ImageRecord], root: Path) -> str:
-    """Identity of a shard's inputs: relative path, label, size and mtime of every file in its slice."""
+def source_digest(records: list[ImageRecord], root: Path | str) -> str:
+    """Identity of a shard's inputs: relative path, label, size and version (mtime or ETag, as listed) of
+    every file in its slice."""
     digest = hashlib.sha256()
     for record in records:
-        stat = record.path.stat()
-        line = f"{relative_path(record.path, root)}\t{record.label}\t{stat.st_size}\t{stat.st_mtime_ns}\n"
+        line = f"{relative_path(record.path, root)}\t{record.label}\t{record.size}\t{record.version}\n"
         digest.update(line.encode())
     return digest.hexdigest()
 
 
-def relative_path(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return os.fspath(path)
+def relative_path(path: Path | str, root: Path | str) -> str:
+    """`path` relative to the dataset root ('/'-separated), for a local file or an s3:// object alike."""
+    text, base = os.fspath(path), os.fspath(root).rstrip("/") + "/"
+    return text[len(base):] if text.startswith(base) else text

@@ -1,21 +1,23 @@
 """Shard an ImageNet-layout tree into FFCV `.beton` files with a checksummed manifest.
 
-Flow per split: scan the files (imagenet.py) -> a seeded shuffle, so every shard mixes classes -> decode,
-convert to RGB, resize and JPEG-encode in a process pool (images.py, ffcv_io.encode_image) -> cut the readable
-images into shards of `images_per_shard` in that order -> write each shard with ffcv_io.write_beton
-(one deterministic writer, temp name then rename).
+Flow per split: list the files where they lie (a directory or an S3 prefix: imagenet.py) -> a seeded
+shuffle, so every shard mixes classes -> read (S3 objects a chunk at a time, never the whole dataset), decode,
+convert to RGB, resize and JPEG-encode in a process pool (images.py, ffcv_io.encode_image) -> cut the
+readable images into shards of `images_per_shard` in that order -> write each shard with ffcv_io.write_beton
+(one deterministic writer, temp name then rename) into the output: a local dir, or the S3 store shard by
+shard (store.py: only the shard being written is on local disk).
 
-Resume: after each shard, a journal (`.shard-journal.json`) records which slice of the shuffled file list
-it holds, a digest of those files (path, size, mtime), its sha256 and the files skipped in the slice. A
-re-run reuses a shard only when slice, digest, settings and the file's sha256 all still match; anything else
-is rewritten. `manifest.json` is written last, atomically.
+Resume: after each shard, a journal (`.shard-journal.json`, beside the shards) records which slice of the
+shuffled file list it holds, a digest of those files (path, size, mtime or ETag), its sha256 and the files
+skipped in the slice. A re-run reuses a shard only when slice, digest, settings and the stored file's sha256
+all still match; anything else is rewritten. `manifest.json` is written last, atomically.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -27,27 +29,23 @@ from typing import Any
 
 import numpy as np
 
-from visionnode.components.common.artifacts import ShardManifest, SkippedFile, describe_skipped
+from visionnode.components.common.artifacts import MANIFEST_FILE, ShardManifest, SkippedFile, describe_skipped
 from visionnode.components.common.data.beton_writer import EncodedImage, write_beton
 from visionnode.components.common.data.ffcv_io import train_loader
 from visionnode.components.common.data.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.jsonio import sha256_file
+from visionnode.components.common.jsonio import sha256_file, to_jsonable
 from visionnode.components.common.progress import console, progress_bar
+from visionnode.components.common.storage.dataset import check_fingerprint
+from visionnode.components.common.storage.s3 import is_s3_uri
 from visionnode.components.common.tracking import tracked_run
 from visionnode.components.shard.config import ShardConfig
 from visionnode.components.shard.decode import DecodeStream, Prepared
-from visionnode.components.shard.journal import (
-    JOURNAL_FILE,
-    Journal,
-    JournalEntry,
-    relative_path,
-    source_digest,
-)
+from visionnode.components.shard.journal import Journal, JournalEntry, relative_path, source_digest
+from visionnode.components.shard.store import JOURNAL_FILE, SHARD_NAME, ShardTarget, open_target
 
 __all__ = ["JOURNAL_FILE", "ShardConfig", "ShardResult", "shard_dataset"]
 
-SHARD_NAME = re.compile(r"^(train|val)-\d{5}\.beton$")
 READBACK_MAX_RESOLUTION = 224
 
 
@@ -63,8 +61,8 @@ class SplitSummary:
 
 @dataclass
 class ShardResult:
-    out: Path
-    manifest: Path
+    out: Path | str                   # the shard dir, or s3://bucket/prefix when written into the store
+    manifest: Path | str
     splits: dict[str, SplitSummary]
     files_found: int
     images_written: int
@@ -80,6 +78,7 @@ class ShardResult:
     readback_resolution: int | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    data_digest: str = ""             # fingerprint of the raw data listing (common/storage/dataset.py)
     mlflow_run_id: str | None = None
 
     def metrics(self) -> dict[str, float]:
@@ -110,27 +109,34 @@ def shard_dataset(config: ShardConfig) -> ShardResult:
     """Write FFCV shards + manifest.json for the chosen split(s) of an ImageNet-layout tree."""
     config.validate()
     layout = open_imagenet(config.data)
+    check_fingerprint(layout.listing, config.data_digest)
     scans = {split: _scan(layout, split, config.split) for split in config.splits}
-    out = Path(config.out)
-    created_out = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    local_out = None if is_s3_uri(os.fspath(config.out)) else Path(config.out)
+    created_out = local_out is not None and not local_out.exists()
+    if local_out is not None:
+        local_out.mkdir(parents=True, exist_ok=True)
+    target = open_target(config.out)
     try:
-        return _shard_into(config, layout, scans, out)
+        return _shard_into(config, layout, scans, target)
     except BaseException:
-        if created_out and not any(SHARD_NAME.match(p.name) for p in out.iterdir()):
-            shutil.rmtree(out,
+        if created_out and not any(SHARD_NAME.match(p.name) for p in local_out.iterdir()):
+            shutil.rmtree(local_out,
                           ignore_errors=True)  # nothing written: no empty output that looks like a result
         raise
+    finally:
+        target.close()
 
 
 def _shard_into(config: ShardConfig, layout: ImageNetLayout, scans: dict[str, SplitScan],
-                out: Path) -> ShardResult:
+                target: ShardTarget) -> ShardResult:
+    out = target.scratch
     _remove_partials(out)
     settings = config.settings()
-    journal = Journal(out, settings)
+    journal = Journal(target, settings)
     started = time.perf_counter()
     with tracked_run("shard", tags={"phase": "shard"}) as tracker:
-        tracker.log_params({**settings, "data": os.fspath(config.data), "workers": config.workers})
+        tracker.log_params({**settings, "data": os.fspath(config.data), "out": target.location,
+                            "workers": config.workers})
         outcomes = _write_splits(config, layout, scans, journal, out)
         write_seconds = time.perf_counter() - started
         entries = [e for outcome in outcomes.values() for e in outcome.entries]
@@ -139,14 +145,16 @@ def _shard_into(config: ShardConfig, layout: ImageNetLayout, scans: dict[str, Sp
             raise DataError(f"no readable images in {config.data} ({', '.join(config.splits)}): "
                             f"{describe_skipped(skipped, config.data)}",
                             "replace or remove the unreadable files, or check the dataset path")
-        readback = _read_back(out, entries, config) if config.readback else None
+        readback = _read_back(target, entries, config) if config.readback else None
         manifest = _manifest(layout, scans, outcomes, settings)
-        _remove_stale_shards(out, {e.file for e in entries})
-        manifest_path = manifest.save(out)
-        result = _result(config, scans, outcomes, manifest, manifest_path, write_seconds, readback)
+        manifest_location, manifest = target.finish(manifest, {e.file for e in entries})
+        if config.manifest_copy is not None:
+            manifest.save(config.manifest_copy)
+        result = _result(config, target, scans, outcomes, manifest, manifest_location, write_seconds,
+                         readback)
         result.seconds = round(time.perf_counter() - started, 3)
         tracker.log_metrics(result.metrics())
-        tracker.log_artifact(manifest_path)
+        tracker.log_text(json.dumps(to_jsonable(manifest), indent=2, sort_keys=True), MANIFEST_FILE)
         result.mlflow_run_id = tracker.run_id
     return result
 
@@ -181,14 +189,14 @@ def shuffled(records: list[ImageRecord], seed: int) -> list[ImageRecord]:
     return [records[int(i)] for i in order]
 
 
-def _write_split(split: str, records: list[ImageRecord], root: Path, config: ShardConfig, journal: Journal,
-                 out: Path, stream: DecodeStream, advance: Any) -> _SplitOutcome:
+def _write_split(split: str, records: list[ImageRecord], root: Path | str, config: ShardConfig,
+                 journal: Journal, out: Path, stream: DecodeStream, advance: Any) -> _SplitOutcome:
     outcome = _SplitOutcome([])
     cursor, index = 0, 0
     decoded: Iterator[tuple[ImageRecord, Prepared]] | None = None
     while cursor < len(records):
         name = f"{split}-{index:05d}.beton"
-        entry = journal.reusable(out, name, cursor, records, root)
+        entry = journal.reusable(name, cursor, records, root)
         if entry is not None:
             decoded = _close(decoded)
             advance(entry.end - cursor)
@@ -219,8 +227,8 @@ def _close(decoded: Any) -> None:
 
 
 def _collect(decoded: Iterator[tuple[ImageRecord, Prepared]], records: list[ImageRecord], start: int,
-             limit: int, root: Path, advance: Any) -> tuple[list[tuple[EncodedImage, int]], list[SkippedFile],
-                                                            int]:
+             limit: int, root: Path | str,
+             advance: Any) -> tuple[list[tuple[EncodedImage, int]], list[SkippedFile], int]:
     """The next `limit` readable images from `start` on, the files skipped on the way, and the stop index."""
     samples: list[tuple[EncodedImage, int]] = []
     skipped: list[SkippedFile] = []
@@ -267,12 +275,17 @@ def read_back(paths: list[Path], resolution: int, workers: int, batch_size: int)
     return ReadBack(images, seconds, warmup, resolution)
 
 
-def _read_back(out: Path, entries: list[JournalEntry], config: ShardConfig) -> ReadBack:
-    smallest = min(e.count for e in entries)
+def _read_back(target: ShardTarget, entries: list[JournalEntry], config: ShardConfig) -> ReadBack | None:
+    """All shards of a local dir; for the S3 store, those still on local disk (the first of each split)."""
+    paths = target.readable([e.file for e in entries])
+    if not paths:
+        return None
+    counts = {e.file: e.count for e in entries}
+    smallest = min(counts[p.name] for p in paths)
     batch_size = int(min(64, max(1, smallest // 4)))  # several batches per shard, so warm-up can be separated
     resolution = min(READBACK_MAX_RESOLUTION, config.max_resolution)
     with console.status("reading the shards back with the FFCV loader"):
-        return read_back([out / e.file for e in entries], resolution, config.workers, batch_size)
+        return read_back(paths, resolution, config.workers, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -283,12 +296,12 @@ def _manifest(layout: ImageNetLayout, scans: dict[str, SplitScan], outcomes: dic
     empty = sorted({wnid for scan in scans.values() for wnid in scan.empty_classes})
     shards = [e.info() for outcome in outcomes.values() for e in outcome.entries]
     return ShardManifest(classes=layout.classes, shards=shards, settings=settings, skipped=skipped,
-                         empty_classes=empty)
+                         empty_classes=empty, data_digest=layout.listing.digest())
 
 
-def _result(config: ShardConfig, scans: dict[str, SplitScan], outcomes: dict[str, _SplitOutcome],
-            manifest: ShardManifest, manifest_path: Path, write_seconds: float,
-            readback: ReadBack | None) -> ShardResult:
+def _result(config: ShardConfig, target: ShardTarget, scans: dict[str, SplitScan],
+            outcomes: dict[str, _SplitOutcome], manifest: ShardManifest, manifest_location: str,
+            write_seconds: float, readback: ReadBack | None) -> ShardResult:
     splits = {}
     for split, scan in scans.items():
         outcome = outcomes[split]
@@ -297,7 +310,9 @@ def _result(config: ShardConfig, scans: dict[str, SplitScan], outcomes: dict[str
                                      list(scan.empty_classes))
     written_now = sum(o.images_written_now for o in outcomes.values())
     return ShardResult(
-        out=Path(config.out), manifest=manifest_path, splits=splits,
+        out=target.location if is_s3_uri(target.location) else Path(target.location),
+        manifest=manifest_location if is_s3_uri(manifest_location) else Path(manifest_location),
+        splits=splits,
         files_found=sum(s.files_found for s in splits.values()),
         images_written=sum(s.images_written for s in splits.values()),
         files_skipped=sum(s.files_skipped for s in splits.values()),
@@ -310,6 +325,7 @@ def _result(config: ShardConfig, scans: dict[str, SplitScan], outcomes: dict[str
         loader_warmup_s=round(readback.warmup_seconds, 2) if readback else None,
         readback_resolution=readback.resolution if readback else None,
         skipped=list(manifest.skipped), empty_classes=list(manifest.empty_classes),
+        data_digest=manifest.data_digest or "",
     )
 
 
@@ -317,12 +333,3 @@ def _remove_partials(out: Path) -> None:
     """Temp files a killed run left behind (atomic_path names them `.<target>.<random>.partial`)."""
     for leftover in out.glob(".*.partial"):
         leftover.unlink(missing_ok=True)
-
-
-def _remove_stale_shards(out: Path, keep: set[str]) -> None:
-    """Shards of an earlier run with other settings that this manifest no longer lists."""
-    for path in out.iterdir():
-        if SHARD_NAME.match(path.name) and path.name not in keep:
-            path.unlink()
-
-

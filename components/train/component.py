@@ -8,6 +8,7 @@ from visionnode.components.common.adapters.kfp import phase_component
 @phase_component("train")
 def train_op(
     remote_shards: Input[Dataset],
+    data_digest: str,
     model: Output[Model],
     metrics: Output[Metrics],
     epochs: int = 16,
@@ -23,17 +24,17 @@ def train_op(
     flip: bool = True,
     init_weights: str = "",
     head_epochs: int = 0,
-    pipeline_run_id: str = "",
 ):
     """Train a ResNet on FFCV shards fetched (and sha256-verified) from S3, in one process.
 
     Multi-node training runs the same entry point under torchrun in a Kubeflow PyTorchJob
     (manifests/); this component is the single-process step of the pipeline. A retried step resumes from
-    the newest checkpoint in `checkpoint_uri`.
+    the newest checkpoint in `checkpoint_uri` (only its own, or one of an identical configuration and data).
 
     Args:
         remote_shards: Remote shard dataset from the transfer step
             (manifest.json with base_uri + per-shard uri).
+        data_digest: The fingerprint step's digest of the raw data; the shards must have been made from it.
         model: Output dir: weights.pt (state_dict) + model.json (arch, classes, input size, mean/std,
             metrics); metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
         metrics: top1 with its 95 % Wilson interval (top1_ci_low/high over val_images), top5, val_loss,
@@ -46,31 +47,33 @@ def train_op(
         arch: resnet18|34|50|101|152.
         res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
         precision: auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, else fp32/fp16).
-        checkpoint_uri: Checkpoint location (s3://bucket/prefix or dir); empty means
-            `<base_uri of the shards>/../checkpoints/<pipeline_run_id or "adhoc">` in the same bucket.
+        checkpoint_uri: Checkpoint location (s3://bucket/prefix or dir); empty means this run's own,
+            `s3://<bucket of the shards>/checkpoints/<pipeline run id>`. A checkpoint found there is resumed
+            only if this run wrote it or its configuration and data are identical; any other is refused.
         workers: FFCV decoding threads.
         crop_min_scale: RandomResizedCrop's smallest kept share of the image area (ImageNet: 0.08).
         flip: Random horizontal flips.
         init_weights: State dict (path or s3://...) to fine-tune from;
             a head of another class count is replaced.
         head_epochs: With init_weights: the first epochs train only the classifier head.
-        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import record_metrics
+    from visionnode.components.common.artifacts import ShardManifest
     from visionnode.components.common.training.recipe import Recipe, parse_res_schedule, resolve_lr
     from visionnode.components.train.config import TrainConfig
-    from visionnode.components.train.train import PREEMPTED_EXIT_CODE, default_checkpoint_uri, train
+    from visionnode.components.train.resume import current_run_id, default_checkpoint_uri
+    from visionnode.components.train.train import PREEMPTED_EXIT_CODE, train
 
-    enter_pipeline_context(pipeline_run_id)
     res_start, res_end = parse_res_schedule(res_schedule)
     peak_lr, lr_source = resolve_lr(lr, suggested_lr)
     shards = Path(remote_shards.path)
+    ShardManifest.load(shards).check_made_from(data_digest)
     config = TrainConfig(
         shards=str(shards), out_dir=Path(model.path), epochs=epochs, batch_size=batch_size, arch=arch,
         res_start=res_start, res_end=res_end, precision=precision,
-        checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, pipeline_run_id),
+        checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, current_run_id()),
         workers=workers, recipe=Recipe(lr=peak_lr), lr_source=lr_source, crop_min_scale=crop_min_scale,
         flip=flip, init_weights=init_weights, head_epochs=head_epochs,
     )
@@ -81,5 +84,4 @@ def train_op(
                            "top5": result.top5 or 0.0, "registered_model": result.registered_model or "",
                            "mlflow_run_id": result.mlflow_run_id or "",
                            "lr_plan": result.lr_plan.describe()})
-    for name, value in result.metrics().items():
-        metrics.log_metric(name, value)
+    record_metrics(metrics, result.metrics())

@@ -45,7 +45,7 @@ from visionnode.components.common.training.recipe import (
     build_scheduler,
     resolution_for_epoch,
 )
-from visionnode.components.train.checkpoint import CheckpointStore, load_checkpoint
+from visionnode.components.train.checkpoint import CheckpointStore
 from visionnode.components.train.config import TrainConfig
 from visionnode.components.train.distributed import (
     DistContext,
@@ -63,6 +63,7 @@ from visionnode.components.train.outputs import (
     write_train_log,
 )
 from visionnode.components.train.precision import autocast, grad_scaler, resolve_precision
+from visionnode.components.train.resume import ResumePoint, result_settings, resume_point, run_stamp
 from visionnode.components.train.trainer import StopSignal, Trainer, set_loader_epoch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal after saving a checkpoint; retry resumes"
@@ -108,7 +109,7 @@ class TrainResult:
         """The scalar figures a dashboard (KFP Metrics, MLflow) shows;
         figures a run did not produce are left out."""
         names = ("top1", "top5", "top1_ci_low", "top1_ci_high", "val_images", "val_loss", "final_loss",
-                 "images_per_second", "steps", "wall_s", "peak_lr")
+                 "images_per_second", "steps", "steps_this_run", "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
 
@@ -132,29 +133,19 @@ def shard_files(directory: Path, manifest: ShardManifest, split: str) -> list[Pa
     return files
 
 
-def default_checkpoint_uri(shards: Path, pipeline_run_id: str) -> str:
-    """Beside the remote shards in the same bucket (survives a retried pod),
-    else a local dir in the state dir."""
-    from visionnode.components.common.settings import state_dir
-
-    run = pipeline_run_id or "adhoc"
-    manifest_file = Path(shards) / "manifest.json"
-    base_uri = ShardManifest.load(manifest_file).base_uri if manifest_file.is_file() else None
-    if base_uri:
-        from visionnode.components.common.storage.s3 import S3Location, parse_s3_uri
-
-        loc = parse_s3_uri(base_uri.rstrip("/"))
-        parent = S3Location(loc.bucket, loc.key.rsplit("/", 1)[0] if "/" in loc.key else "")
-        return parent.child(f"checkpoints/{run}").uri
-    return str(state_dir() / "checkpoints" / run)
-
-
-def resume_source(config: TrainConfig, store: CheckpointStore) -> str | None:
-    if config.resume == "never":
-        return None
-    if config.resume == "auto":
-        return store.latest()
-    return config.resume
+def announce_resume(resume: ResumePoint, trainer: Trainer, tracker: Tracker, ctx: DistContext) -> None:
+    """Continuing another run's training is allowed (identical configuration and data) but never silent."""
+    tracker.set_tags({"resumed_from": resume.source, "resumed_because": resume.why})
+    if not ctx.is_main:
+        return
+    done = (f"epoch {trainer.epoch + 1}, step {trainer.step}, {trainer.batch_in_epoch} batches of that epoch "
+            "already done")
+    if resume.why == "this run's own":
+        console.print(f"resumed from {resume.source} (this run's own checkpoint): {done}")
+    else:
+        console.print(f"[bold yellow]RESUMING ANOTHER RUN'S TRAINING[/] from {resume.source} ({resume.why}): "
+                      f"{done}; {max(0, trainer.config.epochs - trainer.epoch)} of {trainer.config.epochs} "
+                      "epochs left to train")
 
 
 def replica_fingerprint(model: nn.Module) -> float:
@@ -196,7 +187,10 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
 
     model = build_resnet(depth_from_arch(config.arch), manifest.classes.num_classes)
     store = CheckpointStore(config.checkpoint_location, keep=config.keep_checkpoints)
-    source = resume_source(config, store)
+    settings = result_settings(config, ctx.world_size, precision)
+    stamp = run_stamp(config, manifest, ctx.world_size, precision)
+    resume = resume_point(config, store, stamp, settings)
+    source = resume.source if resume else None
     init = None
     if config.init_weights and not source:  # a resumed run's weights come from its checkpoint
         init = load_init_weights(model, config.init_weights, config.arch)
@@ -238,12 +232,11 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
                           scheduler=scheduler, scaler=grad_scaler(precision, ctx.device),
                           criterion=nn.CrossEntropyLoss(label_smoothing=config.recipe.label_smoothing),
                           store=store, tracker=tracker, stop=stop, steps_per_epoch=steps_per_epoch,
-                          class_index=to_jsonable(manifest.classes))
-        if source:
-            trainer.restore(load_checkpoint(source), source)
-            if ctx.is_main:
-                console.print(f"resumed from {source}: epoch {trainer.epoch + 1}, step {trainer.step}, "
-                              f"{trainer.batch_in_epoch} batches of that epoch already done")
+                          class_index=to_jsonable(manifest.classes),
+                          identity={"run": stamp.to_dict(), "result_settings": settings})
+        if resume:
+            trainer.restore(resume.state, resume.source)
+            announce_resume(resume, trainer, tracker, ctx)
         resumed_step = trainer.step if source else None
         start_step = trainer.step
         tracker.log_params(_params(config, ctx, precision, global_batch, optimizer, steps_per_epoch, model))

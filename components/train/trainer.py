@@ -79,6 +79,7 @@ class Trainer:
     last_metrics: dict[str, float] = field(default_factory=dict)
     last_saved_step: int = -1
     latest_checkpoint: str | None = None
+    identity: dict[str, Any] = field(default_factory=dict)  # the run stamp (resume.py), in every checkpoint
     _overfit_cache: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @property
@@ -185,6 +186,7 @@ class Trainer:
             "classes": self.class_index,
             "arch": self.config.arch,
             "world_size": self.ctx.world_size,
+            **self.identity,
         }
 
     def save_checkpoint(self) -> None:

@@ -9,9 +9,9 @@ import typer
 
 from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
 from visionnode.components.common.storage.shard_cache import FetchConfig
-from visionnode.components.transfer.config import DEFAULTS, UploadConfig
+from visionnode.components.transfer.config import DEFAULTS, UPLOAD_DEFAULTS, PlaceConfig, UploadConfig
 
-transfer_app = typer.Typer(help="Move shards to and from S3: parallel, verified, resumable.",
+transfer_app = typer.Typer(help="Move shards to, within and from S3: parallel, verified, resumable.",
                            no_args_is_help=True)
 
 Concurrency = Annotated[int, typer.Option(help="Parallel requests (multipart parts and objects together).")]
@@ -23,11 +23,11 @@ PartSize = Annotated[int, typer.Option("--part-size", help="Multipart part size 
 def upload_command(
     shards_dir: Annotated[Path, typer.Argument(help="Shard dir (manifest.json + .beton files).")],
     destination: Annotated[str, typer.Argument(help="s3://bucket/prefix")],
-    concurrency: Concurrency = DEFAULTS.concurrency,
-    part_size: PartSize = DEFAULTS.part_size_mb,
+    concurrency: Concurrency = UPLOAD_DEFAULTS.concurrency,
+    part_size: PartSize = UPLOAD_DEFAULTS.part_size_mb,
     create_bucket: Annotated[
         bool, typer.Option(help="Create the bucket when it does not exist.")
-    ] = DEFAULTS.create_bucket,
+    ] = UPLOAD_DEFAULTS.create_bucket,
     out: Annotated[Optional[Path], typer.Option(help="Also write the remote manifest.json here.")] = None,
     json_path: JsonOption = None,
 ) -> None:
@@ -38,6 +38,30 @@ def upload_command(
 
     config = UploadConfig(shards_dir, destination, concurrency, part_size, create_bucket, out)
     emit_result(upload_shards(config), json_path, "transfer upload")
+
+
+@transfer_app.command("place")
+@user_errors
+def place_command(
+    shards: Annotated[Path, typer.Argument(help="Dir holding the manifest.json of shards already in the "
+                                                "store (what `visionnode shard --out s3://...` wrote).")],
+    destination: Annotated[str, typer.Option(
+        help="Empty: verify the shards where they are (no byte moves); s3://bucket/prefix on the same "
+             "endpoint: copy them there server-side.")] = DEFAULTS.destination,
+    data_digest: Annotated[str, typer.Option(
+        help="The data fingerprint the shards must have been made from (`visionnode data fingerprint`); "
+             "empty: not checked.")] = DEFAULTS.data_digest,
+    concurrency: Concurrency = DEFAULTS.concurrency,
+    part_size: PartSize = DEFAULTS.part_size_mb,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the remote manifest.json here.")] = None,
+    json_path: JsonOption = None,
+) -> None:
+    """Hand shards already in the store to training: a verified no-op, or a server-side copy."""
+    from visionnode.components.transfer.transfer import place_shards  # imports boto3: only when it runs
+
+    config = PlaceConfig(shards, destination, data_digest, concurrency, part_size, out)
+    config.validate()
+    emit_result(place_shards(config), json_path, "transfer place")
 
 
 @transfer_app.command("fetch")

@@ -1,4 +1,4 @@
-"""KFP v2 component: upload shards to S3 and hand on the remote manifest."""
+"""KFP v2 component: hand the shards to training where they are (verified) or copied server-side."""
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
@@ -8,37 +8,40 @@ from visionnode.components.common.adapters.kfp import phase_component
 @phase_component("transfer")
 def transfer_op(
     shards: Input[Dataset],
+    data_digest: str,
     remote_shards: Output[Dataset],
     metrics: Output[Metrics],
-    destination: str,
+    destination: str = "",
     concurrency: int = 16,
     part_size_mb: int = 16,
-    pipeline_run_id: str = "",
 ):
-    """Upload a shard dataset to S3 with parallel multipart transfers, verify every object, resume re-runs.
+    """Check every shard in the store against its manifest, or copy the shards to another prefix of the store.
+
+    The shard step wrote the shards into the store; its artifact is the manifest only. So this step moves no
+    shard bytes through its pod: with no `destination` it HEADs each object (size, sha256 metadata, the
+    server's own SHA-256 where it has one); with one it asks the store for a server-side copy.
 
     Args:
-        shards: Shard dir from the shard step (manifest.json + .beton files).
-        remote_shards: Output dir holding the remote manifest.json (per-shard `uri`, `base_uri`, sha256);
-            its metadata["base_uri"] is `destination`.
+        shards: The shard step's manifest (manifest.json with base_uri + per-shard uri).
+        data_digest: The fingerprint step's digest; the manifest must name the same data.
+        remote_shards: Output dir holding the manifest.json train reads (per-shard `uri`, `base_uri`, sha256);
+            its metadata["base_uri"] is where the shards are.
         metrics: bytes, seconds, MB/s, retries, objects transferred/skipped.
-        destination: s3://bucket/prefix to upload to (the bucket must exist).
-        concurrency: Parallel requests (multipart parts and objects together).
-        part_size_mb: Multipart part size in MiB (at least 5).
-        pipeline_run_id: Pipeline run id; nests this step's MLflow run under the pipeline's parent run.
+        destination: Empty: the shards stay where the shard step put them. s3://bucket/prefix on the same
+            endpoint: copied there server-side (e.g. a bucket replicated near the trainers).
+        concurrency: Parallel requests (objects, and parts of a large copy).
+        part_size_mb: Multipart part size in MiB for a large copy (at least 5).
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
-    from visionnode.components.transfer.transfer import UploadConfig, upload_shards
+    from visionnode.components.common.adapters.kfp import record_metrics
+    from visionnode.components.transfer.transfer import PlaceConfig, place_shards
 
-    enter_pipeline_context(pipeline_run_id)
     out_dir = Path(remote_shards.path)
-    result = upload_shards(UploadConfig(Path(shards.path), destination, concurrency, part_size_mb,
-                                        output_dir=out_dir))
+    result = place_shards(PlaceConfig(Path(shards.path), destination, data_digest, concurrency, part_size_mb,
+                                      output_dir=out_dir))
     remote_shards.metadata["base_uri"] = result.destination
     remote_shards.metadata["manifest_uri"] = result.manifest
     remote_shards.metadata["objects"] = result.objects
     remote_shards.metadata["bytes"] = result.bytes_total
-    for name, value in result.metrics().items():
-        metrics.log_metric(name, value)
+    record_metrics(metrics, result.metrics())

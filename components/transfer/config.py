@@ -27,4 +27,20 @@ class UploadConfig:
         check_transfer_settings(self.concurrency, self.part_size_mb)
 
 
-DEFAULTS = UploadConfig(shards_dir=Path("."), destination="s3://bucket/prefix")
+@dataclass
+class PlaceConfig:
+    shards: Path                     # dir holding the manifest.json of shards already in the store (base_uri)
+    destination: str = ""            # "": verify them where they are; s3://bucket/prefix: server-side copy
+    data_digest: str = ""            # the run's data fingerprint; the manifest's must match when both are set
+    concurrency: int = DEFAULT_CONCURRENCY
+    part_size_mb: int = DEFAULT_PART_SIZE_MB
+    output_dir: Path | None = None   # where the remote manifest.json is also written
+
+    def validate(self) -> None:
+        if self.destination:
+            parse_s3_uri(self.destination)
+        check_transfer_settings(self.concurrency, self.part_size_mb)
+
+
+DEFAULTS = PlaceConfig(shards=Path("."))
+UPLOAD_DEFAULTS = UploadConfig(shards_dir=Path("."), destination="s3://bucket/prefix")

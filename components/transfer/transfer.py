@@ -1,39 +1,30 @@
-"""Upload a shard directory to S3: parallel, verified, resumable (fetch: common/storage/shard_cache.py).
+"""Hand the shards to training: upload a local shard dir, or place shards already in the store.
 
-Uploads go through boto3's TransferManager via `storage.session.S3Session` (parallel multipart, botocore's
-adaptive retries, whole-object retries). What TransferManager cannot do is written here, with its reason:
+Two ways in, one remote manifest out (its `base_uri` says where train fetches from):
 
-- integrity: TransferManager checks nothing end to end. We upload with `ChecksumAlgorithm=SHA256`, so the
-  server checks each part's SHA-256 as it receives it and keeps the (composite, for multipart) checksum; after
-  the upload we compare that stored checksum with one computed from the local file (`common.s3_digest`), and
-  the manifest's whole-file sha256 is stored as object metadata `sha256`. No re-download is needed. When a
-  server keeps no SHA-256 checksum we fall back to reading the object back and hashing it (slow but honest).
-- resume: TransferManager has no memory between runs. A re-run HEADs every object and skips those whose size,
-  metadata and stored checksum match; multipart uploads abandoned by a killed run are aborted for our keys.
+- `upload_shards`: a local shard dir (manifest.json + .beton files, e.g. made on a workstation) to
+  `s3://bucket/prefix`: parallel multipart, sha256-verified, resumable (common/storage/upload.py).
+- `place_shards`: shards the shard step already wrote into the store (a manifest whose `base_uri` is set).
+  With no destination, or the same one, it is a verified no-op: every object is HEADed (size, sha256 metadata
+  and, for a single-PUT object, the server's own SHA-256) and no byte moves. With another destination on the
+  same endpoint the store copies server-side (CopyObject / UploadPartCopy); the bytes never pass through this
+  pod. So each shard byte crosses the network twice between shard and train's first read: shard's PUT and
+  train's GET.
+
+Fetching shards back (train, quantize, benchmark) is common/storage/shard_cache.py.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from visionnode.components.common.artifacts import MANIFEST_FILE, ShardInfo, ShardManifest
 from visionnode.components.common.errors import ConfigError, DataError, IntegrityError
-from visionnode.components.common.jsonio import SHA256_CHUNK, to_jsonable
 from visionnode.components.common.progress import progress_bar
-from visionnode.components.common.storage.digest import LocalDigest, digest_file, planned_part_sizes
 from visionnode.components.common.storage.s3 import S3Location, parse_s3_uri
-from visionnode.components.common.storage.session import (
-    Rewindable,
-    S3Session,
-    head_or_none,
-    progress_subscriber,
-)
+from visionnode.components.common.storage.session import S3Session, head_or_none
 from visionnode.components.common.storage.shard_cache import (
     FetchConfig,
     ObjectOutcome,
@@ -44,135 +35,18 @@ from visionnode.components.common.storage.shard_cache import (
     shard_location,
     transfer_result,
 )
+from visionnode.components.common.storage.upload import (
+    abort_stale_uploads,
+    put_manifest,
+    remote_manifest,
+    stored_copy_matches,
+    upload_one,
+)
 from visionnode.components.common.tracking import tracked_run
-from visionnode.components.transfer.config import UploadConfig
+from visionnode.components.transfer.config import PlaceConfig, UploadConfig
 
-__all__ = ["FetchConfig", "TransferResult", "UploadConfig", "fetch_shards", "materialize_shards",
-           "upload_shards"]
-
-
-def abort_stale_uploads(session: S3Session, bucket: str, keys: set[str], prefix: str) -> int:
-    """Abort multipart uploads a killed run left behind for our keys (they hold storage and never finish)."""
-    aborted = 0
-    paginator = session.client.get_paginator("list_multipart_uploads")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for upload in page.get("Uploads", []) or []:
-            if upload["Key"] in keys:
-                session.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
-                                                      UploadId=upload["UploadId"])
-                aborted += 1
-    return aborted
-
-
-def remote_part_sizes(session: S3Session, bucket: str, key: str) -> list[int]:
-    sizes: list[int] = []
-    marker = 0
-    while True:
-        attrs = session.client.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=["ObjectParts"],
-                                                     MaxParts=1000, PartNumberMarker=marker)
-        parts = attrs.get("ObjectParts", {})
-        sizes.extend(p["Size"] for p in parts.get("Parts", []) or [])
-        if not parts.get("IsTruncated"):
-            return sizes
-        marker = parts["NextPartNumberMarker"]
-
-
-def read_back_sha256(session: S3Session, bucket: str, key: str) -> str:
-    digest = hashlib.sha256()
-    body = session.client.get_object(Bucket=bucket, Key=key)["Body"]
-    for chunk in body.iter_chunks(SHA256_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def remote_matches(session: S3Session, loc: S3Location, local: LocalDigest, head: dict) -> tuple[bool, str]:
-    """Does the stored object hold exactly the local bytes? Returns (match, how it was checked)."""
-    if head.get("ContentLength") != local.size:
-        return False, "size"
-    if head.get("Metadata", {}).get("sha256") != local.sha256:
-        return False, "metadata"
-    stored = head.get("ChecksumSHA256")
-    if not stored:
-        return read_back_sha256(session, loc.bucket, loc.key) == local.sha256, "read-back"
-    if stored == local.s3_checksum:
-        return True, "s3-checksum-sha256"
-    if "-" not in stored:  # a single PUT: the checksum is the whole-file sha256
-        return base64.b64decode(stored).hex() == local.sha256, "s3-checksum-sha256"
-    # Uploaded earlier with another part size: re-cut the local file the way the server has it.
-    sizes = remote_part_sizes(session, loc.bucket, loc.key)
-    return digest_file(local.path, sizes).s3_checksum == stored, "s3-checksum-sha256"
-
-
-def upload_one(session: S3Session, shard: ShardInfo, shards_dir: Path, dest: S3Location,
-               advance: Callable[[int], None]) -> ObjectOutcome:
-    path = shards_dir / shard.file
-    loc = shard_location(dest, shard)
-    if path.stat().st_size != shard.bytes:
-        raise _local_mismatch(path, path.stat().st_size, "size", shard)
-    part_sizes = planned_part_sizes(shard.bytes, session.part_size,
-                                    session.transfer_config.multipart_threshold)
-    head = session.with_object_retries(f"check {loc.uri}", loc.bucket, lambda: head_or_none(session, loc))
-    if head is not None:  # resume: hash first, skip when the stored object is exactly this file
-        local = _checked_digest(path, part_sizes, shard)
-        present, how = session.with_object_retries(f"check {loc.uri}", loc.bucket,
-                                                   lambda: remote_matches(session, loc, local, head))
-        if present:
-            advance(local.size)
-            return ObjectOutcome(False, 0, how)
-        pending_digest = None
-    else:  # a new object: hash while the bytes are on the wire instead of before
-        pending_digest = session.hash_pool.submit(_checked_digest, path, part_sizes, shard)
-
-    def upload_and_verify() -> tuple[bool, str]:
-        progress = Rewindable(advance)
-        try:
-            future = session.manager.upload(
-                str(path), loc.bucket, loc.key,
-                extra_args={"Metadata": {"sha256": shard.sha256}, "ChecksumAlgorithm": "SHA256"},
-                subscribers=[progress_subscriber(progress)])
-            future.result()
-        except BaseException:
-            progress.rewind()
-            raise
-        head = session.client.head_object(Bucket=loc.bucket, Key=loc.key, ChecksumMode="ENABLED")
-        return remote_matches(session, loc, digest_for(), head)
-
-    digest: list[LocalDigest] = []
-
-    def digest_for() -> LocalDigest:
-        if not digest:
-            try:
-                digest.append(pending_digest.result() if pending_digest else local)
-            except IntegrityError:  # the local file is not what the manifest says: take back its upload
-                session.client.delete_object(Bucket=loc.bucket, Key=loc.key)
-                raise
-        return digest[0]
-
-    ok, how = session.with_object_retries(
-        f"upload {loc.uri}", loc.bucket, upload_and_verify,
-        before_retry=lambda: abort_stale_uploads(session, loc.bucket, {loc.key}, loc.key))
-    if not ok:
-        raise IntegrityError(f"{loc.uri} does not match {path} after upload ({how} check failed)",
-                             "re-run the upload; if it persists the server is corrupting data")
-    return ObjectOutcome(True, shard.bytes, how)
-
-
-def _checked_digest(path: Path, part_sizes: list[int] | None, shard: ShardInfo) -> LocalDigest:
-    local = digest_file(path, part_sizes)
-    if local.sha256 != shard.sha256:
-        raise _local_mismatch(path, local.sha256[:16] + "…", "sha256", shard)
-    return local
-
-
-def _local_mismatch(path: Path, found: object, what: str, shard: ShardInfo) -> IntegrityError:
-    expected = shard.bytes if what == "size" else shard.sha256[:16] + "…"
-    return IntegrityError(f"local shard {path} has {what} {found} but the manifest says {expected}",
-                          "re-create the shards with `visionnode shard`")
-
-
-def remote_manifest(local: ShardManifest, dest: S3Location) -> ShardManifest:
-    shards = [dataclasses.replace(s, uri=shard_location(dest, s).uri) for s in local.shards]
-    return dataclasses.replace(local, shards=shards, base_uri=dest.uri)
+__all__ = ["FetchConfig", "PlaceConfig", "TransferResult", "UploadConfig", "fetch_shards",
+           "materialize_shards", "place_shards", "upload_shards"]
 
 
 def upload_shards(config: UploadConfig) -> TransferResult:
@@ -184,9 +58,7 @@ def upload_shards(config: UploadConfig) -> TransferResult:
     if missing:
         raise DataError(f"{len(missing)} shard file(s) named in {shards_dir / MANIFEST_FILE} are missing "
                         f"(first: {missing[0]})", "re-create the shards with `visionnode shard`")
-    dest = parse_s3_uri(config.destination.rstrip("/"))
-    if not dest.key:
-        raise ConfigError(f"'{config.destination}' has no prefix", "write it as s3://bucket/prefix")
+    dest = _prefix(config.destination)
     session = S3Session(config.concurrency, config.part_size_mb)
     try:
         with tracked_run("transfer", tags={"direction": "upload"}) as tracker:
@@ -199,25 +71,86 @@ def upload_shards(config: UploadConfig) -> TransferResult:
                 lambda: abort_stale_uploads(session, dest.bucket, keys, dest.key))
             start = time.perf_counter()
             with progress_bar(manifest.total_bytes, f"upload → {dest.uri}", bytes_mode=True) as advance:
-                outcomes = run_objects(
-                    manifest.shards, config.concurrency,
-                    lambda s: upload_one(session, s, shards_dir, dest, advance))
-            remote = remote_manifest(manifest, dest)
-            local_manifest = remote.save(config.output_dir) if config.output_dir else None
-            body = (json.dumps(to_jsonable(remote), indent=2, sort_keys=True) + "\n").encode()
-            manifest_loc = dest.child(MANIFEST_FILE)
-            session.with_object_retries(f"upload {manifest_loc.uri}", dest.bucket,
-                                        lambda: session.client.put_object(
-                Bucket=dest.bucket, Key=manifest_loc.key, Body=body, ChecksumAlgorithm="SHA256",
-                Metadata={"sha256": hashlib.sha256(body).hexdigest()}))
-            seconds = time.perf_counter() - start
-            result = transfer_result("upload", str(shards_dir), dest.uri, manifest_loc.uri, manifest,
-                                     outcomes,
-                             seconds, session.retries.count, aborted,
-                             str(local_manifest) if local_manifest else None)
+                outcomes = run_objects(manifest.shards, config.concurrency,
+                                       lambda s: upload_one(session, s, shards_dir, dest, advance))
+            result = _finish("upload", str(shards_dir), dest, manifest, outcomes, start, session, aborted,
+                             config.output_dir)
             tracker.log_metrics(result.metrics())
             return result
     finally:
         session.close()
 
 
+def place_shards(config: PlaceConfig) -> TransferResult:
+    """Shards already in the store: verify them where they are, or copy them server-side to `destination`."""
+    manifest = ShardManifest.load(config.shards)
+    if not manifest.base_uri:
+        raise DataError(f"{config.shards} names no store location (base_uri)",
+                        "upload a local shard dir with `visionnode transfer upload DIR s3://bucket/prefix`")
+    manifest.check_made_from(config.data_digest)
+    source = parse_s3_uri(manifest.base_uri)
+    dest = _prefix(config.destination) if config.destination else source
+    direction = "verify" if dest == source else "copy"
+    session = S3Session(config.concurrency, config.part_size_mb)
+    try:
+        with tracked_run("transfer", tags={"direction": direction}) as tracker:
+            tracker.log_params({"source": source.uri, "destination": dest.uri,
+                                "concurrency": config.concurrency})
+            session.check_bucket(dest.bucket, create=False)
+            start = time.perf_counter()
+            with progress_bar(manifest.total_bytes, f"{direction} {dest.uri}", bytes_mode=True) as advance:
+                outcomes = run_objects(manifest.shards, config.concurrency,
+                                       lambda s: _place_one(session, s, source, dest, advance))
+            result = _finish(direction, source.uri, dest, manifest, outcomes, start, session, 0,
+                             config.output_dir)
+            tracker.log_metrics(result.metrics())
+            return result
+    finally:
+        session.close()
+
+
+def _place_one(session: S3Session, shard: ShardInfo, source: S3Location, dest: S3Location,
+               advance: Callable[[int], None]) -> ObjectOutcome:
+    loc = shard_location(dest, shard)
+    ok, how = _stored_check(session, loc, shard)
+    if ok:
+        advance(shard.bytes)
+        return ObjectOutcome(False, 0, how)
+    if dest == source:
+        raise IntegrityError(f"{loc.uri} is not the shard its manifest names ({how} check failed)",
+                             "re-run the pipeline from the shard step (`--no-cache`)")
+    origin = shard_location(source, shard)
+    session.with_object_retries(f"copy {origin.uri} to {loc.uri}", dest.bucket, lambda: session.manager.copy(
+        {"Bucket": origin.bucket, "Key": origin.key}, loc.bucket, loc.key,
+        extra_args={"Metadata": {"sha256": shard.sha256}, "MetadataDirective": "REPLACE"}).result())
+    ok, how = _stored_check(session, loc, shard)
+    if not ok:
+        raise IntegrityError(f"{loc.uri} does not match {origin.uri} after a server-side copy ({how})",
+                             "re-run; if it persists the server is corrupting data")
+    advance(shard.bytes)
+    return ObjectOutcome(True, 0, f"server-side copy, {how}")  # 0: no byte crossed this pod's network
+
+
+def _stored_check(session: S3Session, loc: S3Location, shard: ShardInfo) -> tuple[bool, str]:
+    head = session.with_object_retries(f"check {loc.uri}", loc.bucket, lambda: head_or_none(session, loc))
+    return stored_copy_matches(head, shard)
+
+
+def _finish(direction: str, source: str, dest: S3Location, manifest: ShardManifest,
+            outcomes: list[ObjectOutcome], start: float, session: S3Session, aborted: int,
+            output_dir: Path | None) -> TransferResult:
+    """The remote manifest goes up last (and into `output_dir`, the step's output artifact); verifying in
+    place writes nothing: the shard step's manifest is already there."""
+    remote = remote_manifest(manifest, dest)
+    local_manifest = remote.save(output_dir) if output_dir else None
+    manifest_loc = dest.child(MANIFEST_FILE) if direction == "verify" else put_manifest(session, remote, dest)
+    return transfer_result(direction, source, dest.uri, manifest_loc.uri, manifest, outcomes,
+                           time.perf_counter() - start, session.retries.count, aborted,
+                           str(local_manifest) if local_manifest else None)
+
+
+def _prefix(uri: str) -> S3Location:
+    dest = parse_s3_uri(uri.rstrip("/"))
+    if not dest.key:
+        raise ConfigError(f"'{uri}' has no prefix", "write it as s3://bucket/prefix")
+    return dest

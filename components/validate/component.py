@@ -2,27 +2,30 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import Markdown, Metrics, Output
 
 from visionnode.components.common.adapters.kfp import phase_component
 
 
 @phase_component("validate")
 def validate_op(
-    data: Input[Dataset],
+    data_uri: str,
+    data_digest: str,
     report: Output[Markdown],
     metrics: Output[Metrics],
     subset: int = 256,
     image_size: int = 64,
     steps: int = 30,
     lr_probe_steps: int = 10,
-    pipeline_run_id: str = "",
 ) -> NamedTuple("ValidateOutputs", [("suggested_lr", float)]):
     """Smoke-train on a subset of the raw images, check ResNet-152's integrity and profile the input pipeline.
 
     Args:
-        data: Raw images in ImageNet layout (`train/<wnid>/*.JPEG`; `val/` optional). Unreadable files are
-            skipped and listed in the report, never fatal.
+        data_uri: Raw images in ImageNet layout (`train/<wnid>/*.JPEG`; `val/` optional), an s3://bucket/prefix
+            or a directory (a volume). Read where they lie: only the sampled subset is downloaded. Unreadable
+            files are skipped and listed in the report, never fatal.
+        data_digest: The fingerprint step's digest of the data listing; the step fails if the data changed
+            since (it keys this step's cache entry).
         report: Markdown report: the loss curve (PNG embedded as a data URI so it renders in the KFP UI), the
             architecture check, the profile table with the bottleneck verdict, and every skipped file.
         metrics: Scalars: passed (1/0), images_used, images_skipped, loss_first, loss_last,
@@ -36,7 +39,6 @@ def validate_op(
         steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
         lr_probe_steps: LR probe: steps each candidate LR trains (train's SGD recipe on the smoke subset)
             before the first judgement on held-out loss; the best third trains 3x as long; 0 skips it.
-        pipeline_run_id: The KFP run id; nests this step's MLflow run under the pipeline's parent run.
 
     Returns:
         suggested_lr: the LR probe's peak LR for train (0.0 when skipped);
@@ -46,27 +48,26 @@ def validate_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import enter_pipeline_context
+    from visionnode.components.common.adapters.kfp import record_metrics
     from visionnode.components.validate.validate import (
         ValidateConfig,
         raise_for_gates,
         run_checks,
     )
 
-    enter_pipeline_context(pipeline_run_id)
     report_path = Path(report.path)
     result = run_checks(
         ValidateConfig(
-            data=Path(data.path),
+            data=data_uri,
             subset=subset,
             image_size=image_size,
             steps=steps,
             lr_probe_steps=lr_probe_steps,
             report=report_path,
+            data_digest=data_digest,
         )
     )
-    for name, value in result.metrics().items():
-        metrics.log_metric(name, value)
+    record_metrics(metrics, result.metrics())
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)
     outputs = NamedTuple("ValidateOutputs", [("suggested_lr", float)])

@@ -12,7 +12,7 @@ from visionnode.components.common.training.lr_probe import LRProbeConfig
 
 @dataclass
 class ValidateConfig:
-    data: Path
+    data: Path | str  # ImageNet-layout dir or s3://bucket/prefix; only the subset is read
     subset: int = 256  # images decoded for smoke training (random sample, seeded)
     image_size: int = 64  # square side fed to the model, in pixels
     steps: int = 30  # smoke-training optimizer steps
@@ -29,6 +29,7 @@ class ValidateConfig:
     lr_probe_steps: int = LRProbeConfig.first_round_steps
     seed: int = 0
     report: Path | None = None  # Markdown report; the loss-curve PNG is written beside it
+    data_digest: str = ""  # the data's fingerprint as the run saw it; "" = not checked
 
     def checked(self) -> ValidateConfig:
         """Raise ConfigError for values that cannot work; returns self for chaining."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -12,6 +15,8 @@ from visionnode.components.common.artifacts import SkippedFile
 from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.progress import progress_bar
+from visionnode.components.common.storage.dataset import fetch_files
+from visionnode.components.common.storage.s3 import is_s3_uri
 from visionnode.components.common.training.model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -118,3 +123,12 @@ def decode_subset(
     if not images:
         return torch.empty(0, 3, image_size, image_size), torch.empty(0, dtype=torch.long), skipped
     return torch.cat(images), torch.cat(labels), skipped
+
+
+def local_subset(records: Sequence[ImageRecord], scratch: Path) -> tuple[list[ImageRecord], dict[str, str]]:
+    """The subset as local files: records of a dataset in S3 are downloaded into `scratch` (only these), local
+    ones are used where they are. Also maps each local copy back to where it came from, for error messages."""
+    remote = [os.fspath(r.path) for r in records if is_s3_uri(os.fspath(r.path))]
+    copies = fetch_files(remote, scratch) if remote else {}
+    local = [replace(r, path=copies.get(os.fspath(r.path), r.path)) for r in records]
+    return local, {str(path): location for location, path in copies.items()}

@@ -36,15 +36,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from visionnode.components.common.artifacts import describe_skipped
-from visionnode.components.common.data.imagenet import open_imagenet
+from visionnode.components.common.artifacts import SkippedFile, describe_skipped
+from visionnode.components.common.data.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
 from visionnode.components.common.errors import DataError, QualityGateError
 from visionnode.components.common.jsonio import atomic_write_text, to_jsonable
+from visionnode.components.common.storage.dataset import check_fingerprint
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
 from visionnode.components.common.training.lr_probe import lr_probe_figure
 from visionnode.components.validate.architecture import ArchitectureCheck, check_architecture
 from visionnode.components.validate.config import ValidateConfig
-from visionnode.components.validate.data import choose_subset, decode_subset
+from visionnode.components.validate.data import choose_subset, decode_subset, local_subset
 from visionnode.components.validate.profile import profile_pipeline, summarize_profile
 from visionnode.components.validate.report import close_figure, loss_curve_figure, render_report
 from visionnode.components.validate.result import ValidateResult
@@ -65,11 +66,20 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
     config.checked()
     started = time.perf_counter()
     layout = open_imagenet(config.data)
+    check_fingerprint(layout.listing, config.data_digest)
     scan = layout.scan(config.split)
     if not scan.records:
         raise DataError(f"{config.data}/{config.split} holds no images", "every class folder is empty")
-    subset = choose_subset(scan.records, config.subset, config.seed)
+    with tempfile.TemporaryDirectory(prefix="visionnode-validate-subset-") as scratch:
+        # Only the subset is read (for a dataset in S3: downloaded to scratch, nothing else is).
+        subset, origins = local_subset(choose_subset(scan.records, config.subset, config.seed), Path(scratch))
+        return _checks(config, layout, scan, subset, origins, started)
+
+
+def _checks(config: ValidateConfig, layout: ImageNetLayout, scan: SplitScan, subset: list[ImageRecord],
+            origins: dict[str, str], started: float) -> ValidateResult:
     images, labels, skipped = decode_subset(subset, config.image_size, config.batch_size, config.workers)
+    skipped = [SkippedFile(origins.get(s.path, s.path), s.reason) for s in skipped]
     if len(labels) < 2:
         raise DataError(
             f"only {len(labels)} of {len(subset)} sampled images in {config.data} could be decoded: "

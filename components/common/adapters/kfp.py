@@ -1,12 +1,16 @@
-"""What every KFP component adapter shares: its container image and the pipeline-run context."""
+"""What every KFP component adapter shares: its container image.
+
+The pipeline run's id reaches a task through its environment (`VISIONNODE_PIPELINE_RUN_ID`, which
+common/tracking.py nests MLflow runs by), never through a component input: an input that differs per run
+would make every KFP cache key unique (pipeline/pipeline.py sets it from the pod's `pipeline/runid` label).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Callable
-
-from visionnode.components.common.tracking import PIPELINE_RUN_ENV
 
 IMAGE_PREFIX = os.environ.get("VISIONNODE_IMAGE_PREFIX", "visionnode")
 
@@ -35,7 +39,14 @@ def phase_component(phase: str) -> Callable[[Callable[..., Any]], Any]:
     return decorate
 
 
-def enter_pipeline_context(pipeline_run_id: str) -> None:
-    """Called first in a component body: nests this phase's MLflow run under the pipeline run's parent."""
-    if pipeline_run_id:
-        os.environ[PIPELINE_RUN_ENV] = pipeline_run_id
+def record_metrics(metrics: Any, values: Mapping[str, float]) -> None:
+    """Log each figure on a KFP `Metrics` output and also write them, as JSON, to its file.
+
+    The file is what makes the step cacheable on one machine: kfp.local's cache treats an entry whose local
+    artifact file is missing as a miss (kfp/local/cache.py `_deserialize_artifact`), and a Metrics artifact
+    has no file unless the component writes one. In a cluster it is the same figures, downloadable."""
+    from visionnode.components.common.jsonio import write_json
+
+    for name, value in values.items():
+        metrics.log_metric(name, float(value))
+    write_json(metrics.path, {name: float(value) for name, value in values.items()})

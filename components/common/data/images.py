@@ -6,6 +6,7 @@ reason a person can act on (zero bytes, truncated, not an image).
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -23,15 +24,16 @@ class UnreadableImage(Exception):
         self.reason = reason
 
 
-def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image file by content and convert it to 8-bit RGB."""
+def load_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
+    """Decode an image file by content and convert it to 8-bit RGB; `data`: its bytes, already read (an S3
+    object), with `path` only naming it."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise UnreadableImage(path, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 img.load()
                 return _to_rgb(img)
     except UnreadableImage:

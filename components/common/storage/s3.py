@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from visionnode.components.common.errors import ConfigError, ServiceError
@@ -71,6 +74,50 @@ def resolve_s3_config(max_pool_connections: int = 32) -> S3Config:
                     region=endpoints.s3_region, max_pool_connections=max_pool_connections)
 
 
+class S3Traffic:
+    """Requests and payload bytes, per S3 operation, of every client `s3_client` builds in this process (from
+    botocore's events): what a step really moved, for its metrics and for the tests that bound it. A HEAD's
+    Content-Length is the object's size, not bytes received, so it counts as none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.bytes_out: Counter[str] = Counter()
+        self.bytes_in: Counter[str] = Counter()
+
+    def on_send(self, request: Any, event_name: str = "", **_: Any) -> None:
+        with self._lock:
+            self.bytes_out[event_name.rsplit(".", 1)[-1]] += int(request.headers.get("Content-Length") or 0)
+
+    def on_response(self, http_response: Any, model: Any, **_: Any) -> None:
+        received = 0 if model.name == "HeadObject" else int(http_response.headers.get("content-length") or 0)
+        with self._lock:
+            self.requests[model.name] += 1
+            self.bytes_in[model.name] += received
+
+    def snapshot(self) -> "S3Traffic":
+        copy = S3Traffic()
+        with self._lock:
+            copy.requests, copy.bytes_out, copy.bytes_in = (Counter(self.requests), Counter(self.bytes_out),
+                                                            Counter(self.bytes_in))
+        return copy
+
+    def since(self, earlier: "S3Traffic") -> "S3Traffic":
+        now = self.snapshot()
+        now.requests.subtract(earlier.requests)
+        now.bytes_out.subtract(earlier.bytes_out)
+        now.bytes_in.subtract(earlier.bytes_in)
+        return now
+
+    def metrics(self) -> dict[str, float]:
+        return {"s3_requests": float(sum(self.requests.values())),
+                "s3_mb_in": sum(self.bytes_in.values()) / 1e6,
+                "s3_mb_out": sum(self.bytes_out.values()) / 1e6}
+
+
+TRAFFIC = S3Traffic()
+
+
 def s3_client(config: S3Config | None = None):
     """A boto3 S3 client with adaptive retries (exponential backoff + jitter) and path-style addressing."""
     import boto3
@@ -78,7 +125,7 @@ def s3_client(config: S3Config | None = None):
 
     config = config or resolve_s3_config()
     creds = config.credentials
-    return boto3.client(
+    client = boto3.client(
         "s3",
         endpoint_url=config.endpoint,
         region_name=config.region,
@@ -96,6 +143,9 @@ def s3_client(config: S3Config | None = None):
             tcp_keepalive=True,
         ),
     )
+    client.meta.events.register("before-send.s3", TRAFFIC.on_send)
+    client.meta.events.register("after-call.s3", TRAFFIC.on_response)
+    return client
 
 
 def minio_client(config: S3Config | None = None):
