@@ -28,6 +28,7 @@ from bench_serving import prepare_models, start_stack  # beside this script
 
 from visionnode.components.benchmark.benchmark import BenchmarkConfig, resolve_served
 from visionnode.components.benchmark.loadgen import LevelPlan, Target, run_level
+from visionnode.components.deploy.config import candidate_name
 from visionnode.components.deploy.deploy import DeployConfig, deploy
 from visionnode.components.deploy.repository import ServingConfig
 
@@ -78,8 +79,9 @@ def deploy_variants(int8_dir: Path, args: argparse.Namespace) -> None:
 def targets(protocol: str) -> dict[int, Target]:
     found = {}
     for instances in VARIANTS:
-        served = resolve_served(BenchmarkConfig(model=model_name(instances), protocol=protocol))
-        found[instances] = Target(served.url, model_name(instances), protocol, served.input_name,
+        staged = candidate_name(model_name(instances))  # deploy stages each variant as a candidate
+        served = resolve_served(BenchmarkConfig(model=staged, protocol=protocol))
+        found[instances] = Target(served.url, staged, protocol, served.input_name,
                                   served.output_name)
     return found
 

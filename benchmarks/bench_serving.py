@@ -154,7 +154,7 @@ def main() -> int:
             deploy_s = time.perf_counter() - clock
             for protocol in args.protocols.split(","):
                 report = args.report_dir / f"serving_{protocol}.html" if args.report_dir else None
-                config = BenchmarkConfig(model="resnet152_int8", protocol=protocol,
+                config = BenchmarkConfig(model=deployed.candidate_name, protocol=protocol,
                                          concurrency=[int(c) for c in args.concurrency.split(",")],
                                          duration_s=args.duration, warmup_s=args.warmup,
                                          target_qps=TARGET_QPS, target_p99_ms=TARGET_P99_MS,

@@ -44,6 +44,24 @@ def compiled_spec() -> dict[str, Any]:
         return load_compiled(compile_pipeline(Path(scratch) / "pipeline.yaml"))
 
 
+CHANNEL_PREFIX = "pipelinechannel--"   # how a nested DAG (exit handler, condition) names what it is fed
+
+
+def dag_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of the compiled pipeline by name: the root DAG's and those of the DAGs it nests (the exit
+    handler around the steps, the promotion conditions)."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def fed_parameter(source: dict[str, Any]) -> str | None:
+    """The pipeline parameter a task input is fed from (None: another task's output or a constant)."""
+    name = source.get("componentInputParameter")
+    return name.removeprefix(CHANNEL_PREFIX) if name else None
+
+
 def parameter_types(spec: dict[str, Any]) -> dict[str, type]:
     """Pipeline parameter name -> Python type, from the compiled root input definitions."""
     params = spec["root"]["inputDefinitions"]["parameters"]

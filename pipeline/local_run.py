@@ -6,7 +6,9 @@ export the service endpoints into the environment the components inherit,
 open the MLflow parent run that every
 phase nests under, run the pipeline with kfp.local (local_dag.py: KFP's own task cache, keyed as a cluster
 keys it, so a re-run reuses the steps whose inputs did not change and a run that failed resumes at the failed
-step), then read each task's metrics back from its `executor_output.json` into one summary.
+step; the `dsl.If`/`dsl.Else` promotion; the exit handler, whose final step ends that parent run with the
+run's status and summary), then read each task's metrics back from its `executor_output.json` into one
+summary, with the promotion outcome.
 
 Every run gets its own id (`VISIONNODE_PIPELINE_RUN_ID` in the tasks' environment, as KFP gives a pod its
 run's id), which names its default checkpoint location; the pipeline's other defaults are the compiled ones.
@@ -18,6 +20,7 @@ networking to the embedded stack on 127.0.0.1, the dataset mounted read-only at 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
+from visionnode.components.common.run_summary import summarize
 from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
 from visionnode.components.common.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, tracked_run
 from visionnode.components.local import containers
@@ -41,6 +45,8 @@ from visionnode.pipeline.pipeline import PIPELINE_NAME
 EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
                 "triton": ("VISIONNODE_TRITON_HTTP",)}
 TASK_ORDER = ("fingerprint", *containers.PHASES)  # the DAG's steps (fingerprint runs in transfer's image)
+DECISION_STEPS = ("promote", "reject")  # one of them runs, as benchmark decided (dsl.If / dsl.Else)
+FINAL_STEP = "finish"                   # the exit handler: after every other step, failed or not
 
 # Small enough for 2 CPU cores in minutes, large enough that every phase does real work.
 DEMO_DATA = SynthConfig(classes=10, train_per_class=60, val_per_class=10, seed=0, min_side=64, max_side=128)
@@ -111,8 +117,8 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
             runner = _subprocess_runner()
         run = _run_pipeline(params, pipeline_root, runner, config.on_step, cache_root)
         task_metrics = {step: step_metrics(path) for step, path in run.task_dirs.items()}
-        summary = summarize(task_metrics)
-        parent.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        summary = summarize(task_metrics) | quality_summary(task_metrics)
+        summary["promotion"] = promotion_outcome(run)
         parent.set_tags({k: v for k, v in summary.items() if k in QUALITY_TAGS})
         parent.set_tags({f"cached.{step}": path.parent.name for step, path in run.cached.items()})
         url = parent.run_url
@@ -224,17 +230,34 @@ def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any, on_s
     the run with a one-line error naming it and its log."""
     from visionnode.pipeline.pipeline import visionnode_pipeline
 
-    run = run_dag(visionnode_pipeline, params, TASK_ORDER, pipeline_root, runner, on_step, cache_root,
-                  key_figure)
+    run = run_dag(visionnode_pipeline, params, (*TASK_ORDER, *DECISION_STEPS, FINAL_STEP), pipeline_root,
+                  runner, on_step, cache_root, key_figure)
     if run.run_dir is None:
         raise ConfigError("kfp.local produced no run directory", f"look in {pipeline_root} and {run.log_dir}")
-    failed = [step for step in TASK_ORDER
-              if step not in run.task_dirs or not (run.task_dirs[step] / "executor_output.json").is_file()]
+    # A step that neither ran to the end nor came from cache (the final step runs in any case, so a failed
+    # phase is not the last line); a promotion step that did not run because of the decision is fine.
+    failed = [step for step in (*TASK_ORDER, FINAL_STEP) if not _finished(run, step)]
     if failed:
         raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}",
                               f"its log is {run.log_dir / f'{failed[0]}.log'}; outputs of the steps that ran "
                               f"are under {run.run_dir}; a re-run reuses the steps before it")
+    if not any(_finished(run, step) for step in DECISION_STEPS):  # kfp.local skips both if it cannot read
+        raise VisionNodeError("benchmark decided, but neither promote nor reject ran",
+                              f"see how kfp.local evaluated the condition in {run.log_dir / 'pipeline.log'}")
     return run
+
+
+def _finished(run: DagRun, step: str) -> bool:
+    return step in run.task_dirs and (run.task_dirs[step] / "executor_output.json").is_file()
+
+
+def promotion_outcome(run: DagRun) -> str:
+    """`promoted: ...` or `not promoted: <reason>`, as the promotion step that ran reported it."""
+    for step in DECISION_STEPS:
+        if _finished(run, step):
+            output = json.loads((run.task_dirs[step] / "executor_output.json").read_text())
+            return str(output.get("parameterValues", {}).get("outcome", ""))
+    return "not promoted: no promotion step ran"
 
 
 # The figure a step's end line shows: (metric name, label, format) from the step's metrics artifact.
@@ -247,7 +270,10 @@ KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}")),
     "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement %", "{:.1f}")),
     "deploy": (("load_s", "loaded in s", "{:.1f}"),),
-    "benchmark": (("best_qps", "QPS", "{:.0f}"), ("best_p99_ms", "P99 ms", "{:.0f}")),
+    "benchmark": (("best_qps", "QPS", "{:.0f}"), ("best_p99_ms", "P99 ms", "{:.0f}"),
+                  ("candidate_top1", "top-1 %", "{:.1f}"), ("champion_top1", "champion top-1 %", "{:.1f}")),
+    "promote": (("model_version", "serving version", "{:.0f}"), ("replicas", "replicas", "{:.0f}")),
+    "reject": (("model_version", "withdrew version", "{:.0f}"),),
 }
 
 
@@ -258,26 +284,6 @@ def key_figure(step: str, metrics: dict[str, Any]) -> str:
 
 
 QUALITY_TAGS = ("train_lr_plan", "train_quality_note", "int8_gate", "int8_gate_note")
-
-
-def summarize(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The headline figures of a run, picked from each phase's metrics by name."""
-    headline = {
-        "validate_loss_first": ("validate", "loss_first"), "validate_loss_last": ("validate", "loss_last"),
-        "suggested_lr": ("validate", "suggested_lr"), "train_peak_lr": ("train", "peak_lr"),
-        "shard_images": ("shard", "images_written"), "transfer_MBps": ("transfer", "mb_per_s"),
-        "train_loss": ("train", "final_loss"), "train_top1": ("train", "top1"),
-        "train_top5": ("train", "top5"),
-        "fp32_top1": ("quantize", "fp32_top1"), "int8_top1": ("quantize", "int8_top1"),
-        "int8_agreement": ("quantize", "top1_agreement"), "int8_size_mb": ("quantize", "int8_size_mb"),
-        "qps": ("benchmark", "best_qps"), "p99_ms": ("benchmark", "best_p99_ms"),
-        "slo_met": ("benchmark", "slo_met"),
-    }
-    summary = {key: task_metrics.get(task, {}).get(name) for key, (task, name) in headline.items()
-               if task_metrics.get(task, {}).get(name) is not None}
-    if "slo_met" in summary:
-        summary["slo_verdict"] = "met" if summary["slo_met"] else "missed"
-    return summary | quality_summary(task_metrics)
 
 
 def quality_summary(task_metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def _quantize(params: dict[str, Any]) -> None:
 def _deploy(params: dict[str, Any]) -> None:
     from visionnode.components.deploy.config import DeployConfig
 
-    DeployConfig(_PLACEHOLDER, repository=params["model_repository"],
+    DeployConfig(_PLACEHOLDER, repository=params["model_repository"], replicas=params["triton_replicas"],
                  model_name=params["model_name"]).validate()
 
 
@@ -98,7 +98,8 @@ def _benchmark(params: dict[str, Any]) -> None:
     BenchmarkConfig(model=params["model_name"], protocol=params["benchmark_protocol"],
                     concurrency=parse_levels(params["benchmark_concurrency"]),
                     duration_s=params["benchmark_duration_s"], target_qps=params["target_qps"],
-                    target_p99_ms=params["target_p99_ms"]).validate()
+                    target_p99_ms=params["target_p99_ms"], max_top1_regression=params["max_top1_regression"],
+                    accuracy_images=params["accuracy_images"]).validate()
 
 
 PHASE_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {

@@ -1,23 +1,29 @@
-"""The KFP v2 DAG: fingerprint -> validate -> shard -> transfer -> train -> quantize -> deploy -> benchmark.
+"""The KFP v2 DAG: fingerprint -> validate -> shard -> transfer -> train -> quantize -> deploy -> benchmark ->
+promote | reject, all inside an exit handler whose final step ends the run's MLflow parent run with its real
+status.
 
 Each task is one phase's component (components/<phase>/component.py); data flows only through typed
 artifacts and parameters. The raw data is read where it lies (`data_uri`), never imported as an artifact
-(KFP's launcher would download all of it into every pod that takes it). Cluster-only settings (secrets,
-resources, retries) are attached here; kfp.local accepts and ignores them, so the same definition runs in a
-cluster and on one machine.
+(KFP's launcher would download all of it into every pod that takes it). deploy stages the new model as a
+candidate beside the serving champion; benchmark measures it and decides; `dsl.If` on its decision promotes
+it, `dsl.Else` withdraws it. Cluster-only settings (secrets, resources, retries) are attached here; kfp.local
+accepts and ignores them, so the same definition runs in a cluster and on one machine.
 
 Caching (docs/caching.md): the first step fingerprints the data and is never cached; validate, shard,
 transfer, train and quantize are, keyed by that fingerprint and their settings (no input differs per run: the
-run id reaches every task as an environment variable from its pod's `pipeline/runid` label); deploy and
-benchmark act on a live server and are never cached.
+run id reaches every task as an environment variable from its pod's `pipeline/runid` label); deploy,
+benchmark, promote, reject and finish act on live services and are never cached.
 """
+
+import inspect
+from collections.abc import Callable
 
 from kfp import dsl, kubernetes
 
 from visionnode.components.benchmark.component import benchmark_op
 from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
 from visionnode.components.common.tracking import PIPELINE_RUN_ENV
-from visionnode.components.deploy.component import deploy_op
+from visionnode.components.deploy.component import deploy_op, promote_op, reject_op
 from visionnode.components.deploy.config import DEFAULTS as DEPLOY
 from visionnode.components.quantize.component import quantize_op
 from visionnode.components.quantize.config import DEFAULTS as QUANTIZE
@@ -30,7 +36,9 @@ from visionnode.components.transfer.component import transfer_op
 from visionnode.components.transfer.config import DEFAULTS as TRANSFER
 from visionnode.components.validate.component import validate_op
 from visionnode.components.validate.config import DEFAULTS as VALIDATE
+from visionnode.pipeline.compile import dag_tasks, fed_parameter
 from visionnode.pipeline.fingerprint import fingerprint_op
+from visionnode.pipeline.finish import finish_op
 
 PIPELINE_NAME = "visionnode-152"
 S3_SECRET = "visionnode-s3"              # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, VISIONNODE_S3_ENDPOINT
@@ -65,11 +73,12 @@ def _retry(task: dsl.PipelineTask) -> dsl.PipelineTask:
                           backoff_max_duration="600s")
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="ResNet-152 on ImageNet-1K: fingerprint, validate, shard (FFCV), transfer (S3), "
-                          "train (DDP, AMP), quantize (OpenVINO INT8), deploy (Triton), benchmark (QPS, P99, "
-                          "SLO).")
-def visionnode_pipeline(
+DESCRIPTION = ("ResNet-152 on ImageNet-1K: fingerprint, validate, shard (FFCV), transfer (S3), train (DDP, "
+               "AMP), quantize (OpenVINO INT8), deploy (Triton), benchmark (QPS, P99, SLO), promote or "
+               "reject.")
+
+
+def _pipeline(
     data_uri: str,
     shards_uri: str = SHARD_STORE,
     transfer_destination: str = TRANSFER.destination,
@@ -77,6 +86,7 @@ def visionnode_pipeline(
     model_repository: str = "",
     triton_http: str = "",
     triton_grpc: str = "",
+    triton_replicas: str = DEPLOY.replicas,
     model_name: str = DEPLOY.model_name,
     validate_subset: int = VALIDATE.subset,
     validate_image_size: int = VALIDATE.image_size,
@@ -105,6 +115,8 @@ def visionnode_pipeline(
     benchmark_duration_s: float = BENCHMARK.duration_s,
     target_qps: float = BENCHMARK.target_qps,
     target_p99_ms: float = BENCHMARK.target_p99_ms,
+    max_top1_regression: float = BENCHMARK.max_top1_regression,
+    accuracy_images: int = BENCHMARK.accuracy_images,
 ) -> None:
     """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
 
@@ -112,52 +124,103 @@ def visionnode_pipeline(
     `shards_uri` is the base of the shard store: shards go to `<shards_uri>/<data digest>/<settings digest>/`.
     `checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
     """
-    fingerprint = fingerprint_op(data_uri=data_uri)
-    _cached(_with_services(fingerprint, cpu="1", memory="1G"), False)  # it alone sees the data change
-    data_digest = fingerprint.outputs["data_digest"]
+    # The final step runs after the others whatever they did: it ends the MLflow parent run with the real
+    # status.
+    finish = finish_op()
+    _cached(_with_services(finish, cpu="1", memory="1G"), False).set_display_name("finish")
+    with dsl.ExitHandler(finish, name="run"):
+        fingerprint = fingerprint_op(data_uri=data_uri)
+        _cached(_with_services(fingerprint, cpu="1", memory="1G"), False)  # it alone sees the data change
+        data_digest = fingerprint.outputs["data_digest"]
 
-    validate = validate_op(data_uri=data_uri, data_digest=data_digest, subset=validate_subset,
-                           image_size=validate_image_size, steps=validate_steps,
-                           lr_probe_steps=validate_lr_probe_steps)
-    _cached(_with_services(validate, cpu="2", memory="8G"), True)
+        validate = validate_op(data_uri=data_uri, data_digest=data_digest, subset=validate_subset,
+                               image_size=validate_image_size, steps=validate_steps,
+                               lr_probe_steps=validate_lr_probe_steps)
+        _cached(_with_services(validate, cpu="2", memory="8G"), True)
 
-    shard = shard_op(data_uri=data_uri, data_digest=data_digest, shards_uri=shards_uri,
-                     images_per_shard=images_per_shard, max_resolution=max_resolution,
-                     jpeg_quality=jpeg_quality, workers=workers).after(validate)
-    _cached(_with_services(shard, cpu="4", memory="8G"), True)
+        shard = shard_op(data_uri=data_uri, data_digest=data_digest, shards_uri=shards_uri,
+                         images_per_shard=images_per_shard, max_resolution=max_resolution,
+                         jpeg_quality=jpeg_quality, workers=workers).after(validate)
+        _cached(_with_services(shard, cpu="4", memory="8G"), True)
 
-    transfer = transfer_op(shards=shard.outputs["shards"], data_digest=data_digest,
-                           destination=transfer_destination, concurrency=transfer_concurrency)
-    _cached(_retry(_with_services(transfer, cpu="2", memory="4G")), True)
+        transfer = transfer_op(shards=shard.outputs["shards"], data_digest=data_digest,
+                               destination=transfer_destination, concurrency=transfer_concurrency)
+        _cached(_retry(_with_services(transfer, cpu="2", memory="4G")), True)
 
-    train = train_op(remote_shards=transfer.outputs["remote_shards"], data_digest=data_digest, epochs=epochs,
-                     batch_size=batch_size, lr=lr,
-                     suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
-                     precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
-                     crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
-                     head_epochs=head_epochs)
-    _with_services(train, cpu="8",
-                   memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.
-    _cached(_retry(train), True)
+        train = train_op(remote_shards=transfer.outputs["remote_shards"], data_digest=data_digest,
+                         epochs=epochs, batch_size=batch_size, lr=lr,
+                         suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
+                         precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
+                         crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
+                         head_epochs=head_epochs)
+        _with_services(train, cpu="8",
+                       memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.
+        _cached(_retry(train), True)
 
-    quantize = quantize_op(model=train.outputs["model"], remote_shards=transfer.outputs["remote_shards"],
-                           calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                           full_int8=full_int8)
-    _cached(_with_services(quantize, cpu="4", memory="8G"), True)
+        quantize = quantize_op(model=train.outputs["model"], remote_shards=transfer.outputs["remote_shards"],
+                               calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
+                               full_int8=full_int8)
+        _cached(_with_services(quantize, cpu="4", memory="8G"), True)
 
-    deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=model_repository,
-                       triton_http=triton_http, triton_grpc=triton_grpc, model_name=model_name)
-    _cached(_retry(_with_services(deploy, cpu="1", memory="2G")), False)  # loads a model into a live server
+        deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=model_repository,
+                           triton_http=triton_http, triton_grpc=triton_grpc, replicas=triton_replicas,
+                           model_name=model_name)
+        _cached(_retry(_with_services(deploy, cpu="1", memory="2G")), False)  # stages a model on live servers
 
-    benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"],
-                             remote_shards=transfer.outputs["remote_shards"],
-                             protocol=benchmark_protocol, concurrency=benchmark_concurrency,
-                             duration_s=benchmark_duration_s, target_qps=target_qps,
-                             target_p99_ms=target_p99_ms)
-    _cached(_with_services(benchmark, cpu="2", memory="2G"), False)  # measures the server as it is now
+        benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"],
+                                 remote_shards=transfer.outputs["remote_shards"],
+                                 protocol=benchmark_protocol, concurrency=benchmark_concurrency,
+                                 duration_s=benchmark_duration_s, target_qps=target_qps,
+                                 target_p99_ms=target_p99_ms, max_top1_regression=max_top1_regression,
+                                 accuracy_images=accuracy_images)
+        _cached(_with_services(benchmark, cpu="2", memory="2G"), False)  # measures the servers as they are
 
-    for task, name in ((fingerprint, "fingerprint"), (validate, "validate"), (shard, "shard"),
-                       (transfer, "transfer"), (train, "train"), (quantize, "quantize"), (deploy, "deploy"),
-                       (benchmark, "benchmark")):
-        task.set_display_name(name)
+        # Champion/challenger: the candidate serves under the production name only if benchmark says so.
+        with dsl.If(benchmark.outputs["promote"] == True, name="candidate-proved-itself"):  # noqa: E712
+            promote = promote_op(int8_model=quantize.outputs["int8_model"],
+                                 endpoint=deploy.outputs["endpoint"], decision=benchmark.outputs["decision"])
+            _cached(_retry(_with_services(promote, cpu="1", memory="2G")), False)
+        with dsl.Else(name="candidate-refused"):
+            reject = reject_op(endpoint=deploy.outputs["endpoint"], decision=benchmark.outputs["decision"])
+            _cached(_retry(_with_services(reject, cpu="1", memory="1G")), False)
+
+        for task, name in ((fingerprint, "fingerprint"), (validate, "validate"), (shard, "shard"),
+                           (transfer, "transfer"), (train, "train"), (quantize, "quantize"),
+                           (deploy, "deploy"), (benchmark, "benchmark"), (promote, "promote"),
+                           (reject, "reject")):
+            task.set_display_name(name)
+
+
+def with_parameter_descriptions(pipeline: Callable[..., None]) -> Callable[..., None]:
+    """Append an `Args:` section to the pipeline's docstring, which KFP turns into the run form's parameter
+    descriptions: each parameter is described by the component inputs it feeds, as the DAG wires it (a
+    parameter feeding several phases says so per phase). The help text stays in one place, the component."""
+    from google.protobuf import json_format
+
+    spec = json_format.MessageToDict(dsl.pipeline(name=PIPELINE_NAME)(pipeline).pipeline_spec)
+    fed: dict[str, dict[str, str]] = {}
+    for name, task in dag_tasks(spec).items():
+        component = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
+        for input_name, source in task.get("inputs", {}).get("parameters", {}).items():
+            parameter = fed_parameter(source)
+            if parameter and component[input_name].get("description"):
+                phase = name.removesuffix("-op")
+                fed.setdefault(parameter, {})[phase] = " ".join(component[input_name]["description"].split())
+    missing = [name for name in inspect.signature(pipeline).parameters if name not in fed]
+    if missing:
+        raise TypeError(f"pipeline parameters without a described component input: {missing}")
+    lines = [f"    {name}: {_joined(fed[name])}" for name in inspect.signature(pipeline).parameters]
+    pipeline.__doc__ = f"{inspect.cleandoc(pipeline.__doc__ or '')}\n\nArgs:\n" + "\n".join(lines) + "\n"
+    return pipeline
+
+
+def _joined(by_phase: dict[str, str]) -> str:
+    texts = set(by_phase.values())
+    if len(texts) == 1:
+        return texts.pop()
+    return " ".join(f"[{phase}] {text}" for phase, text in sorted(by_phase.items()))  # the same every time
+
+
+visionnode_pipeline = dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(
+    with_parameter_descriptions(_pipeline))

@@ -105,9 +105,12 @@ def _preflight(host: str) -> None:
 
 
 def without_caching(package: Path) -> Path:
-    """The compiled package with caching off on every task (the pipeline spec is the first YAML document)."""
+    """The compiled package with caching off on every task, in the root DAG and in every DAG it nests (the
+    exit handler's, the promotion conditions'); the pipeline spec is the first YAML document."""
+    from visionnode.pipeline.compile import dag_tasks
+
     documents = list(yaml.safe_load_all(package.read_text()))
-    for task in documents[0]["root"]["dag"]["tasks"].values():
+    for task in dag_tasks(documents[0]).values():
         task["cachingOptions"] = {"enableCache": False}
     return atomic_write_text(package, yaml.safe_dump_all(documents, sort_keys=True))
 

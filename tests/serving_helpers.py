@@ -37,10 +37,44 @@ class _TinyServingNet(nn.Module):
 
 def make_small_openvino_model(out: Path, size: int = 32, classes: int = 6, seed: int = 0) -> Path:
     """Write model.xml/.bin + model.json (InferenceMetadata) of a small random CNN; returns `out`."""
+    torch.manual_seed(seed)
+    return save_openvino_model(_TinyServingNet(classes).eval(), out, size, classes)
+
+
+class BrightnessClassifier(nn.Module):
+    """uint8 NHWC -> logits: class c for an image whose mean pixel is nearest `level(mapping[c])`. With the
+    identity mapping it labels `labelled_images` perfectly; another mapping gets exactly the classes it keeps
+    right (a model whose top-1 the test knows in advance)."""
+
+    def __init__(self, mapping: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.tensor([float(level(m)) for m in mapping]).view(1, -1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        brightness = images.to(torch.float32).mean(dim=(1, 2, 3)).view(-1, 1)
+        return -(brightness - self.levels).abs()
+
+
+def level(label: int) -> int:
+    return 20 + 35 * label
+
+
+def labelled_images(per_class: int, size: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of uniform brightness level(label) (with a little noise), and their labels."""
+    labels = np.repeat(np.arange(classes), per_class)
+    noise = np.random.default_rng(5).integers(-3, 4, (len(labels), size, size, 3))
+    images = np.clip(np.array([level(c) for c in labels])[:, None, None, None] + noise, 0, 255)
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+def make_brightness_model(out: Path, mapping: list[int], size: int = 32) -> Path:
+    return save_openvino_model(BrightnessClassifier(mapping).eval(), out, size, len(mapping))
+
+
+def save_openvino_model(net: nn.Module, out: Path, size: int, classes: int) -> Path:
+    """A torch module (uint8 NHWC in, logits out) as an OpenVINO IR + model.json, as quantize writes them."""
     import openvino as ov
 
-    torch.manual_seed(seed)
-    net = _TinyServingNet(classes).eval()
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     ov_model = ov.convert_model(net, example_input=example, input=[([-1, size, size, 3], ov.Type.u8)])
     ov_model.inputs[0].get_tensor().set_names({"images"})
@@ -118,7 +152,7 @@ class ServerCounts:
 
 
 def server_counts(http_url: str, model: str) -> ServerCounts:
-    from visionnode.components.deploy.deploy import triton_http_client
+    from visionnode.components.common.serving.triton import triton_http_client
 
     totals = dict.fromkeys((f.name for f in fields(ServerCounts)), 0)
     for version in triton_http_client(http_url).get_inference_statistics(model)["model_stats"]:
@@ -139,15 +173,28 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def serve_models(staging: Path, names: list[str], http_url: str, version: int = 1) -> None:
     """Publish `<staging>/<name>/` dirs into the repository the running Triton reads, and load them."""
-    from visionnode.components.common.serving.triton import parse_repository
+    from visionnode.components.common.serving.triton import parse_repository, triton_http_client
     from visionnode.components.common.settings import resolve_endpoints
-    from visionnode.components.deploy.deploy import load_and_wait, publish, triton_http_client
+    from visionnode.components.deploy.publish import publish
+    from visionnode.components.deploy.replicas import load_and_wait
 
     target = parse_repository(resolve_endpoints().triton_repository)
     publish(staging, target, names, version)
     client = triton_http_client(http_url, 120.0)
     for name in names:
         load_and_wait(client, name, version, 120.0)
+
+
+def serve(config, scratch: Path):
+    """deploy (stage the candidate) then promote it: what a pipeline run whose candidate proved itself does.
+    Returns (deploy result, promotion result)."""
+    from visionnode.components.common.jsonio import write_json
+    from visionnode.components.deploy.deploy import deploy
+    from visionnode.components.deploy.promote import PromoteConfig, promote
+
+    staged = deploy(config)
+    endpoint = write_json(scratch / f"{config.model_name}-v{staged.model_version}.json", staged)
+    return staged, promote(PromoteConfig(endpoint=endpoint, model_dir=config.model_dir))
 
 
 def optional_fixture(request, name: str):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpc_aio
+import tritonclient.http as httpclient
 from typer.testing import CliRunner
 
 from tests.net_helpers import listeners_that_never_answer
@@ -19,6 +20,7 @@ from tests.serving_helpers import (
     make_small_openvino_model,
     optional_fixture,
     random_images,
+    serve,
     serve_models,
     server_counts,
     write_sleep_model,
@@ -34,7 +36,9 @@ from visionnode.components.benchmark.loadgen import (
     scrape_metrics,
 )
 from visionnode.components.common.artifacts import InferenceMetadata
-from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
+from visionnode.components.common.data.samples import labelled_images
+from visionnode.components.common.serving.triton import triton_http_client
+from visionnode.components.deploy.deploy import DeployConfig
 from visionnode.components.deploy.repository import (
     JPEG_INPUT,
     ServingConfig,
@@ -52,9 +56,12 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def deployed(stack, small_model: Path):
-    return deploy(DeployConfig(model_dir=small_model, model_name="bench_small", check_images=4,
-                               serving=ServingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8])))
+def deployed(stack, small_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """bench_small, staged and promoted: served under its production name."""
+    staged, _ = serve(DeployConfig(model_dir=small_model, model_name="bench_small", check_images=4,
+                                   serving=ServingConfig(max_batch_size=8, preferred_batch_sizes=[4, 8])),
+                      tmp_path_factory.mktemp("endpoints"))
+    return staged
 
 
 def _counted_level(target: Target, images: np.ndarray, concurrency: int, requests: int,
@@ -146,9 +153,26 @@ def test_benchmark_sweep_report_and_verdict(stack, deployed, request: pytest.Fix
     assert result.baselines.pytorch_fp32_ips is None and "skipped" in result.baselines.notes[0]
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "SLO met" in page
+    # No champion named: the SLO alone decides. The candidate's top-1 is its answers' on every labelled val
+    # image, recomputed here from Triton's logits and the shards' labels.
+    assert result.champion_top1 is None and result.decision.promote and "Promotion decision: promote" in page
+    if shards:
+        labelled = labelled_images(str(shards), config.accuracy_images, SIZE)
+        client = triton_http_client(stack.endpoints.triton_http)
+        answers = np.concatenate([_infer_http(client, "bench_small", labelled.images[i:i + 8])
+                                  for i in range(0, len(labelled.images), 8)])
+        assert result.accuracy_images == len(labelled.images)
+        recomputed = 100 * float(np.mean(answers.argmax(1) == labelled.labels))
+        assert result.candidate_top1 == pytest.approx(recomputed)
     strict = benchmark(BenchmarkConfig(model="bench_small", concurrency=[2], duration_s=1.0, warmup_s=0.2,
                                        target_p99_ms=0.01, baselines=False, pool_images=8))
     assert not strict.slo_met and strict.best_level is None and "SLO missed" in strict.verdict
+
+
+def _infer_http(client, model: str, images: np.ndarray) -> np.ndarray:
+    tensor = httpclient.InferInput("images", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    return client.infer(model, [tensor]).as_numpy("logits")
 
 
 def test_baseline_rate_counts_images_per_second_of_each_round() -> None:

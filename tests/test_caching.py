@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from tests.toy_pipeline import TOY_STEPS, toy_pipeline
-from visionnode.pipeline.compile import load_compiled
+from visionnode.pipeline.compile import dag_tasks, load_compiled
 from visionnode.pipeline.local_dag import run_dag, source_digest, tree_digest
 
-NEVER_CACHED = {"fingerprint-op", "deploy-op", "benchmark-op"}
+NEVER_CACHED = {"fingerprint-op", "deploy-op", "benchmark-op", "promote-op", "reject-op", "finish-op"}
 CACHED = {"validate-op", "shard-op", "transfer-op", "train-op", "quantize-op"}
 GOLDEN = Path(__file__).parent / "golden" / "visionnode-152.yaml"
 # What KFP resolves per run (kfp.dsl placeholders and the IR's run-time values): none may be a cacheable
@@ -33,7 +33,9 @@ def golden() -> dict[str, Any]:
 
 
 def _tasks(spec: dict[str, Any]) -> dict[str, Any]:
-    return spec["root"]["dag"]["tasks"]
+    """The steps, in whichever DAG they sit (the exit handler's, a promotion condition's), not the DAGs."""
+    return {name: task for name, task in dag_tasks(spec).items()
+            if not name.startswith(("exit-handler", "condition"))}
 
 
 def test_no_cacheable_task_takes_a_value_that_differs_per_run(golden: dict[str, Any]) -> None:
@@ -75,10 +77,10 @@ def test_every_task_gets_the_run_id_from_its_pods_label_not_an_input(golden: dic
 def test_the_golden_file_shows_the_run_independent_inputs() -> None:
     """The lines a reviewer reads: train's inputs are the data digest and settings, no run id."""
     text = GOLDEN.read_text()
-    train = text[text.index("    train-op:\n"):text.index("    transfer-op:\n")]
+    train = text[text.index("        train-op:\n"):text.index("        transfer-op:\n")]
     assert "pipeline_job_uuid" not in text
-    digest_input = ("data_digest:\n              taskOutputParameter:\n"
-                    "                outputParameterKey: data_digest")
+    digest_input = ("data_digest:\n                taskOutputParameter:\n"
+                    "                  outputParameterKey: data_digest")
     assert digest_input in train
 
 

@@ -14,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from visionnode.components.common.adapters.kfp import confusion_views
+from visionnode.components.common.confusion import CONFUSED_PAIRS_FILE, MAX_MATRIX_CLASSES, Confusion
 from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.errors import ConfigError, DataError
@@ -294,3 +296,35 @@ def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on() -> None:
     # its config thread unset an env var while requests iterated os.environ: a demo step died of KeyError
     assert _mlflow_telemetry_client_after_importing_tracking({}) == "off"
     assert _mlflow_telemetry_client_after_importing_tracking({"MLFLOW_DISABLE_TELEMETRY": "false"}) == "on"
+
+
+@pytest.mark.parametrize("classes", [MAX_MATRIX_CLASSES, MAX_MATRIX_CLASSES + 1])
+def test_confusion_views_the_matrix_up_to_50_classes_and_the_most_confused_pairs_always(
+        classes: int, tmp_path: Path) -> None:
+    """What KFP's UI gets from a model's confusion_matrix.json: ClassificationMetrics holding the matrix (up
+    to MAX_MATRIX_CLASSES classes; beyond, nothing it could draw readably) and the pairs table."""
+    from kfp.dsl import ClassificationMetrics, Markdown
+
+    names = [f"class {i}" for i in range(classes)]
+    confusion = Confusion.empty(names)
+    labels = np.repeat(np.arange(classes), 4)
+    predictions = labels.copy()
+    predictions[labels == 1] = 7          # every image of class 1 read as class 7: the most confused pair
+    predictions[::16] = 0                 # a few more images read as class 0
+    confusion.add(labels, predictions)
+    confusion.save(tmp_path)
+    (tmp_path / CONFUSED_PAIRS_FILE).write_text(confusion.markdown("test"))
+    matrix = ClassificationMetrics(name="confusion_matrix", uri=str(tmp_path / "m"))
+    pairs = Markdown(name="confused_pairs", uri=str(tmp_path / "pairs.md"))
+    pairs.path = str(tmp_path / "pairs.md")
+    confusion_views(str(tmp_path), matrix, pairs)
+    if classes <= MAX_MATRIX_CLASSES:
+        shown = matrix.metadata["confusionMatrix"]
+        assert [c["displayName"] for c in shown["annotationSpecs"]] == names
+        assert [row["row"] for row in shown["rows"]] == confusion.matrix.tolist()
+    else:
+        assert "confusionMatrix" not in matrix.metadata
+    table = (tmp_path / "pairs.md").read_text()
+    first_row = table.split("|---|---|---:|---:|\n", 1)[1].splitlines()[0]
+    assert first_row == "| class 1 | class 7 | 4 | 100.0 % |", table
+    assert f"{len(labels)} val images, {classes} classes" in table

@@ -1,5 +1,6 @@
-"""deploy: generated Triton repository, publish to S3, load through the repository API, answers checked
-against local OpenVINO, zero-downtime version swap, and one-line errors."""
+"""deploy: generated Triton repository, publish to S3, load through the repository API as a candidate,
+answers checked against local OpenVINO, promotion with a zero-downtime version swap, and one-line errors.
+(The promotion decision, refusals and two replicas: tests/test_promotion.py.)"""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from typer.testing import CliRunner
 
-from tests.serving_helpers import make_small_openvino_model, optional_fixture, server_counts
+from tests.serving_helpers import make_small_openvino_model, optional_fixture, serve, server_counts
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.data.samples import encode_jpeg
 from visionnode.components.common.errors import DataError, ServiceError
+from visionnode.components.common.serving.triton import triton_http_client
 from visionnode.components.common.storage.s3 import s3_client
-from visionnode.components.deploy.deploy import DeployConfig, deploy, triton_http_client
+from visionnode.components.deploy.deploy import DeployConfig, deploy
 from visionnode.components.deploy.repository import (
     JPEG_INPUT,
     ServingConfig,
@@ -96,19 +98,24 @@ def int8_or_small(request: pytest.FixtureRequest, small_model: Path) -> Path:
 
 
 def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.FixtureRequest,
-                                                         int8_or_small: Path,
-                                                         bucket: str) -> None:
+                                                         int8_or_small: Path, bucket: str,
+                                                         tmp_path: Path) -> None:
     int8_model = int8_or_small
     shards = optional_fixture(request, "tiny_shards")
-    result = deploy(DeployConfig(model_dir=int8_model, model_name="tiny_int8", repository=f"s3://{bucket}/models",
-                                 shards=str(shards) if shards else None, check_images=12))
+    result, promoted = serve(DeployConfig(model_dir=int8_model, model_name="tiny_int8",
+                                          repository=f"s3://{bucket}/models",
+                                          shards=str(shards) if shards else None, check_images=12), tmp_path)
     assert result.check.source == (str(shards) if shards else "synthetic") and result.check.images == 12
+    assert promoted.checks[0].images == 12  # promotion checked the production name's answers the same way
     assert result.triton_repository == stack.endpoints.triton_repository
     assert f"s3://{bucket}/models" in result.published
     keys = {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket, Prefix="models")["Contents"]}
     v = result.model_version
     assert {"models/tiny_int8/config.pbtxt", "models/tiny_int8/labels.txt", f"models/tiny_int8/{v}/model.xml",
             f"models/tiny_int8/{v}/model.py", f"models/tiny_int8_jpeg/{v}/model.py"} <= keys
+    # the candidate's copy is withdrawn once promoted: only a note keeps its version number taken
+    assert {k for k in keys if k.startswith(f"models/tiny_int8_candidate/{v}/")} == {
+        f"models/tiny_int8_candidate/{v}/WITHDRAWN"}
     assert any(k.startswith("models-openvino/tiny_int8/") and k.endswith("config.pbtxt")
                for k in {o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket)["Contents"]})
     meta = InferenceMetadata.load(int8_model)
@@ -139,8 +146,9 @@ def test_deploy_serves_the_int8_model_over_http_and_grpc(stack, request: pytest.
     assert http.infer("tiny_int8_jpeg", [jpeg_in]).as_numpy("logits").shape == (1, meta.classes.num_classes)
 
 
-def test_new_version_replaces_the_old_without_failing_requests(stack, small_model: Path) -> None:
-    first = deploy(DeployConfig(model_dir=small_model, model_name="swap"))
+def test_new_version_replaces_the_old_without_failing_requests(stack, small_model: Path,
+                                                               tmp_path: Path) -> None:
+    first, _ = serve(DeployConfig(model_dir=small_model, model_name="swap"), tmp_path)
     client = triton_http_client(first.http_url)
     images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     failures: list[str] = []
@@ -160,12 +168,12 @@ def test_new_version_replaces_the_old_without_failing_requests(stack, small_mode
     worker = threading.Thread(target=keep_asking)
     worker.start()
     try:
-        second = deploy(DeployConfig(model_dir=small_model, model_name="swap"))
+        second, _ = serve(DeployConfig(model_dir=small_model, model_name="swap"), tmp_path)
         time.sleep(0.5)
     finally:
         stop.set()
         worker.join()
-    assert second.model_version == first.model_version + 1 and second.previous_version == first.model_version
+    assert second.model_version == first.model_version + 1 and second.champion_version == first.model_version
     assert failures == [] and answered > 20
     assert client.is_model_ready("swap", str(second.model_version))
     assert not client.is_model_ready("swap", str(first.model_version))  # latest-1 policy unloaded it
@@ -204,14 +212,15 @@ def test_sequential_requests_are_never_left_in_the_batchers_queue(stack, small_m
     # ~60 ms per window of STATS_EVERY requests, ~560 ms with one stall (one instance: 3 in 1,500 requests).
     served = deploy(DeployConfig(model_dir=small_model, model_name="no_stall", check_images=2))
     client = grpcclient.InferenceServerClient(served.grpc_url)
-    stalled_ms, answered = _windows_with_a_stall(client, served.http_url, "no_stall")
+    stalled_ms, answered = _windows_with_a_stall(client, served.http_url, served.candidate_name)
     assert answered == SEQUENTIAL_REQUESTS, "Triton's statistics did not count exactly our requests"
     assert stalled_ms == [], f"{STATS_EVERY}-request windows that waited out the idle timeout: {stalled_ms}"
 
 
-def test_failed_load_reports_tritons_message_and_keeps_the_old_version(stack, small_model: Path) -> None:
-    good = deploy(DeployConfig(model_dir=small_model, model_name="keep"))
-    with pytest.raises(ServiceError, match=r"Triton could not load model 'keep': .*NOT_A_HINT"):
+def test_failed_load_reports_tritons_message_and_keeps_the_old_version(stack, small_model: Path,
+                                                                        tmp_path: Path) -> None:
+    good, _ = serve(DeployConfig(model_dir=small_model, model_name="keep"), tmp_path)
+    with pytest.raises(ServiceError, match=r"Triton could not load model 'keep_candidate': .*NOT_A_HINT"):
         deploy(DeployConfig(model_dir=small_model, model_name="keep",
                             serving=ServingConfig(ov_performance_hint="NOT_A_HINT")))
     client = triton_http_client(good.http_url)
@@ -226,7 +235,15 @@ def test_cli_deploys_and_reports_unreachable_triton_in_one_line(stack, small_mod
     done = runner.invoke(app, ["deploy", "--model", str(small_model), "--name", "cli_model",
                                "--check-images", "4", "--json", str(summary)])
     assert done.exit_code == 0, done.output
-    assert '"model_name": "cli_model"' in summary.read_text()
+    assert '"candidate_name": "cli_model_candidate"' in summary.read_text()
+    promoted = runner.invoke(app, ["promote", "--endpoint", str(summary), "--model", str(small_model),
+                                   "--reason", "by hand", "--json", str(tmp_path / "promote.json")])
+    assert promoted.exit_code == 0, promoted.output
+    assert '"outcome": "promoted: cli_model version 1 serves on 1 replica (by hand)"' in (
+        tmp_path / "promote.json").read_text()
+    assert triton_http_client(stack.endpoints.triton_http).is_model_ready("cli_model", "1")
+    not_a_summary = runner.invoke(app, ["reject", "--endpoint", str(tmp_path / "promote.json")])
+    assert not_a_summary.exit_code == 2 and "is not a deploy summary" in not_a_summary.output
     failed = runner.invoke(app, ["deploy", "--model", str(small_model), "--triton-url", "127.0.0.1:9"])
     assert failed.exit_code == 2
     lines = [line for line in failed.output.splitlines() if line.strip()]

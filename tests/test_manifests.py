@@ -5,13 +5,14 @@
 - every built-in object, in the base files and in each rendered overlay, validates strictly against the
   Kubernetes OpenAPI schemas bundled with kubernetes-validate; the PyTorchJob (a custom resource) gets a
   structural check plus strict validation of its pod templates as core/v1 PodTemplates;
-- policy: Services are ClusterIP, every container has requests and limits and every pod the cluster would
-  run (the PyTorchJob Workers with the init container the training operator adds from our template) passes
-  the Pod Security level the namespace enforces; no credential is committed and MinIO's root user reaches only
-  MinIO and its setup Job (every client has a bucket-scoped user); Triton reloads the deployed models after a
-  restart and is not ready before; the job survives one pre-emption per node; and the pieces agree with each
-  other (Triton's repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags =
-  version, the training operator's version = the README's).
+- policy: Services are ClusterIP (Triton's replicas also by name, through a headless Service), every
+  container has requests and limits and every pod the cluster would run (the PyTorchJob Workers with the
+  init container the training operator adds from our template) passes the Pod Security level the namespace
+  enforces; no credential is committed and MinIO's root user reaches only MinIO and its setup Job (every
+  client has a bucket-scoped user); Triton reloads the deployed models after a restart and is not ready
+  before; the job survives one pre-emption per node; and the pieces agree with each other (Triton's
+  repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags = version, the
+  training operator's version = the README's).
 """
 
 from __future__ import annotations
@@ -418,9 +419,25 @@ def test_rendered_overlay_validates(rendered, overlay: str, version: str):
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_services_are_cluster_ip(rendered, overlay: str):
     services = [d for d in rendered[overlay] if d["kind"] == "Service"]
-    assert {s["metadata"]["name"] for s in services} == {"minio", "mlflow", "triton"}
+    assert {s["metadata"]["name"] for s in services} == {"minio", "mlflow", "triton", "triton-headless"}
     for service in services:
         assert service["spec"]["type"] == "ClusterIP", service["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_every_triton_replica_is_reachable_by_name_and_production_runs_two(rendered, overlay: str):
+    """deploy and promote load and unload on every pod through the headless Service (one A record per pod),
+    which selects exactly the Triton Deployment's pods and serves its HTTP port."""
+    docs = rendered[overlay]
+    headless, triton = one(docs, "Service", "triton-headless"), one(docs, "Deployment", "triton")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == triton["spec"]["selector"]["matchLabels"]
+    assert {(p["port"], p["targetPort"]) for p in headless["spec"]["ports"]} == {(8000, "http")}
+    assert triton["spec"].get("replicas", 1) == (2 if overlay == "production" else 1)
+    # the restarted-pod reload stays: postStart loads the deployed models, readiness waits for them
+    container = triton["spec"]["template"]["spec"]["containers"][0]
+    assert container["lifecycle"]["postStart"]["exec"]["command"][-1] == "load"
+    assert container["readinessProbe"]["exec"]["command"][-1] == "ready"
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
@@ -667,6 +684,8 @@ def test_pipeline_params_point_at_the_deployed_services(rendered, params_file: P
     assert params["model_repository"] == repository, "deploy must write where Triton reads"
     assert params["triton_http"] == f"triton.{NAMESPACE}.svc.cluster.local:8000"
     assert params["triton_grpc"] == f"triton.{NAMESPACE}.svc.cluster.local:8001"
+    assert params["triton_replicas"] == f"triton-headless.{NAMESPACE}.svc.cluster.local:8000"
+    assert one(rendered[overlay], "Service", "triton-headless")  # what triton_replicas resolves
     configmap = one(rendered[overlay], "ConfigMap", "visionnode-pipeline-params")
     assert yaml.safe_load(configmap["data"]["params.yaml"]) == params
 

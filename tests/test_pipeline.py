@@ -16,13 +16,22 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.browser import rendered_text
+from tests.kfp_steps import one_step_then_finish
 from tests.net_helpers import listeners_that_never_answer
-from tests.serving_helpers import server_counts
 from visionnode.components.common.adapters.cli import human_value
 from visionnode.components.common.adapters.kfp import project_version
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.serving.triton import triton_http_client
+from visionnode.components.common.tracking import PARENT_RUN_ENV, tracked_run
 from visionnode.pipeline.cli import app
-from visionnode.pipeline.compile import compile_pipeline, load_compiled, parameter_types, parse_params
+from visionnode.pipeline.compile import (
+    compile_pipeline,
+    dag_tasks,
+    fed_parameter,
+    load_compiled,
+    parameter_types,
+    parse_params,
+)
 
 runner = CliRunner()
 PHASES = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
@@ -34,7 +43,7 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _tasks(spec: dict) -> dict:
-    return spec["root"]["dag"]["tasks"]
+    return dag_tasks(spec)
 
 
 def _artifact_sources(task: dict) -> dict[str, tuple[str, str]]:
@@ -43,16 +52,52 @@ def _artifact_sources(task: dict) -> dict[str, tuple[str, str]]:
             for name, a in artifacts.items() if "taskOutputArtifact" in a}
 
 
-def test_dag_has_seven_phase_tasks_after_the_fingerprint_and_no_importer(spec: dict) -> None:
+def test_dag_has_the_phases_fingerprint_promotion_and_final_step_and_no_importer(spec: dict) -> None:
     """The raw data is read where it lies: no importer (KFP's launcher would download all of it into each
     pod that takes it), only its fingerprint, computed first."""
-    names = set(_tasks(spec))
-    assert names == {f"{p}-op" for p in PHASES} | {"fingerprint-op"}
+    steps = {name for name in _tasks(spec) if not name.startswith(("exit-handler", "condition"))}
+    assert steps == {f"{p}-op" for p in PHASES} | {"fingerprint-op", "promote-op", "reject-op", "finish-op"}
     assert "importer" not in json.dumps(spec["deploymentSpec"])
     for phase in ("validate", "shard"):
-        assert _tasks(spec)[f"{phase}-op"]["inputs"]["parameters"]["data_uri"] == {
-            "componentInputParameter": "data_uri"}
+        assert fed_parameter(_tasks(spec)[f"{phase}-op"]["inputs"]["parameters"]["data_uri"]) == "data_uri"
         assert not _artifact_sources(_tasks(spec)[f"{phase}-op"])
+
+
+def test_every_pipeline_parameter_has_the_description_of_the_component_input_it_feeds(spec: dict) -> None:
+    """The KFP run form shows each parameter's description: the help text of the component input it feeds
+    (one declaration), and per phase where it feeds several."""
+    from visionnode.components.train.component import train_op
+
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in params.values()), [n for n, p in params.items()
+                                                               if not p.get("description")]
+    assert params["epochs"]["description"] == train_op.component_spec.inputs["epochs"].description
+    workers = params["workers"]["description"]
+    assert workers.startswith("[shard] ") and "[train] " in workers
+
+
+def test_only_a_candidate_that_proved_itself_is_promoted_and_the_run_always_finishes(spec: dict) -> None:
+    tasks, components = _tasks(spec), spec["components"]
+    # promote-op and reject-op sit in the two branches of one condition on benchmark's decision
+    branches = tasks["condition-branches-2"]
+    assert set(components[branches["componentRef"]["name"]]["dag"]["tasks"]) == {"condition-3", "condition-4"}
+    promote_if = tasks["condition-3"]["triggerPolicy"]["condition"]
+    reject_if = tasks["condition-4"]["triggerPolicy"]["condition"]
+    assert "pipelinechannel--benchmark-op-promote" in promote_if and promote_if.endswith("== true")
+    assert reject_if == f"!({promote_if})"
+    assert set(components["comp-condition-3"]["dag"]["tasks"]) == {"promote-op"}
+    assert set(components["comp-condition-4"]["dag"]["tasks"]) == {"reject-op"}
+    promote = tasks["promote-op"]["inputs"]
+    assert fed_parameter(promote["parameters"]["decision"]) == "benchmark-op-decision"
+    assert promote["artifacts"]["endpoint"]["componentInputArtifact"] == "pipelinechannel--deploy-op-endpoint"
+    # every step but finish runs inside the exit handler; finish runs after it whatever its state
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finish-op"}
+    finish = root["finish-op"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert finish["inputs"]["parameters"]["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    for step in ("promote-op", "reject-op", "finish-op"):  # side effects on Triton and MLflow: never cached
+        assert tasks[step]["cachingOptions"] == {}, step
 
 
 def test_artifacts_flow_along_the_contract(spec: dict) -> None:
@@ -82,7 +127,7 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     assert train_inputs["suggested_lr"]["taskOutputParameter"] == {"producerTask": "validate-op",
                                                                    "outputParameterKey": "suggested_lr"}
     for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs"):
-        assert train_inputs[name]["componentInputParameter"] == name
+        assert fed_parameter(train_inputs[name]) == name
     validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
     assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
     params = spec["root"]["inputDefinitions"]["parameters"]
@@ -298,12 +343,46 @@ def test_run_without_local_is_a_clear_error() -> None:
     assert "--local" in _one_line_error(runner.invoke(app, ["pipeline", "run"]))
 
 
+@pytest.mark.parametrize("fail, status", [(False, "FINISHED"), (True, "FAILED")])
+def test_the_final_step_ends_the_mlflow_parent_run_with_the_runs_real_status(stack, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            fail: bool, status: str) -> None:
+    """Our finish_op as the exit handler of a one-step pipeline, run by kfp.local: the parent run a cluster
+    run would leave RUNNING ends FINISHED, or FAILED when the step fails, and carries the run's summary."""
+    import mlflow
+    from kfp import local
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    with tracked_run("pipeline-finish-test") as parent:  # as `pipeline run --local` opens it
+        with tracked_run("transfer", tags={"phase": "transfer"}) as phase:  # phases' runs, with their figures
+            phase.log_metrics({"mb_per_s": 22.5})
+        with tracked_run("benchmark", tags={"phase": "benchmark"}) as phase:
+            phase.log_metrics({"best_qps": 12.5, "slo_met": 1.0})
+        with tracked_run("transfer", tags={"direction": "fetch"}) as fetch:  # a later step fetching shards
+            fetch.log_metrics({"mb_per_s": 0.0})
+        monkeypatch.setenv(PARENT_RUN_ENV, parent.run_id or "")
+
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+                   raise_on_error=False)
+        one_step_then_finish(fail=fail)
+        ended = client.get_run(parent.run_id)
+        assert ended.info.status == status and ended.info.end_time
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{parent.run_id}/summary.json"))
+    assert (summary["qps"], summary["slo_verdict"], summary["transfer_MBps"]) == (12.5, "met", 22.5)
+    expected = "not promoted: the pipeline did not finish" if fail else "not promoted: no promotion step ran"
+    assert summary["promotion"].startswith(expected), summary
+    note = ended.data.tags["mlflow.note.content"]  # the run's Description in MLflow's UI
+    assert note.startswith(f"## Pipeline run: {status}") and "| qps | 12.5 |" in note
+    shown = next((tmp_path / "root").glob("finish-test-*/finish-op/summary")).read_text()
+    assert shown == note  # the final step's KFP Markdown artifact
+
+
 TINY_DAG = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
             "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
             "validate_lr_probe_steps": 4,
             "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
             "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
-            "target_p99_ms": 10_000.0}  # a best level on any machine: its figures are checked below
+            "target_p99_ms": 10_000.0, "target_qps": 1.0}  # an SLO any machine meets: the run promotes
 
 
 def _run_local_dag(data: Path, params: dict, summary_path: Path, state: Path) -> subprocess.CompletedProcess:
@@ -315,8 +394,11 @@ def _run_local_dag(data: Path, params: dict, summary_path: Path, state: Path) ->
                            "--json", str(summary_path)], capture_output=True, text=True, timeout=900, env=env)
 
 
+STEPS = (*PHASES, "promote", "reject", "finish")
+
+
 def _step_lines(stderr: str) -> list[list[str]]:
-    return [line.split() for line in stderr.splitlines() if line.split() and line.split()[0] in PHASES]
+    return [line.split() for line in stderr.splitlines() if line.split() and line.split()[0] in STEPS]
 
 
 @pytest.mark.slow
@@ -332,10 +414,13 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
                           state)
     assert done.returncode != 0, done.stderr[-3000:]
     steps = [(s[0], s[1]) for s in _step_lines(done.stderr)]
-    assert steps[-2:] == [("quantize", "started"), ("quantize", "FAILED")], done.stderr
-    assert not [s for s in steps if s[0] in ("deploy", "benchmark")], done.stderr
+    # the exit handler's final step runs after the failed one; nothing else does
+    assert steps[-4:] == [("quantize", "started"), ("quantize", "FAILED"), ("finish", "started"),
+                          ("finish", "done")], done.stderr
+    assert not [s for s in steps if s[0] in ("deploy", "benchmark", "promote", "reject")], done.stderr
     assert "stopped at step 'quantize'" in done.stderr
     assert "a re-run reuses the steps before it" in done.stderr
+    _the_parent_run_ended("FAILED", "not promoted: the pipeline did not finish")
     failed_logs = next((state / "pipeline-runs-logs").iterdir())
     assert "--max-accuracy-drop -100" in (failed_logs / "quantize.log").read_text()
     assert not (tmp_path / "run.json").exists()
@@ -355,7 +440,8 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
     assert changed.returncode == 0, changed.stderr[-3000:]
     words = {s[0]: s[1] for s in _step_lines(changed.stderr) if s[1] != "started"}
     assert words == {"validate": "cached", "shard": "cached", "transfer": "cached", "train": "done",
-                     "quantize": "done", "deploy": "done", "benchmark": "done"}, changed.stderr
+                     "quantize": "done", "deploy": "done", "benchmark": "done", "promote": "done",
+                     "finish": "done"}, changed.stderr
 
 
 @pytest.mark.slow
@@ -369,21 +455,26 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     assert done.returncode == 0, done.stderr[-3000:]
     shown = (done.stdout + done.stderr).splitlines()
     steps = _step_lines(done.stderr)
-    assert [(s[0], s[1]) for s in steps] == [(p, w) for p in PHASES for w in ("started", "done")], done.stderr
+    expected = [(p, w) for p in (*PHASES, "promote", "finish") for w in ("started", "done")]
+    assert [(s[0], s[1]) for s in steps] == expected, done.stderr
     assert len(shown) < 60 and "executor_input" not in done.stdout + done.stderr, "\n".join(shown)
     assert not [line for line in shown if "…" in line], "a cut line in the output"
 
     summary = json.loads(summary_path.read_text())
-    assert set(summary["steps"]) == {"fingerprint", *PHASES}, summary["steps"]
+    assert set(summary["steps"]) == {"fingerprint", *PHASES, "promote", "finish"}, summary["steps"]
     assert all(summary["steps"][p] for p in PHASES) and summary["cached"] == {}, summary
-    # The headline figures are the benchmark step's, and agree with what Triton itself counted for the model
-    # deploy loaded: a level that ran benchmark_duration_s at `qps` got at least qps x duration answers, and
-    # no client latency is shorter than the server's own compute time.
+    # The headline figures are the benchmark step's (what Triton counted meanwhile: tests/test_benchmark.py).
     bench, deployed = summary["steps"]["benchmark"], summary["steps"]["deploy"]
     assert (summary["qps"], summary["p99_ms"]) == (bench["best_qps"], bench["best_p99_ms"])
-    served = server_counts(deployed["http_url"], deployed["model_name"])
-    assert served.requests >= 0.99 * summary["qps"] * params["benchmark_duration_s"], (served, summary)
-    assert summary["p99_ms"] >= served.compute_ns / served.requests / 1e6, (served, summary)
+    # No champion before this run and an SLO any machine meets: the candidate was promoted, serves under the
+    # production name on the stack's Triton, and the staged candidate is gone.
+    version = int(deployed["model_version"])
+    promoted = f"promoted: {deployed['model_name']} version {version} serves on 1 replica"
+    assert summary["promotion"].startswith(promoted), summary["promotion"]
+    assert summary["candidate_top1"] == bench["candidate_top1"] and "champion_top1" not in summary
+    triton = triton_http_client(deployed["http_url"])
+    assert triton.is_model_ready(deployed["model_name"], str(version))
+    assert not triton.is_model_ready(deployed["candidate_name"])
     # lr 0 (the default): train ran with the LR validate's probe suggested, its plan in the summary
     assert summary["suggested_lr"] in (0.003, 0.01, 0.03, 0.1, 0.3)
     assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
@@ -411,3 +502,43 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     assert "Evaluation runs" not in parent_page and "Model registry" in parent_page  # not the GenAI view
     mlflow_root = summary["mlflow_run"].split("/#/", 1)[0]
     assert "visionnode-resnet18" in rendered_text(f"{mlflow_root}/#/models")
+    _mlflow_shows_the_run_its_champion_and_confusion_matrix(summary, deployed["model_name"], version)
+
+
+def _the_parent_run_ended(status: str, promotion: str) -> None:
+    """The pipeline's MLflow parent run (the newest of that name) ended with `status`, saying `promotion`."""
+    import mlflow
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("visionnode")
+    parent = client.search_runs([experiment.experiment_id], "attributes.run_name = 'visionnode-152-local'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert parent.info.status == status, parent.info
+    assert parent.data.tags["visionnode.promotion"].startswith(promotion), parent.data.tags
+
+
+def _mlflow_shows_the_run_its_champion_and_confusion_matrix(summary: dict, model: str, version: int) -> None:
+    """The parent run ended FINISHED with the summary; in a real browser, the registered INT8 model shows the
+    alias champion on the promoted version and the train run shows its confusion-matrix artifact."""
+    import mlflow
+
+    run_id = summary["mlflow_run"].split("/runs/", 1)[1].split("?", 1)[0]
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(run_id)
+    assert parent.info.status == "FINISHED", parent.info
+    assert parent.data.tags["visionnode.promotion"] == summary["promotion"]
+    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/summary.json"))
+    assert logged["promotion"] == summary["promotion"] and logged["qps"] == summary["qps"]
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.tags["triton_version"] == str(version) and champion.tags["fp32_model"].startswith(
+        "visionnode-resnet18/")
+    mlflow_root = summary["mlflow_run"].split("/#/", 1)[0]
+    registry_page = rendered_text(f"{mlflow_root}/#/models/{model}")
+    assert f"Version {champion.version}" in registry_page, registry_page[:3000]
+    assert "champion" in registry_page, registry_page[:3000]
+    train = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
+                               "and attributes.run_name = 'train'")[0]
+    artifacts_page = rendered_text(f"{mlflow_root}/#/experiments/{parent.info.experiment_id}/runs/"
+                                   f"{train.info.run_id}/artifacts/plots/confusion_matrix.png")
+    assert "confusion_matrix.png" in artifacts_page and "training_curves.png" in artifacts_page, (
+        artifacts_page[:3000])

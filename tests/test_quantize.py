@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from visionnode.components.common.artifacts import InferenceMetadata, ModelMetadata, ShardManifest
+from visionnode.components.common.confusion import Confusion
 from visionnode.components.common.data.ffcv_io import uint8_batches
 from visionnode.components.quantize.accuracy import AccuracyReport, compare_accuracy
 from visionnode.components.quantize.export import (
@@ -117,6 +118,12 @@ def test_quantize_writes_int8_ir_and_metadata_deploy_can_read(int8_model: Path,
     # on a trained model is measured by the demo and bench_quantize.py.
     report = json.loads((int8_model / "quantize_report.json").read_text())
     assert report["accuracy"]["top1_agreement"] == acc.top1_agreement
+    # The INT8 confusion matrix counts every val image once, its diagonal is the INT8 top-1 reported.
+    confusion = Confusion.load(int8_model)
+    assert confusion.names == meta.classes.names and confusion.matrix.sum() == acc.images
+    assert 100 * np.trace(confusion.matrix) / acc.images == pytest.approx(acc.int8_top1)
+    per_class = np.bincount(labels, minlength=len(meta.classes.names))
+    assert confusion.matrix.sum(axis=1).tolist() == per_class.tolist()  # each image in its true class's row
     assert meta.accuracy["flip_max_margin"] == acc.flip_max_margin
 
 
@@ -254,9 +261,14 @@ def _predicting(classes: list[int]):
 def test_top1_drop_and_discordant_images_of_known_predictions(fp32: list[int], int8: list[int], drop: float,
                                                               discordant: tuple[int, int]) -> None:
     labels = np.array([0, 1, 2, 3])
-    report = compare_accuracy(_predicting(fp32), _predicting(int8), [(np.arange(4), labels)], num_classes=4)
+    confusion = Confusion.empty(["a", "b", "c", "d"])
+    report = compare_accuracy(_predicting(fp32), _predicting(int8), [(np.arange(4), labels)], num_classes=4,
+                              int8_confusion=confusion)
     assert report.top1_drop_pts == drop and report.top1_agreement == 75.0
     assert (report.fp32_only_right, report.int8_only_right) == discordant
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[labels, int8] = 1  # image i: true class i, INT8's answer int8[i]
+    np.testing.assert_array_equal(confusion.matrix, expected)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from visionnode.pipeline.compile import compile_pipeline, load_compiled
+from visionnode.pipeline.compile import compile_pipeline, dag_tasks, fed_parameter, load_compiled
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ROOT / "components"
@@ -149,10 +149,10 @@ def cli_defaults(phase: str) -> dict[str, Any]:
 
 def pipeline_defaults(phase: str, spec: dict) -> dict[str, Any]:
     """Component parameter -> the default the compiled pipeline gives it (through the parameter it is fed)."""
-    task_inputs = spec["root"]["dag"]["tasks"][f"{phase}-op"]["inputs"]["parameters"]
+    task_inputs = dag_tasks(spec)[f"{phase}-op"]["inputs"]["parameters"]
     root = spec["root"]["inputDefinitions"]["parameters"]
-    return {name: root[source["componentInputParameter"]].get("defaultValue")
-            for name, source in task_inputs.items() if "componentInputParameter" in source}
+    return {name: root[fed_parameter(source)].get("defaultValue")
+            for name, source in task_inputs.items() if fed_parameter(source)}
 
 
 def same(a: Any, b: Any) -> bool:

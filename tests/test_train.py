@@ -128,9 +128,11 @@ def test_precision_resolution() -> None:
 # -- the real thing: ResNet-152 learns; outputs, MLflow run and registered model exist ----------------------
 
 
-def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path, tmp_path: Path) -> None:
+def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a sample a second (10 s by default)
     out = tmp_path / "model"
     # Overfit one batch of 4 at 32 px: 6 SGD steps must cut the loss clearly on the real 60M-parameter model.
     result = train(TrainConfig(
@@ -154,7 +156,16 @@ def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path,
     assert metadata.metrics["top5"] == pytest.approx(top5, abs=one_image + 1e-9), (metadata.metrics, top5)
     weights = torch.load(out / "weights.pt", weights_only=True)
     assert weights["fc.weight"].shape == (6, 2048) and not any(k.startswith("module.") for k in weights)
-    assert (out / "loss_curve.png").stat().st_size > 1000
+    # The curves: a PNG and a self-contained HTML page (train's KFP HTML artifact) with the val figures.
+    assert (out / "training_curves.png").stat().st_size > 1000
+    page = (out / "training_curves.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and f"<td>{metadata.metrics['top1']:.4g}</td>" in page
+    # The confusion matrix of the val images, recomputed as counts: its diagonal is the top-1 reported.
+    confusion = json.loads((out / "confusion_matrix.json").read_text())
+    matrix = np.array(confusion["matrix"])
+    assert confusion["names"] == metadata.classes.names and matrix.sum() == images
+    assert 100 * np.trace(matrix) / images == pytest.approx(metadata.metrics["top1"])
+    assert "most-confused class pairs" in (out / "confused_pairs.md").read_text()
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(result.mlflow_run_id)
@@ -170,23 +181,46 @@ def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path,
     assert run.data.metrics["top1_ci_low"] == pytest.approx(expected[0])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4, 5, 6]
     assert client.get_metric_history(run.info.run_id, "top1") and "img_per_s" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
+    system = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+    assert system <= set(run.data.metrics), sorted(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/training_curves.png", "plots/confusion_matrix.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "confusion")} == {
+        "confusion/confusion_matrix.json", "confusion/confused_pairs.md"}
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
 
-    # The registered version is an MLflow 3 logged model of this run holding the very weights written here.
+    # The registered version: MLflow's pytorch flavour of this run's model with its signature (uint8 images
+    # in, logits out); loaded back through MLflow it answers as the weights written here do.
     name, version = result.registered_model.split("/")
     registered = client.get_model_version(name, version)
     assert name == "visionnode-resnet152" and registered.run_id == result.mlflow_run_id
-    assert registered.source.startswith("models:/m-"), registered.source
-    logged = client.get_logged_model(registered.source.removeprefix("models:/"))
-    assert logged.source_run_id == result.mlflow_run_id and str(logged.status) == "READY"
-    artifacts = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
-    assert artifacts == {"weights.pt", "model.json"}
-    fetched = mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/weights.pt",
-                                                  dst_path=str(tmp_path))
-    assert Path(fetched).read_bytes() == (out / "weights.pt").read_bytes()
+    assert metadata.registered_model == result.registered_model  # model.json says which version it is
+    info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+    assert "pytorch" in info.flavors
+    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8",
+                                                                                  "shape": (-1, 32, 32, 3)}}]
+    assert info.signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32",
+                                                                                   "shape": (-1, 6)}}]
+    val_files = [tiny_shards / s.file for s in ShardManifest.load(tiny_shards).shards_for("val")]
+    batch, _ = next(uint8_batches(val_files, 4, 32))
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(batch)
+    expected = _serving_logits(out / "weights.pt", batch)
+    np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+    logged = client.get_logged_model(info.model_id)
     assert {m.key for m in logged.metrics or []} >= {"top1", "top5"}
+
+
+def _serving_logits(weights: Path, images: np.ndarray) -> np.ndarray:
+    state = torch.load(weights, weights_only=True)
+    model = build_resnet(152, state["fc.weight"].shape[0])
+    model.load_state_dict(state)
+    model.eval()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    with torch.no_grad():
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+        return model((pixels - mean) / std).numpy()
 
 
 def _val_accuracy(weights: Path, depth: int, shards: Path, size: int) -> tuple[float, float, int]:

@@ -8,7 +8,9 @@
 3. closed-loop concurrency sweep (and an open-loop level at `--rate`), each level warmed up, then
    bounded in time and requests; server-side batch size from Triton's metrics; Triton's RSS;
 4. verdict: the best level is the one with the highest QPS whose P99 meets the target without errors;
-   the SLO is met when that level also reaches the target QPS. The verdict is reported, never raised.
+   the SLO is met when that level also reaches the target QPS. The verdict is reported, never raised;
+5. champion/challenger: the top-1 of the benchmarked model and of the champion it would replace, on the same
+   labelled val images through Triton, and the promotion decision (decision.py) the pipeline acts on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from visionnode.components.benchmark.accuracy import compare_top1
 from visionnode.components.benchmark.config import BenchmarkConfig
+from visionnode.components.benchmark.decision import decide
 from visionnode.components.benchmark.loadgen import LevelPlan, LevelStats, Target, run_level
 from visionnode.components.benchmark.result import Baselines, BenchmarkResult
 from visionnode.components.common.artifacts import InferenceMetadata
@@ -199,8 +203,11 @@ def benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
     with tracked_run("benchmark", tags={"phase": "benchmark", "model": config.model}) as tracker:
         result = run_benchmark(config, pool, baselines, served)
         tracker.log_params({"protocol": config.protocol, "concurrency": config.concurrency,
-                            "rate": config.rate,
+                            "rate": config.rate, "champion": config.champion,
+                            "max_top1_regression": config.max_top1_regression,
                             "duration_s": config.duration_s, "images_source": result.images_source})
+        tracker.set_tags({"decision": ("promote: " if result.decision.promote else "refuse: ")
+                          + result.decision.reason})
         for level in result.levels:
             tracker.log_metrics({f"{level.mode}_qps": level.qps, f"{level.mode}_p99_ms": level.p99_ms,
                                  f"{level.mode}_errors": level.errors}, step=level.concurrency)
@@ -273,6 +280,7 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
     met, text = verdict(levels, best, config.target_qps, config.target_p99_ms)
     best_qps = levels[best].qps if best is not None else 0.0
     rss = [s.triton_rss_mb for s in levels if s.triton_rss_mb]
+    top1 = compare_top1(http_url, config.model, config.champion, config.shards, config.accuracy_images, pool)
     return BenchmarkResult(
         model=config.model, protocol=config.protocol, url=url, images_source=pool.source,
         input_shape=[-1, size, size, 3], levels=levels, best_level=best, best_qps=best_qps,
@@ -281,6 +289,8 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
         target_p99_ms=config.target_p99_ms, baselines=baselines,
         served_vs_openvino=best_qps / baselines.openvino_int8_ips if baselines.openvino_int8_ips else None,
         served_vs_pytorch=best_qps / baselines.pytorch_fp32_ips if baselines.pytorch_fp32_ips else None,
-        triton_rss_mb=max(rss) if rss else None)
+        triton_rss_mb=max(rss) if rss else None, champion=config.champion, accuracy_images=top1.images,
+        candidate_top1=top1.candidate_top1, champion_top1=top1.champion_top1,
+        decision=decide(met, text, top1.candidate_top1, top1.champion_top1, config.max_top1_regression))
 
 

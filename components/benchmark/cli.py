@@ -48,6 +48,15 @@ def benchmark_command(
     target_p99_ms: Annotated[
         float, typer.Option(help="SLO: P99 latency target (ms).")
     ] = DEFAULTS.target_p99_ms,
+    champion: Annotated[str, typer.Option(
+        help="The production model the benchmarked candidate would replace: both answer the same labelled "
+             "val images for the top-1 comparison of the promotion decision.")] = DEFAULTS.champion,
+    max_top1_regression: Annotated[float, typer.Option(
+        help="Promote only if the candidate's top-1 is at most this many points below the champion's.")
+    ] = DEFAULTS.max_top1_regression,
+    accuracy_images: Annotated[int, typer.Option(
+        help="Labelled val images (from --shards) for the candidate/champion top-1 comparison.")
+    ] = DEFAULTS.accuracy_images,
     shards: Annotated[
         Optional[str], typer.Option(help="Val shards (dir or s3://) for request images.")
     ] = DEFAULTS.shards,
@@ -75,7 +84,9 @@ def benchmark_command(
                              concurrency=parse_levels(concurrency), rate=rate, duration_s=duration,
                              warmup_s=warmup,
                              max_requests=max_requests, target_qps=target_qps, target_p99_ms=target_p99_ms,
-                             shards=shards, model_dir=model_dir, fp32_model=fp32_model, baselines=baselines,
+                             champion=champion, max_top1_regression=max_top1_regression,
+                             accuracy_images=accuracy_images, shards=shards, model_dir=model_dir,
+                             fp32_model=fp32_model, baselines=baselines,
                              report_path=report)
     result = benchmark(config)
     summary = to_jsonable(result)

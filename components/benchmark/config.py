@@ -27,6 +27,9 @@ class BenchmarkConfig:
     max_requests: int = 20_000        # per level
     target_qps: float = 100.0
     target_p99_ms: float = 150.0
+    champion: str = ""                # the production model `model` would replace ("" = none to compare)
+    max_top1_regression: float = 0.5  # promotion: at most this many top-1 points below the champion
+    accuracy_images: int = 1000       # labelled val images both models answer for the top-1 comparison
     shards: str | None = None
     pool_images: int = 64
     # the IR for the OpenVINO baseline; None = fetched from Triton's repository
@@ -50,6 +53,11 @@ class BenchmarkConfig:
             raise ConfigError(f"--rate {self.rate} must be positive")
         if self.target_qps <= 0 or self.target_p99_ms <= 0:
             raise ConfigError("--target-qps and --target-p99-ms must be positive")
+        if self.max_top1_regression < 0:
+            raise ConfigError(f"--max-top1-regression {self.max_top1_regression:g} is negative",
+                              "it is how many top-1 points below the champion a candidate may be, e.g. 0.5")
+        if self.accuracy_images < 1:
+            raise ConfigError(f"--accuracy-images {self.accuracy_images} must be at least 1")
 
 
 def parse_levels(text: str) -> list[int]:

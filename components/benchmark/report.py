@@ -109,6 +109,13 @@ def render_html(result: "BenchmarkResult", images: list[Path]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{max-width:49%}}</style></head><body>
 <h1>Triton benchmark: {html.escape(result.model)} over {html.escape(result.protocol)}</h1>
 <p style="font-size:1.3em;color:{colour}"><b>{html.escape(result.verdict)}</b></p>
+<h2>Promotion decision: {"promote" if result.decision.promote else "do not promote"}</h2>
+<p>{html.escape(result.decision.reason)}</p>
+<table><tr><th>model</th>
+<th>top-1 % on {result.accuracy_images} labelled val images (through Triton)</th></tr>
+<tr><td>{html.escape(result.model)} (candidate)</td><td>{format_number(result.candidate_top1, 2)}</td></tr>
+<tr><td>{html.escape(result.champion or "no champion")} (champion)</td>
+<td>{format_number(result.champion_top1, 2)}</td></tr></table>
 <p>Server {html.escape(result.url)}; input {result.input_shape};
 request images: {html.escape(result.images_source)}.</p>
 <h2>Baselines (same images, this process, same machine)</h2>

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from visionnode.components.benchmark.decision import Decision
 from visionnode.components.benchmark.loadgen import LevelStats
 
 
@@ -37,13 +38,20 @@ class BenchmarkResult:
     served_vs_openvino: float | None  # best served QPS / raw OpenVINO INT8 img/s
     served_vs_pytorch: float | None
     triton_rss_mb: float | None
+    champion: str = ""                # the production model the candidate was compared with
+    accuracy_images: int = 0          # labelled images both answered for the top-1 comparison
+    candidate_top1: float | None = None
+    champion_top1: float | None = None
+    decision: Decision = Decision(False, "not decided")
     report: str | None = None
 
     def metrics(self) -> dict[str, float]:
         metrics = {"best_qps": self.best_qps, "best_p99_ms": self.best_p99_ms, "max_qps": self.max_qps,
                    "slo_met": float(self.slo_met), "target_qps": self.target_qps,
                    "target_p99_ms": self.target_p99_ms}
-        for key in ("served_vs_openvino", "served_vs_pytorch", "triton_rss_mb"):
+        metrics["promote"] = float(self.decision.promote)
+        for key in ("served_vs_openvino", "served_vs_pytorch", "triton_rss_mb", "candidate_top1",
+                    "champion_top1"):
             if getattr(self, key) is not None:
                 metrics[key] = float(getattr(self, key))
         if self.baselines.openvino_int8_ips:

@@ -164,6 +164,7 @@ class ModelMetadata:
     preprocessing: Preprocessing
     metrics: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    registered_model: str = ""     # its MLflow registered model version, 'name/version' ('' = not registered)
     format: str = MODEL_FORMAT
 
     def save(self, directory: str | Path) -> Path:
@@ -179,7 +180,7 @@ class ModelMetadata:
         return cls(
             arch=data["arch"], num_classes=data["num_classes"], classes=ClassIndex(**data["classes"]),
             preprocessing=_preprocessing(data["preprocessing"]), metrics=data.get("metrics", {}),
-            training=data.get("training", {}),
+            training=data.get("training", {}), registered_model=data.get("registered_model", ""),
         )
 
 
@@ -204,6 +205,7 @@ class InferenceMetadata:
     ir_xml: str = "model.xml"
     onnx: str | None = "model.onnx"
     accuracy: dict[str, float] = field(default_factory=dict)
+    source_model: str = ""         # the FP32 registered version it came from, 'name/version' ('' = none)
     format: str = INFERENCE_FORMAT
 
     def save(self, directory: str | Path) -> Path:
@@ -221,6 +223,7 @@ class InferenceMetadata:
             output=TensorSpec(**data["output"]), classes=ClassIndex(**data["classes"]),
             preprocessing=_preprocessing(data["preprocessing"]), ir_xml=data.get("ir_xml", "model.xml"),
             onnx=data.get("onnx"), accuracy=data.get("accuracy", {}),
+            source_model=data.get("source_model", ""),
         )
 
 

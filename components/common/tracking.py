@@ -40,9 +40,11 @@ for _name, _value in TELEMETRY_OFF.items():
 class Tracker:
     """Logging calls for one run; every method is a no-op when `run_id` is None."""
 
-    def __init__(self, run_id: str | None = None, tracking_uri: str | None = None) -> None:
+    def __init__(self, run_id: str | None = None, tracking_uri: str | None = None,
+                 parent_run_id: str | None = None) -> None:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id   # the pipeline run's parent run, when this run is nested
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +80,15 @@ class Tracker:
 
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    def tag_parent(self, tags: Mapping[str, Any]) -> None:
+        """Tags on the pipeline's parent run (what the whole run decided, e.g. the promotion outcome)."""
+        if self.enabled and self.parent_run_id:
+            import mlflow
+
+            client = mlflow.MlflowClient()
+            for key, value in tags.items():
+                client.set_tag(self.parent_run_id, key, str(value))
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if self.enabled:
             import mlflow
@@ -108,8 +119,10 @@ def tracked_run(
     parent_run_id: str | None = None,
     tracking_uri: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Tracker]:
-    """Open an MLflow run for one phase; a no-op tracker when no tracking URI is configured."""
+    """Open an MLflow run for one phase; a no-op tracker when no tracking URI is configured.
+    `system_metrics` samples CPU, memory, disk, network (and GPU where pynvml finds one) into the run."""
     uri = tracking_uri or resolve_endpoints().mlflow_uri
     if not uri:
         yield Tracker()
@@ -121,11 +134,13 @@ def tracked_run(
     mlflow.set_tracking_uri(uri)
     _set_experiment(mlflow, experiment, uri)
     active = mlflow.active_run()  # a phase calling another phase's function: nest under the caller's run
-    parent = (active.info.run_id if active else None) or parent_run_id or os.environ.get(PARENT_RUN_ENV) \
-        or _pipeline_parent_run(mlflow, experiment)
+    parent = (active.info.run_id if active else None) or parent_run_id or pipeline_parent_run(mlflow,
+                                                                                               experiment)
+    # None (not False) leaves MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING in charge for every other run.
     with mlflow.start_run(run_name=run_name, parent_run_id=parent, nested=parent is not None,
-                          tags={k: str(v) for k, v in (tags or {}).items()}) as run:
-        yield Tracker(run.info.run_id, uri)
+                          tags={k: str(v) for k, v in (tags or {}).items()},
+                          log_system_metrics=True if system_metrics else None) as run:
+        yield Tracker(run.info.run_id, uri, parent)
 
 
 def _probe(uri: str) -> None:
@@ -155,8 +170,11 @@ def _set_experiment(mlflow: Any, experiment: str, uri: str) -> None:
         mlflow.set_experiment_tag(key, kind)
 
 
-def _pipeline_parent_run(mlflow: Any, experiment: str) -> str | None:
-    """The parent run of a KFP pipeline run: found by its tag, created by the first phase that needs it."""
+def pipeline_parent_run(mlflow: Any, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """The pipeline run's parent run: the one a local run opened (`VISIONNODE_PARENT_RUN_ID`), else, in a
+    cluster, the one tagged with the KFP run id, created by the first phase that needs it."""
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV]
     pipeline_run_id = os.environ.get(PIPELINE_RUN_ENV)
     if not pipeline_run_id:
         return None

@@ -10,7 +10,6 @@ import numpy as np
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.data.samples import encode_png, sample_images
 from visionnode.components.common.errors import IntegrityError
-from visionnode.components.deploy.config import DeployConfig
 from visionnode.components.deploy.repository import JPEG_INPUT, JPEG_SUFFIX
 
 
@@ -89,27 +88,44 @@ def classification_label(client, name: str, meta: InferenceMetadata, image: np.n
     return int(index), label
 
 
-def check_answers(client, config: DeployConfig, meta: InferenceMetadata) -> AnswerCheck:
-    size = meta.input.shape[1]
-    samples = sample_images(config.shards, config.check_images, size)
-    reference = local_logits(Path(config.model_dir) / meta.ir_xml, samples.images)
-    batch = min(8, config.serving.max_batch_size)
-    served = served_logits(client, config.model_name, meta, samples.images, batch)
-    jpeg = served_jpeg_logits(client, config.model_name + JPEG_SUFFIX, meta, samples.images, batch)
-    index, label = classification_label(client, config.model_name, meta, samples.images[0])
-    check = AnswerCheck(images=len(samples.images), source=samples.source,
-                        top1_agreement=_agreement(reference, served),
-                        jpeg_top1_agreement=_agreement(reference, jpeg),
-                        max_abs_logit_diff=float(np.abs(reference - served).max()),
+@dataclass
+class Reference:
+    """Sample images and local OpenVINO's logits for them: computed once, compared with every replica."""
+
+    meta: InferenceMetadata
+    images: np.ndarray
+    source: str
+    logits: np.ndarray
+
+
+def local_reference(model_dir: Path, meta: InferenceMetadata, shards: str | None, count: int) -> Reference:
+    samples = sample_images(shards, count, meta.input.shape[1])
+    return Reference(meta, samples.images, samples.source, local_logits(Path(model_dir) / meta.ir_xml,
+                                                                        samples.images))
+
+
+def check_answers(client, url: str, name: str, reference: Reference, max_batch_size: int) -> AnswerCheck:
+    """Triton's answers (the server at `url`) for `name` (tensor input) and `name`_jpeg (PNG bytes) against
+    local OpenVINO's."""
+    meta, images, logits = reference.meta, reference.images, reference.logits
+    batch = min(8, max_batch_size)
+    served = served_logits(client, name, meta, images, batch)
+    jpeg = served_jpeg_logits(client, name + JPEG_SUFFIX, meta, images, batch)
+    index, label = classification_label(client, name, meta, images[0])
+    check = AnswerCheck(images=len(images), source=reference.source,
+                        top1_agreement=_agreement(logits, served),
+                        jpeg_top1_agreement=_agreement(logits, jpeg),
+                        max_abs_logit_diff=float(np.abs(logits - served).max()),
                         classification_label=f"{index}:{label}")
+    where = f"'{name}' on Triton at {url}"
     if check.top1_agreement < 1.0 or check.jpeg_top1_agreement < 1.0:
-        raise IntegrityError(f"Triton's top-1 differs from local OpenVINO on the same images "
+        raise IntegrityError(f"{where}: Triton's top-1 differs from local OpenVINO on the same images "
                              f"(tensor {check.top1_agreement:.0%}, jpeg {check.jpeg_top1_agreement:.0%} "
                              "agree)",
                              "the served files differ from --model; redeploy")
-    if index != int(reference[0].argmax()) or label != meta.classes.names[index]:
-        raise IntegrityError(f"Triton's classification answer '{index}:{label}' does not match class "
-                             f"{int(reference[0].argmax())} "
-                             f"'{meta.classes.names[int(reference[0].argmax())]}'",
+    expected = int(logits[0].argmax())
+    if index != expected or label != meta.classes.names[index]:
+        raise IntegrityError(f"{where}: Triton's classification answer '{index}:{label}' does not match "
+                             f"class {expected} '{meta.classes.names[expected]}'",
                              "labels.txt is out of step with model.json; redeploy")
     return check

@@ -28,6 +28,9 @@ def deploy_command(
     grpc_url: Annotated[
         str, typer.Option("--grpc-url", help="Triton gRPC HOST:PORT (default: settings).")
     ] = DEFAULTS.triton_grpc,
+    replicas: Annotated[str, typer.Option(
+        help="Every Triton server to load on: HOST:PORT[,HOST:PORT...], or a headless Service HOST:PORT "
+             "whose DNS A records are the replicas (default: --triton-url alone).")] = DEFAULTS.replicas,
     name: Annotated[
         str, typer.Option(help="Triton model name (the JPEG front end is NAME_jpeg).")
     ] = DEFAULTS.model_name,
@@ -63,7 +66,9 @@ def deploy_command(
     ] = DEFAULTS.load_timeout_s,
     json_path: JsonOption = None,
 ) -> None:
-    """Serve the INT8 model on Triton (python backend + OpenVINO), load it without downtime, check answers."""
+    """Stage the INT8 model on Triton as NAME_candidate beside the serving NAME (every replica), check its
+    answers, register it in MLflow; then `visionnode benchmark --model NAME_candidate --champion NAME` and
+    `visionnode promote` (or `reject`)."""
     from visionnode.components.deploy.deploy import (
         deploy,  # imports numpy, OpenVINO and tritonclient: only when the command runs
     )
@@ -74,11 +79,56 @@ def deploy_command(
         max_queue_delay_us=max_queue_delay_us, queue_timeout_us=int(queue_timeout_ms * 1000),
         max_queue_size=max_queue_size, instances=instances)
     config = DeployConfig(
-        model_dir=model, repository=repository, triton_http=triton_url, triton_grpc=grpc_url, model_name=name,
+        model_dir=model, repository=repository, triton_http=triton_url, triton_grpc=grpc_url,
+        replicas=replicas, model_name=name,
         version=version, shards=shards, check_images=check_images, load_timeout_s=load_timeout,
         serving=serving)
     emit_result(deploy(config), json_path, "deploy")
 
 
+EndpointOption = Annotated[Path, typer.Option(
+    "--endpoint", help="The --json summary `visionnode deploy` wrote for the staged candidate.")]
+ReasonOption = Annotated[str, typer.Option(
+    help="Why (e.g. the benchmark's decision); recorded with the outcome.")]
+ReplicasOverride = Annotated[str, typer.Option(
+    help="Every Triton server (as deploy's --replicas); default: those deploy loaded on.")]
+
+
+@user_errors
+def promote_command(
+    endpoint: EndpointOption,
+    model: Annotated[Path, typer.Option("--model", help="The quantize output deploy staged.")],
+    reason: ReasonOption = "",
+    replicas: ReplicasOverride = "",
+    load_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for Triton to load the model.")
+    ] = DEFAULTS.load_timeout_s,
+    json_path: JsonOption = None,
+) -> None:
+    """Serve the staged candidate under the production name on every replica (no request fails), unload the
+    candidate, and point the MLflow alias `champion` at its registered version."""
+    from visionnode.components.deploy.promote import PromoteConfig, promote
+
+    emit_result(promote(PromoteConfig(endpoint=endpoint, model_dir=model, reason=reason, replicas=replicas,
+                                      load_timeout_s=load_timeout)), json_path, "promote")
+
+
+@user_errors
+def reject_command(
+    endpoint: EndpointOption,
+    reason: ReasonOption = "",
+    replicas: ReplicasOverride = "",
+    json_path: JsonOption = None,
+) -> None:
+    """Withdraw the staged candidate: unload it on every replica and delete its files (the champion serves
+    on)."""
+    from visionnode.components.deploy.promote import PromoteConfig, reject
+
+    emit_result(reject(PromoteConfig(endpoint=endpoint, reason=reason, replicas=replicas)), json_path,
+                "reject")
+
+
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy_command)
+    app.command("promote")(promote_command)
+    app.command("reject")(reject_command)

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visionnode.components.common.errors import ConfigError
-from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME
+from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME, replica_entries
+
+CANDIDATE_SUFFIX = "_candidate"
+
+
+def candidate_name(model_name: str) -> str:
+    """The Triton name a new model is staged and measured under, beside the production name."""
+    return model_name + CANDIDATE_SUFFIX
 
 
 @dataclass
@@ -48,6 +55,8 @@ class DeployConfig:
     repository: str = ""
     triton_http: str = ""         # "" = from settings (env / stack.json)
     triton_grpc: str = ""
+    # every Triton replica to load on: HOST:PORT list or a headless Service name; "" = triton_http alone
+    replicas: str = ""
     model_name: str = DEFAULT_MODEL_NAME
     version: int | None = None    # None = one above the newest in the repository
     shards: str | None = None     # val shards for the answer check; None = seeded random images
@@ -57,9 +66,12 @@ class DeployConfig:
 
     def validate(self) -> None:
         self.serving.validate()
-        if not self.model_name or "/" in self.model_name:
+        if self.replicas:
+            replica_entries(self.replicas)
+        if not self.model_name or "/" in self.model_name or self.model_name.endswith(CANDIDATE_SUFFIX):
             raise ConfigError(f"model name '{self.model_name}' is not a valid Triton model name",
-                              "use letters, digits, - and _ (e.g. resnet152_int8)")
+                              "use letters, digits, - and _ (e.g. resnet152_int8); `<name>_candidate` is "
+                              "where deploy stages a new version")
 
 
 DEFAULTS = DeployConfig(model_dir=Path("."))

@@ -77,3 +77,30 @@ def _publish_s3(source: Path, target: RepositoryTarget, name: str, files: list[P
         except Exception as exc:  # boto3 S3UploadFailedError / ClientError / EndpointConnectionError
             raise ServiceError(f"cannot upload {path.name} to s3://{base.bucket}/{key}: {one_line(exc)}",
                                "check the S3 endpoint, bucket and credentials") from None
+
+
+WITHDRAWN_FILE = "WITHDRAWN"
+
+
+def withdraw_version(target: RepositoryTarget, name: str, version: int, note: str) -> None:
+    """Delete the files of `<name>/<version>/` (a withdrawn candidate) but leave a note in its place, so the
+    number stays taken: a later candidate gets a new one, as its registered version already has."""
+    if target.local_dir is not None:
+        directory = target.local_dir / name / str(version)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        (directory / WITHDRAWN_FILE).write_text(note + "\n")
+        return
+    assert target.location is not None
+    client = s3_client(target.s3)
+    folder = target.location.child(name).child(str(version))
+    prefix = folder.key.rstrip("/") + "/"
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=folder.bucket, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=folder.bucket, Delete={"Objects": keys})
+        client.put_object(Bucket=folder.bucket, Key=prefix + WITHDRAWN_FILE, Body=(note + "\n").encode())
+    except Exception as exc:  # botocore ClientError / EndpointConnectionError
+        raise ServiceError(f"cannot withdraw {target.uri}/{name}/{version}: {one_line(exc)}",
+                           "check the S3 endpoint, bucket and credentials") from None

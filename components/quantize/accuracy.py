@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visionnode.components.common.confusion import Confusion
 from visionnode.components.common.progress import progress_bar
 
 Logits = Callable[[np.ndarray], np.ndarray]
@@ -59,8 +60,10 @@ class _Tally:
 
 
 def compare_accuracy(fp32: Logits, int8: Logits, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                     num_classes: int, total: int | None = None) -> AccuracyReport:
-    """Run both models over the same uint8 batches and tally top-1/top-k and their agreement."""
+                     num_classes: int, total: int | None = None,
+                     int8_confusion: Confusion | None = None) -> AccuracyReport:
+    """Run both models over the same uint8 batches and tally top-1/top-k and their agreement (and the INT8
+    model's confusion matrix into `int8_confusion`, when given)."""
     k = min(5, num_classes)
     ref, quant = _Tally(k), _Tally(k)
     seen = agree = fp32_only = int8_only = 0
@@ -73,6 +76,8 @@ def compare_accuracy(fp32: Logits, int8: Logits, batches: Iterable[tuple[np.ndar
             ref_class, ref_right = ref.add(reference, labels)
             quant_class, quant_right = quant.add(int8(images), labels)
             same = ref_class == quant_class
+            if int8_confusion is not None:
+                int8_confusion.add(labels, quant_class)
             agree += int(same.sum())
             fp32_only += int((ref_right & ~quant_right).sum())
             int8_only += int((quant_right & ~ref_right).sum())

@@ -1,6 +1,6 @@
 """KFP v2 component: FP32 model -> INT8 OpenVINO IR (+ ONNX) with accuracy, size and speed reported."""
 
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from visionnode.components.common.adapters.kfp import phase_component
 
@@ -12,6 +12,8 @@ def quantize_op(
     int8_model: Output[Model],
     metrics: Output[Metrics],
     gate_report: Output[Markdown],
+    confusion_matrix: Output[ClassificationMetrics],
+    confused_pairs: Output[Markdown],
     calibration_images: int = 300,
     max_accuracy_drop: float = 1.0,
     full_int8: bool = False,
@@ -32,6 +34,9 @@ def quantize_op(
             latency (batch 1) and throughput (batch 8) of PyTorch FP32, OpenVINO FP32 and OpenVINO INT8.
         gate_report: The accuracy gate's decision (pass, pass with warning when the val images are too few
             to tell, or fail): the measured drop, the images compared, the paired test and its rule.
+        confusion_matrix: The INT8 model's confusion matrix on the val images (up to 50 classes; empty
+            beyond).
+        confused_pairs: The INT8 model's most-confused class pairs on the val images (Markdown table).
         calibration_images: Train images used to calibrate the INT8 ranges.
         max_accuracy_drop: Largest allowed FP32 -> INT8 top-1 drop in points; the step fails (after writing
             its outputs and metrics) when the drop is significantly larger: its one-sided 95 % lower
@@ -42,7 +47,7 @@ def quantize_op(
     """
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import record_metrics
+    from visionnode.components.common.adapters.kfp import confusion_views, record_metrics
     from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
     from visionnode.components.quantize.gate import gate_markdown
     from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
@@ -68,5 +73,6 @@ def quantize_op(
     with open(gate_report.path, "w", encoding="utf-8") as fh:
         fh.write(gate_markdown(result.gate))
     gate_report.metadata.update({"verdict": result.gate.verdict, "message": result.gate.message})
+    confusion_views(int8_model.path, confusion_matrix, confused_pairs)
     if failure is not None:
         raise failure

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from visionnode.components.common.artifacts import InferenceMetadata, ShardManifest
+from visionnode.components.common.confusion import Confusion, write_confusion
 from visionnode.components.common.errors import DataError, IntegrityError, QualityGateError
 from visionnode.components.common.jsonio import write_json
 from visionnode.components.common.progress import progress_bar
@@ -156,10 +157,12 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
     del int8_model
 
     int8_compiled = compile_openvino(int8_xml, "LATENCY", config.threads)  # the files we ship
+    confusion = Confusion.empty(model.metadata.classes.names)
     accuracy = compare_accuracy(openvino_logits(fp32_compiled), openvino_logits(int8_compiled),
                                 itertools.chain([first], val_batches), model.metadata.num_classes,
-                                total=_count(val_paths, limit))
+                                total=_count(val_paths, limit), int8_confusion=confusion)
     del fp32_compiled, int8_compiled
+    write_confusion(confusion, staging, f"{model.metadata.arch} INT8", tracker)
     gate = judge_accuracy(accuracy, max_drop=config.max_accuracy_drop)
 
     perf = None
@@ -190,7 +193,7 @@ def inference_metadata(model: TrainedModel, result: QuantizeResult) -> Inference
     return InferenceMetadata(arch=model.metadata.arch, precision="int8", input=model.input_spec(),
                              output=model.output_spec(), classes=model.metadata.classes,
                              preprocessing=model.metadata.preprocessing, ir_xml=IR_FILE, onnx=ONNX_FILE,
-                             accuracy=accuracy)
+                             accuracy=accuracy, source_model=model.metadata.registered_model)
 
 
 def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "mixed",

@@ -1,6 +1,6 @@
 """KFP v2 component: train ResNet-152 on the remote shards and hand on the Model."""
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from visionnode.components.common.adapters.kfp import phase_component
 
@@ -11,6 +11,9 @@ def train_op(
     data_digest: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    curves: Output[HTML],
+    confusion_matrix: Output[ClassificationMetrics],
+    confused_pairs: Output[Markdown],
     epochs: int = 16,
     batch_size: int = 64,
     lr: float = 0.0,
@@ -39,6 +42,10 @@ def train_op(
             metrics); metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
         metrics: top1 with its 95 % Wilson interval (top1_ci_low/high over val_images), top5, val_loss,
             final train loss, images/s, steps, peak_lr.
+        curves: Output HTML: training loss per step and val top-1/top-5 per epoch (plot and table).
+        confusion_matrix: The confusion matrix on the val images after the last epoch (up to 50 classes;
+            empty beyond).
+        confused_pairs: The most-confused class pairs on the val images (Markdown table).
         epochs: Epochs to train.
         batch_size: Images per optimizer step.
         lr: Peak learning rate; 0.0 means "auto": `suggested_lr` when that is > 0, else scaled from the batch
@@ -57,12 +64,14 @@ def train_op(
             a head of another class count is replaced.
         head_epochs: With init_weights: the first epochs train only the classifier head.
     """
+    import shutil
     from pathlib import Path
 
-    from visionnode.components.common.adapters.kfp import record_metrics
+    from visionnode.components.common.adapters.kfp import confusion_views, record_metrics
     from visionnode.components.common.artifacts import ShardManifest
     from visionnode.components.common.training.recipe import Recipe, parse_res_schedule, resolve_lr
     from visionnode.components.train.config import TrainConfig
+    from visionnode.components.train.outputs import CURVES_PAGE
     from visionnode.components.train.resume import current_run_id, default_checkpoint_uri
     from visionnode.components.train.train import PREEMPTED_EXIT_CODE, train
 
@@ -85,3 +94,5 @@ def train_op(
                            "mlflow_run_id": result.mlflow_run_id or "",
                            "lr_plan": result.lr_plan.describe()})
     record_metrics(metrics, result.metrics())
+    shutil.copyfile(Path(model.path) / CURVES_PAGE, curves.path)
+    confusion_views(model.path, confusion_matrix, confused_pairs)

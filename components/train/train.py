@@ -57,8 +57,9 @@ from visionnode.components.train.distributed import (
 from visionnode.components.train.finetune import InitWeights, load_init_weights, set_backbone_trainable
 from visionnode.components.train.outputs import (
     TRAIN_LOG_FILE,
-    plot_loss_curve,
+    plot_training_curves,
     register_model,
+    write_confusion_views,
     write_model,
     write_train_log,
 )
@@ -224,7 +225,7 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     if config.compile:
         net = torch.compile(net)
 
-    tracking = (tracked_run("train", tags={"arch": config.arch, "phase": "train"})
+    tracking = (tracked_run("train", tags={"arch": config.arch, "phase": "train"}, system_metrics=True)
                 if ctx.is_main and config.tracking else contextlib.nullcontext(Tracker()))
     with tracking as tracker:
         trainer = Trainer(config=config, ctx=ctx, precision=precision, model=model, net=net,
@@ -280,12 +281,13 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
                                                      "global_batch", "peak_lr", "mlflow_run_id")})
             write_train_log(trainer)
             tracker.log_artifact(Path(config.out_dir) / TRAIN_LOG_FILE)
-            plot_loss_curve(trainer)
+            plot_training_curves(trainer)
+            write_confusion_views(trainer)
             result.registered_model = register_model(trainer)
         result.wall_s = round(time.perf_counter() - started, 2)
-        tracker.log_metrics({"final_top1": result.top1 or 0.0, "final_top5": result.top5 or 0.0,
-                             "median_img_per_s": result.images_per_second or 0.0,
-                             **{k: v for k, v in result.metrics().items() if k.startswith("top1_ci")}})
+        tracker.log_metrics({**result.metrics(), "final_top1": result.top1 or 0.0,
+                             "final_top5": result.top5 or 0.0,
+                             "median_img_per_s": result.images_per_second or 0.0})
         tracker.set_tags({"status": status, **({"quality_note": result.note} if result.note else {})})
     barrier(ctx)
     return result

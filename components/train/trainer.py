@@ -28,6 +28,7 @@ from visionnode.components.train.distributed import DistContext, all_reduce_sum,
 from visionnode.components.train.precision import autocast
 
 HISTORY_COLUMNS = ("step", "epoch", "loss", "lr", "img_per_s")
+VAL_COLUMNS = ("epoch", "top1", "top5", "val_loss")   # one row per evaluation: the accuracy curve
 
 
 class StopSignal:
@@ -76,7 +77,9 @@ class Trainer:
     batch_in_epoch: int = 0          # batches of `epoch` already trained
     step: int = 0
     history: list[list[float]] = field(default_factory=list)
+    val_history: list[list[float]] = field(default_factory=list)
     last_metrics: dict[str, float] = field(default_factory=dict)
+    last_confusion: torch.Tensor | None = None   # int64 [true, predicted] of the last evaluation
     last_saved_step: int = -1
     latest_checkpoint: str | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # the run stamp (resume.py), in every checkpoint
@@ -146,7 +149,9 @@ class Trainer:
         """Top-1/top-5 and loss on the val shards, summed over all ranks."""
         self.model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, images, loss sum
-        k = min(5, self.class_index_size)
+        classes = self.class_index_size
+        confusion = torch.zeros(classes * classes, dtype=torch.int64)
+        k = min(5, classes)
         for images, labels in loader:
             images = images.to(self.ctx.device,
                                non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -154,15 +159,20 @@ class Trainer:
             with autocast(self.precision, self.ctx.device):
                 logits = self.model(images)
             loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            hits = logits.topk(k, dim=1).indices.eq(labels.view(-1, 1))
+            ranked = logits.topk(k, dim=1).indices
+            hits = ranked.eq(labels.view(-1, 1))
             sums += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(), labels.numel(),
                                   loss.item()], dtype=torch.float64)
+            confusion += torch.bincount((labels * classes + ranked[:, 0]).cpu(), minlength=classes * classes)
         sums = all_reduce_sum(sums, self.ctx)
+        self.last_confusion = all_reduce_sum(confusion, self.ctx).view(classes, classes)
         if sums[2] == 0:
             raise DataError("the val shards yielded no images",
                             "create shards with `visionnode shard --split both`")
-        return {"top1": float(100 * sums[0] / sums[2]), "top5": float(100 * sums[1] / sums[2]),
-                "val_loss": float(sums[3] / sums[2]), "val_images": float(sums[2])}
+        metrics = {"top1": float(100 * sums[0] / sums[2]), "top5": float(100 * sums[1] / sums[2]),
+                   "val_loss": float(sums[3] / sums[2]), "val_images": float(sums[2])}
+        self.val_history.append([self.epoch, *(metrics[c] for c in VAL_COLUMNS[1:])])
+        return metrics
 
     @property
     def class_index_size(self) -> int:
@@ -181,6 +191,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "rng": rng_states(),
             "history": torch.tensor(self.history, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS)),
+            "val_history": torch.tensor(self.val_history, dtype=torch.float64).reshape(-1, len(VAL_COLUMNS)),
             "metrics": dict(self.last_metrics),
             "config": to_jsonable(self.config),
             "classes": self.class_index,
@@ -214,6 +225,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.history = state["history"].tolist() if "history" in state else []
+        self.val_history = state["val_history"].tolist() if "val_history" in state else []
         self.last_metrics = dict(state.get("metrics", {}))
         self.last_saved_step = self.step
         self.latest_checkpoint = source

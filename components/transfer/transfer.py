@@ -61,7 +61,7 @@ def upload_shards(config: UploadConfig) -> TransferResult:
     dest = _prefix(config.destination)
     session = S3Session(config.concurrency, config.part_size_mb)
     try:
-        with tracked_run("transfer", tags={"direction": "upload"}) as tracker:
+        with tracked_run("transfer", tags={"phase": "transfer", "direction": "upload"}) as tracker:
             tracker.log_params({"source": str(shards_dir), "destination": dest.uri,
                                 "concurrency": config.concurrency, "part_size_mb": config.part_size_mb})
             session.check_bucket(dest.bucket, config.create_bucket)

@@ -50,3 +50,20 @@ def record_metrics(metrics: Any, values: Mapping[str, float]) -> None:
     for name, value in values.items():
         metrics.log_metric(name, float(value))
     write_json(metrics.path, {name: float(value) for name, value in values.items()})
+
+
+def confusion_views(model_dir: str, matrix: Any, pairs: Any) -> None:
+    """KFP's views of a model's confusion_matrix.json: the matrix as `ClassificationMetrics` (`matrix`)
+    when it has at most MAX_MATRIX_CLASSES classes, the most-confused class pairs as `Markdown` (`pairs`)."""
+    import shutil
+    from pathlib import Path
+
+    from visionnode.components.common.confusion import CONFUSED_PAIRS_FILE, Confusion
+    from visionnode.components.common.jsonio import write_json
+
+    confusion = Confusion.load(Path(model_dir))
+    if confusion.readable_as_matrix:
+        matrix.log_confusion_matrix(confusion.names, confusion.matrix.tolist())
+    # a file behind the artifact, as record_metrics writes one, so a cached step's entry stays valid
+    write_json(matrix.path, {"names": list(confusion.names), "matrix": confusion.matrix.tolist()})
+    shutil.copyfile(Path(model_dir) / CONFUSED_PAIRS_FILE, pairs.path)

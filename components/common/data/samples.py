@@ -19,6 +19,7 @@ from visionnode.components.common.errors import DataError
 class SampleImages:
     images: np.ndarray        # uint8 [N, S, S, 3]
     source: str               # the shard dir / URI, or "synthetic"
+    labels: np.ndarray | None = None  # int64 [N] class indices; None for generated images
 
 
 def sample_images(shards: str | Path | None, count: int, size: int, split: str = "val") -> SampleImages:
@@ -27,6 +28,19 @@ def sample_images(shards: str | Path | None, count: int, size: int, split: str =
     if not shards:
         rng = np.random.default_rng(0)
         return SampleImages(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), "synthetic")
+    found = labelled_images(shards, count, size, split)
+    images, labels = found.images, found.labels
+    assert labels is not None
+    if len(images) < count:  # a tiny val split: cycle it so the pool has the size asked for
+        repeats = count // len(images) + 1
+        images = np.concatenate([images] * repeats)[:count]
+        labels = np.concatenate([labels] * repeats)[:count]
+    return SampleImages(np.ascontiguousarray(images), found.source, labels)
+
+
+def labelled_images(shards: str | Path, limit: int, size: int, split: str = "val") -> SampleImages:
+    """Up to `limit` images of `size`² and their labels, in shard order, each image once: the same images for
+    every caller that asks with the same shards and limit, whatever the size."""
     from visionnode.components.common.artifacts import ShardManifest
     from visionnode.components.common.data.ffcv_io import uint8_batches
     from visionnode.components.common.storage.shard_cache import materialize_shards
@@ -37,12 +51,10 @@ def sample_images(shards: str | Path | None, count: int, size: int, split: str =
     if not chosen:
         raise DataError(f"{shards} holds no shards", "point --shards at the output of `visionnode shard`")
     paths = [local / s.file for s in chosen]
-    batches = [images for images, _ in uint8_batches(paths, batch_size=min(64, count), resolution=size,
-                                                     limit=count, workers=1)]
-    images = np.concatenate(batches)
-    if len(images) < count:  # a tiny val split: cycle it so the pool has the size asked for
-        images = np.concatenate([images] * (count // len(images) + 1))[:count]
-    return SampleImages(np.ascontiguousarray(images), str(shards))
+    batches = list(uint8_batches(paths, batch_size=min(64, limit), resolution=size, limit=limit, workers=1))
+    images = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    return SampleImages(np.ascontiguousarray(images), str(shards), labels)
 
 
 def encode_png(image: np.ndarray) -> bytes:

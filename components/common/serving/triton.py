@@ -110,3 +110,39 @@ def ready_version(client, name: str) -> int | None:
         if entry.get("name") == name and entry.get("state") == "READY" and entry.get("version"):
             return int(entry["version"])
     return None
+
+
+def replica_entries(spec: str) -> list[tuple[str, int]]:
+    """(host, port) of each comma-separated HOST:PORT entry of a replica list; a one-line error otherwise."""
+    entries = []
+    for entry in (e.strip() for e in spec.split(",")):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"Triton replica address {entry!r} is not HOST:PORT",
+                              "e.g. triton-headless.visionnode.svc.cluster.local:8000 or "
+                              "127.0.0.1:8000,127.0.0.1:9000")
+        entries.append((host, int(port)))
+    return entries
+
+
+def replica_urls(spec: str) -> list[str]:
+    """Every Triton server behind `spec`: comma-separated HOST:PORT entries, where a host name stands for
+    every IPv4 address DNS gives it. A Kubernetes headless Service (clusterIP: None) answers with one A record
+    per ready pod, so `triton-headless.<namespace>.svc:8000` names every replica, where a ClusterIP Service's
+    one virtual address would reach a single, random pod per connection."""
+    import ipaddress
+    import socket
+
+    urls: list[str] = []
+    for host, port in replica_entries(spec):
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:  # a name: every address DNS knows for it
+            try:
+                infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                raise ServiceError(f"cannot resolve the Triton replicas of {host!r} ({one_line(exc)})",
+                                   "check the headless Service name (manifests/base/triton.yaml)") from None
+            addresses = sorted({info[4][0] for info in infos})
+        urls.extend(f"{address}:{port}" for address in addresses if f"{address}:{port}" not in urls)
+    return urls
