@@ -263,6 +263,38 @@ def test_fused_flip_normalize_equals_stock_normalize_flipped_or_not(tiny_shards:
     assert 0 < sum(m and not s for m, s in zip(mirrored, same)) < len(fused)
 
 
+def test_the_model_computes_on_every_usable_cpu_however_many_threads_ffcv_decodes_with(
+        tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFCV sets torch's thread count to its decoder count on every epoch (1 here); the batches it yields are
+    computed on with the usable CPUs (3, as this process is told) instead."""
+    from visionnode.components.common import cpus
+
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 3)
+    manifest = ShardManifest.load(tiny_shards)
+    loader = train_loader([tiny_shards / s.file for s in manifest.shards_for("train")], batch_size=8,
+                          resolution=32, workers=1, seed=3)
+    seen = {torch.get_num_threads() for _ in loader}
+    assert seen == {3}, seen
+
+
+@pytest.mark.parametrize("cpu_max, quota", [("150000 100000\n", 1.5), ("max 100000\n", None), (None, None)])
+def test_a_pods_cpu_limit_caps_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          cpu_max: str | None, quota: float | None) -> None:
+    import math
+
+    from visionnode.components.common import cpus
+
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert cpus.cgroup_cpu_quota(path) == quota
+    monkeypatch.setattr(cpus, "CGROUP_CPU_MAX", path)
+    affinity = len(os.sched_getaffinity(0))
+    assert cpus.usable_cpus() == (min(affinity, math.ceil(quota)) if quota else affinity)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cpus.usable_cpus() + 1))  # more processes than CPUs: 1 each
+    assert cpus.compute_threads() == 1
+
+
 def test_val_loader_and_uint8_batches_cover_val_in_order(tiny_shards: Path) -> None:
     manifest = ShardManifest.load(tiny_shards)
     paths = [tiny_shards / s.file for s in manifest.shards_for("val")]

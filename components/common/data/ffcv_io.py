@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from visionnode.components.common.artifacts import IMAGENET_MEAN, IMAGENET_STD
+from visionnode.components.common.cpus import keep_torch_threads
 from visionnode.components.common.errors import DataError
 
 IMAGE_FIELD = "image"
@@ -252,7 +253,9 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         for _, loader in self.iter_shards():
-            yield from loader
+            batches = iter(loader)  # FFCV's __iter__ sets torch's threads to its decoder count ...
+            keep_torch_threads()    # ... the model computes on every usable CPU instead
+            yield from batches
 
     def set_epoch(self, epoch: int) -> None:
         """Pin the next epoch's number: shard order and every shard's sample order derive from (seed, epoch),
