@@ -439,9 +439,11 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
                              state)
     assert changed.returncode == 0, changed.stderr[-3000:]
     words = {s[0]: s[1] for s in _step_lines(changed.stderr) if s[1] != "started"}
+    decided = {step: words.pop(step) for step in ("promote", "reject") if step in words}  # as top-1 compares
     assert words == {"validate": "cached", "shard": "cached", "transfer": "cached", "train": "done",
-                     "quantize": "done", "deploy": "done", "benchmark": "done", "promote": "done",
-                     "finish": "done"}, changed.stderr
+                     "quantize": "done", "deploy": "done", "benchmark": "done", "finish": "done"}, \
+        changed.stderr
+    assert list(decided.values()) == ["done"], changed.stderr
 
 
 @pytest.mark.slow
@@ -449,7 +451,7 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
                                                            tmp_path: Path) -> None:
     """The real CLI with its output in a pipe, as `make demo | tee` shows it: a line per step as it starts and
     ends, KFP's executor JSON in the step logs only, the summary uncut, every step's metrics in the JSON."""
-    params = TINY_DAG
+    params = {**TINY_DAG, "model_name": "pipe_test"}  # a name no other test serves: this run has no champion
     summary_path = tmp_path / "run.json"
     done = _run_local_dag(synth_dataset, params, summary_path, tmp_path / "state")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,139 @@
+"""How busy `visionnode train` keeps the CPU, and its images/s against the same model's step rate on synthetic
+tensors (no data loading at all), at the thread count the project sets and at the one FFCV would leave.
+
+FFCV's Loader sets torch's thread count to its decoder count every epoch (ffcv/pipeline/compiler.py);
+components/common/cpus.py sets it back to the usable CPUs. Train runs as the CLI runs it, in a process of
+its own whose CPU time is sampled from /proc/<pid>/stat every 0.5 s; the synthetic rates come from a second
+process that never imports FFCV. Both use one clock (time.perf_counter in this process for the samples,
+the train step's own figure for its images/s, the same step for the synthetic one).
+
+    .venv/bin/python benchmarks/bench_train_cpu.py [--arch resnet18] [--resolution 64] [--batch 32]
+                                                   [--epochs 3] [--workers 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VISIONNODE = Path(sys.executable).parent / "visionnode"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+SYNTHETIC_RATE = """
+import json, sys, time, torch
+from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.common.training.recipe import Recipe, build_optimizer
+arch, resolution, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = build_resnet(depth_from_arch(arch), 10).to(memory_format=torch.channels_last).train()
+optimizer = build_optimizer(model, Recipe(), batch)
+images = torch.randn(batch, 3, resolution, resolution).contiguous(memory_format=torch.channels_last)
+labels = torch.randint(0, 10, (batch,))
+rates = []
+for step in range(12):
+    started = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if step >= 2:
+        rates.append(batch / (time.perf_counter() - started))
+rates.sort()
+print(json.dumps({"img_per_s": rates[len(rates) // 2]}))
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+
+
+def make_shards(work: Path) -> Path:
+    data, shards = work / "data", work / "shards"
+    if not (shards / "manifest.json").is_file():
+        subprocess.run([str(VISIONNODE), "data", "synth", str(data), "--classes", "10", "--train-per-class",
+                        "60", "--val-per-class", "10", "--min-side", "64", "--max-side", "128"], check=True)
+        subprocess.run([str(VISIONNODE), "shard", "--data", str(data), "--out", str(shards),
+                        "--images-per-shard", "600", "--max-resolution", "128"], check=True)
+    return shards
+
+
+def sampled_train(args: argparse.Namespace, shards: Path, work: Path) -> tuple[list[float], dict]:
+    """Run train; return the CPU cores it used in each 0.5 s sample, and its summary."""
+    summary = work / "train.json"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "VISIONNODE_MLFLOW_URI": ""}
+    command = [str(VISIONNODE), "train", "--shards", str(shards), "--out", str(work / "model"),
+               "--arch", args.arch, "--epochs", str(args.epochs), "--batch-size", str(args.batch),
+               "--res-schedule", f"{args.resolution}:{args.resolution}", "--workers", str(args.workers),
+               "--lr", "0.05", "--resume", "never", "--checkpoint-uri", str(work / "ckpt"),
+               "--json", str(summary)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cores: list[float] = []
+    last_cpu, last_time = 0.0, time.perf_counter()
+    while process.poll() is None:
+        time.sleep(0.5)
+        try:
+            cpu, now = cpu_seconds(process.pid), time.perf_counter()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            break
+        cores.append((cpu - last_cpu) / (now - last_time))
+        last_cpu, last_time = cpu, now
+    if process.wait() != 0:
+        raise SystemExit(f"train failed (exit {process.returncode}): {' '.join(command)}")
+    return cores, json.loads(summary.read_text())
+
+
+def synthetic_rate(args: argparse.Namespace, threads: int) -> float:
+    done = subprocess.run([sys.executable, "-c", SYNTHETIC_RATE, args.arch, str(args.resolution),
+                           str(args.batch), str(threads)], capture_output=True, text=True, check=True)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"])
+
+
+def main() -> None:
+    from visionnode.components.common.cpus import compute_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None, help="keep the data and shards here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        shards = make_shards(work)
+        cores, summary = sampled_train(args, shards, work)
+        threads = compute_threads()
+        project, ffcv_left = synthetic_rate(args, threads), synthetic_rate(args, 1)
+    busy = sorted(cores)[len(cores) // 10:] or cores  # leave out start-up's idle samples (import, S3-less)
+    train_rate = float(summary["images_per_second"])
+    print(f"CPU: {_cpu_model()}, usable CPUs {threads}")
+    print(f"train ({args.arch}, {args.resolution} px, batch {args.batch}, {args.epochs} epochs, "
+          f"{args.workers} decoder threads): {len(cores)} samples of 0.5 s")
+    print(f"  CPU cores in use: mean {statistics.fmean(cores):.2f} over the whole run, "
+          f"median {statistics.median(busy):.2f} while training (target >= 1.7 of 2)")
+    print(f"  images/s {train_rate:.1f}")
+    print(f"synthetic tensors, same model and batch: {project:.1f} img/s at {threads} threads (the "
+          f"project's), {ffcv_left:.1f} at 1 (what FFCV leaves: {project / ffcv_left:.2f}x)")
+    print(f"train / synthetic at {threads} threads: {train_rate / project:.2f}")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
