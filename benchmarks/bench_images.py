@@ -39,10 +39,11 @@ from visionnode.components.local.synth import SynthConfig, synthesize_dataset  #
 NAMES = ("base", *containers.PHASES, "triton-openvino")
 BENCH_PREFIX = "visionnode-bench"
 # What tests/test_containers.py runs: every phase does real work, in about two minutes on 2 cores.
-TINY_PARAMS = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
-               "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
-               "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
-               "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
+TINY_PARAMS = {"train_arch": "resnet18", "train_epochs": 1, "train_batch_size": 16,
+               "train_res_schedule": "64:64", "validate_subset": 48, "validate_steps": 12,
+               "validate_image_size": 48, "shard_images_per_shard": 64, "shard_max_resolution": 64,
+               "quantize_calibration_images": 32, "quantize_max_accuracy_drop": 100.0,
+               "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
 
 
 def cpu_name() -> str:

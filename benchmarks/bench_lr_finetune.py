@@ -191,11 +191,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--demo-epochs", type=int, default=DEMO_PARAMS["epochs"])
+    parser.add_argument("--demo-epochs", type=int, default=DEMO_PARAMS["train_epochs"])
     parser.add_argument("--strong-epochs", type=int, default=10)
     parser.add_argument("--strong-crop-min-scale", type=float, default=0.0,
                         help="also train the strong dataset with this gentler crop, e.g. 0.35 (0: skip)")
-    parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["batch_size"])
+    parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["train_batch_size"])
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--source-epochs", type=int, default=10,
                         help="epochs of the cluttered 10-class (demo dataset) model that (c) fine-tunes")

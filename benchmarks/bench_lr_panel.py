@@ -98,7 +98,7 @@ class Results:
 
 def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Results) -> DatasetRuns:
     images, shards, val = prepare(name, root, args)
-    epochs = DEMO_PARAMS["epochs"] if name == "demo" else args.epochs
+    epochs = DEMO_PARAMS["train_epochs"] if name == "demo" else args.epochs
     runs = DatasetRuns(name, epochs, val)
     for seed in range(args.seeds):
         suggested, seconds = probe_suggestion(images, args.batch_size, args.resolution, seed)
@@ -122,8 +122,8 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
 def demo_train_seconds(root: Path, args: argparse.Namespace, lr: float) -> float:
     """Wall clock of the demo's train step (ResNet-152, 3 epochs, 64 px, 600 images) at `lr`."""
     _, shards = make_shards(root, "cost-demo", DEMO_DATA)
-    cost_args = replace_namespace(args, arch=DEMO_PARAMS["arch"])
-    return run_train(shards, root / "cost-demo-train", cost_args, DEMO_PARAMS["epochs"], lr, 0).wall_s
+    cost_args = replace_namespace(args, arch=DEMO_PARAMS["train_arch"])
+    return run_train(shards, root / "cost-demo-train", cost_args, DEMO_PARAMS["train_epochs"], lr, 0).wall_s
 
 
 def cost_line(panel: list[DatasetRuns], root: Path, args: argparse.Namespace) -> str:
@@ -142,7 +142,7 @@ def replace_namespace(args: argparse.Namespace, **changes: object) -> argparse.N
 
 
 def table(panel: list[DatasetRuns], lrs: list[float]) -> list[str]:
-    batch_rule_lr = Recipe().batch_rule_lr(DEMO_PARAMS["batch_size"])
+    batch_rule_lr = Recipe().batch_rule_lr(DEMO_PARAMS["train_batch_size"])
     head = ["dataset (epochs, val images)", *[f"{lr:g}" for lr in lrs], f"batch rule {batch_rule_lr:g}",
             "grid best", "default: probe's LRs", "default top-1", "to grid best", "to batch rule", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of every dataset but the demo's (3)")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in GRID), help="the grid")
-    parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["batch_size"])
+    parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["train_batch_size"])
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--results", type=Path, help="JSON file of finished runs: reused, and extended")
     parser.add_argument("--skip-batch-rule", action="store_true", help="no batch-rule runs (a confirmation)")

@@ -21,7 +21,7 @@ pipeline_app = typer.Typer(help="The KFP pipeline: compile it, submit it to a cl
                            no_args_is_help=True)
 
 ParamOption = Annotated[Optional[list[str]], typer.Option(
-    "--param", "-p", help="Pipeline parameter as name=value; repeat for several (e.g. -p epochs=4).")]
+    "--param", "-p", help="Pipeline parameter as name=value; repeat for several (e.g. -p train_epochs=4).")]
 ParamFileOption = Annotated[Optional[Path], typer.Option(
     help="YAML file of pipeline parameters (name: value); --param values override it.")]
 NoCacheOption = Annotated[bool, typer.Option(

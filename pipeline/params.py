@@ -34,7 +34,7 @@ def _check_uris(params: dict[str, Any], local: bool) -> None:
     if not local and (urlparse(data_uri).scheme != "s3" or not urlparse(data_uri).netloc):
         raise ConfigError(f"data_uri {data_uri!r} is not a URI the cluster's steps can read in place",
                           "use s3://bucket/prefix (ImageNet layout) on the store the S3 Secret names")
-    for name in ("shards_uri", "transfer_destination", "checkpoint_uri"):
+    for name in ("shard_store_uri", "transfer_destination", "train_checkpoint_uri"):
         if params.get(name):
             try:
                 parse_s3_uri(params[name])
@@ -54,8 +54,9 @@ def _shard(params: dict[str, Any]) -> None:
     from visionnode.components.shard.config import ShardConfig
 
     ShardConfig(data=_PLACEHOLDER / "data", out=_PLACEHOLDER / "shards",
-                images_per_shard=params["images_per_shard"], max_resolution=params["max_resolution"],
-                jpeg_quality=params["jpeg_quality"], workers=params["workers"]).validate()
+                images_per_shard=params["shard_images_per_shard"],
+                max_resolution=params["shard_max_resolution"], jpeg_quality=params["shard_jpeg_quality"],
+                workers=params["shard_workers"]).validate()
 
 
 def _transfer(params: dict[str, Any]) -> None:
@@ -69,37 +70,40 @@ def _train(params: dict[str, Any]) -> None:
     from visionnode.components.common.training.recipe import Recipe, parse_res_schedule
     from visionnode.components.train.config import TrainConfig
 
-    res_start, res_end = parse_res_schedule(params["res_schedule"])
-    TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["epochs"], batch_size=params["batch_size"],
-                arch=params["arch"], res_start=res_start, res_end=res_end, precision=params["precision"],
-                workers=params["workers"], recipe=Recipe(lr=params["lr"]),
-                crop_min_scale=params["crop_min_scale"],
-                flip=params["flip"], init_weights=params["init_weights"],
-                head_epochs=params["head_epochs"]).validate()
+    res_start, res_end = parse_res_schedule(params["train_res_schedule"])
+    TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["train_epochs"],
+                batch_size=params["train_batch_size"], arch=params["train_arch"], res_start=res_start,
+                res_end=res_end, precision=params["train_precision"],
+                workers=params["train_workers"], recipe=Recipe(lr=params["train_lr"]),
+                crop_min_scale=params["train_crop_min_scale"],
+                flip=params["train_flip"], init_weights=params["train_init_weights"],
+                head_epochs=params["train_head_epochs"]).validate()
 
 
 def _quantize(params: dict[str, Any]) -> None:
     from visionnode.components.quantize.config import QuantizeConfig
 
-    QuantizeConfig(_PLACEHOLDER, "", _PLACEHOLDER, calibration_images=params["calibration_images"],
-                   max_accuracy_drop=params["max_accuracy_drop"], full_int8=params["full_int8"]).validate()
+    QuantizeConfig(_PLACEHOLDER, "", _PLACEHOLDER, calibration_images=params["quantize_calibration_images"],
+                   max_accuracy_drop=params["quantize_max_accuracy_drop"],
+                   full_int8=params["quantize_full_int8"]).validate()
 
 
 def _deploy(params: dict[str, Any]) -> None:
     from visionnode.components.deploy.config import DeployConfig
 
-    DeployConfig(_PLACEHOLDER, repository=params["model_repository"], replicas=params["triton_replicas"],
-                 model_name=params["model_name"]).validate()
+    DeployConfig(_PLACEHOLDER, repository=params["deploy_repository"], replicas=params["deploy_replicas"],
+                 model_name=params["deploy_model_name"]).validate()
 
 
 def _benchmark(params: dict[str, Any]) -> None:
     from visionnode.components.benchmark.config import BenchmarkConfig, parse_levels
 
-    BenchmarkConfig(model=params["model_name"], protocol=params["benchmark_protocol"],
+    BenchmarkConfig(model=params["deploy_model_name"], protocol=params["benchmark_protocol"],
                     concurrency=parse_levels(params["benchmark_concurrency"]),
-                    duration_s=params["benchmark_duration_s"], target_qps=params["target_qps"],
-                    target_p99_ms=params["target_p99_ms"], max_top1_regression=params["max_top1_regression"],
-                    accuracy_images=params["accuracy_images"]).validate()
+                    duration_s=params["benchmark_duration_s"], target_qps=params["benchmark_target_qps"],
+                    target_p99_ms=params["benchmark_target_p99_ms"],
+                    max_top1_regression=params["benchmark_max_top1_regression"],
+                    accuracy_images=params["benchmark_accuracy_images"]).validate()
 
 
 PHASE_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {

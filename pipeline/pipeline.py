@@ -80,49 +80,51 @@ DESCRIPTION = ("ResNet-152 on ImageNet-1K: fingerprint, validate, shard (FFCV), 
 
 def _pipeline(
     data_uri: str,
-    shards_uri: str = SHARD_STORE,
+    shard_store_uri: str = SHARD_STORE,
     transfer_destination: str = TRANSFER.destination,
-    checkpoint_uri: str = TRAIN.checkpoint_uri,
-    model_repository: str = "",
-    triton_http: str = "",
-    triton_grpc: str = "",
-    triton_replicas: str = DEPLOY.replicas,
-    model_name: str = DEPLOY.model_name,
+    train_checkpoint_uri: str = TRAIN.checkpoint_uri,
+    deploy_repository: str = "",
+    deploy_triton_http: str = "",
+    deploy_triton_grpc: str = "",
+    deploy_replicas: str = DEPLOY.replicas,
+    deploy_model_name: str = DEPLOY.model_name,
     validate_subset: int = VALIDATE.subset,
     validate_image_size: int = VALIDATE.image_size,
     validate_steps: int = VALIDATE.steps,
     validate_lr_probe_steps: int = VALIDATE.lr_probe_steps,
-    images_per_shard: int = SHARD.images_per_shard,
-    max_resolution: int = SHARD.max_resolution,
-    jpeg_quality: int = SHARD.jpeg_quality,
+    shard_images_per_shard: int = SHARD.images_per_shard,
+    shard_max_resolution: int = SHARD.max_resolution,
+    shard_jpeg_quality: int = SHARD.jpeg_quality,
     transfer_concurrency: int = TRANSFER.concurrency,
-    arch: str = TRAIN.arch,
-    epochs: int = TRAIN.epochs,
-    batch_size: int = TRAIN.batch_size,
-    lr: float = TRAIN.recipe.lr,
-    crop_min_scale: float = TRAIN.crop_min_scale,
-    flip: bool = TRAIN.flip,
-    init_weights: str = TRAIN.init_weights,
-    head_epochs: int = TRAIN.head_epochs,
-    res_schedule: str = TRAIN.res_schedule,
-    precision: str = TRAIN.precision,
-    workers: int = TRAIN.workers,
-    calibration_images: int = QUANTIZE.calibration_images,
-    max_accuracy_drop: float = QUANTIZE.max_accuracy_drop,
-    full_int8: bool = QUANTIZE.full_int8,
+    train_arch: str = TRAIN.arch,
+    train_epochs: int = TRAIN.epochs,
+    train_batch_size: int = TRAIN.batch_size,
+    train_lr: float = TRAIN.recipe.lr,
+    train_crop_min_scale: float = TRAIN.crop_min_scale,
+    train_flip: bool = TRAIN.flip,
+    train_init_weights: str = TRAIN.init_weights,
+    train_head_epochs: int = TRAIN.head_epochs,
+    train_res_schedule: str = TRAIN.res_schedule,
+    train_precision: str = TRAIN.precision,
+    shard_workers: int = SHARD.workers,
+    train_workers: int = TRAIN.workers,
+    quantize_calibration_images: int = QUANTIZE.calibration_images,
+    quantize_max_accuracy_drop: float = QUANTIZE.max_accuracy_drop,
+    quantize_full_int8: bool = QUANTIZE.full_int8,
     benchmark_protocol: str = BENCHMARK.protocol,
     benchmark_concurrency: str = ",".join(map(str, BENCHMARK.concurrency)),
     benchmark_duration_s: float = BENCHMARK.duration_s,
-    target_qps: float = BENCHMARK.target_qps,
-    target_p99_ms: float = BENCHMARK.target_p99_ms,
-    max_top1_regression: float = BENCHMARK.max_top1_regression,
-    accuracy_images: int = BENCHMARK.accuracy_images,
+    benchmark_target_qps: float = BENCHMARK.target_qps,
+    benchmark_target_p99_ms: float = BENCHMARK.target_p99_ms,
+    benchmark_max_top1_regression: float = BENCHMARK.max_top1_regression,
+    benchmark_accuracy_images: int = BENCHMARK.accuracy_images,
 ) -> None:
-    """The whole pipeline. Empty `model_repository`/`triton_*` mean "from the components' settings".
+    """The whole pipeline. A parameter's name starts with the phase it configures (`data_uri` feeds several).
+    Empty `deploy_repository`/`deploy_triton_*` mean "from the components' settings".
 
-    `lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
-    `shards_uri` is the base of the shard store: shards go to `<shards_uri>/<data digest>/<settings digest>/`.
-    `checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
+    `train_lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
+    `shard_store_uri` is the base of the shard store: shards go to `<it>/<data digest>/<settings digest>/`.
+    `train_checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
     """
     # The final step runs after the others whatever they did: it ends the MLflow parent run with the real
     # status.
@@ -138,9 +140,9 @@ def _pipeline(
                                lr_probe_steps=validate_lr_probe_steps)
         _cached(_with_services(validate, cpu="2", memory="8G"), True)
 
-        shard = shard_op(data_uri=data_uri, data_digest=data_digest, shards_uri=shards_uri,
-                         images_per_shard=images_per_shard, max_resolution=max_resolution,
-                         jpeg_quality=jpeg_quality, workers=workers).after(validate)
+        shard = shard_op(data_uri=data_uri, data_digest=data_digest, shards_uri=shard_store_uri,
+                         images_per_shard=shard_images_per_shard, max_resolution=shard_max_resolution,
+                         jpeg_quality=shard_jpeg_quality, workers=shard_workers).after(validate)
         _cached(_with_services(shard, cpu="4", memory="8G"), True)
 
         transfer = transfer_op(shards=shard.outputs["shards"], data_digest=data_digest,
@@ -148,32 +150,34 @@ def _pipeline(
         _cached(_retry(_with_services(transfer, cpu="2", memory="4G")), True)
 
         train = train_op(remote_shards=transfer.outputs["remote_shards"], data_digest=data_digest,
-                         epochs=epochs, batch_size=batch_size, lr=lr,
-                         suggested_lr=validate.outputs["suggested_lr"], arch=arch, res_schedule=res_schedule,
-                         precision=precision, checkpoint_uri=checkpoint_uri, workers=workers,
-                         crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
-                         head_epochs=head_epochs)
+                         epochs=train_epochs, batch_size=train_batch_size, lr=train_lr,
+                         suggested_lr=validate.outputs["suggested_lr"], arch=train_arch,
+                         res_schedule=train_res_schedule, precision=train_precision,
+                         checkpoint_uri=train_checkpoint_uri, workers=train_workers,
+                         crop_min_scale=train_crop_min_scale, flip=train_flip,
+                         init_weights=train_init_weights, head_epochs=train_head_epochs)
         _with_services(train, cpu="8",
                        memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.
         _cached(_retry(train), True)
 
         quantize = quantize_op(model=train.outputs["model"], remote_shards=transfer.outputs["remote_shards"],
-                               calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                               full_int8=full_int8)
+                               calibration_images=quantize_calibration_images,
+                               max_accuracy_drop=quantize_max_accuracy_drop, full_int8=quantize_full_int8)
         _cached(_with_services(quantize, cpu="4", memory="8G"), True)
 
-        deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=model_repository,
-                           triton_http=triton_http, triton_grpc=triton_grpc, replicas=triton_replicas,
-                           model_name=model_name)
+        deploy = deploy_op(int8_model=quantize.outputs["int8_model"], repository=deploy_repository,
+                           triton_http=deploy_triton_http, triton_grpc=deploy_triton_grpc,
+                           replicas=deploy_replicas, model_name=deploy_model_name)
         _cached(_retry(_with_services(deploy, cpu="1", memory="2G")), False)  # stages a model on live servers
 
         benchmark = benchmark_op(endpoint=deploy.outputs["endpoint"],
                                  remote_shards=transfer.outputs["remote_shards"],
                                  protocol=benchmark_protocol, concurrency=benchmark_concurrency,
-                                 duration_s=benchmark_duration_s, target_qps=target_qps,
-                                 target_p99_ms=target_p99_ms, max_top1_regression=max_top1_regression,
-                                 accuracy_images=accuracy_images)
+                                 duration_s=benchmark_duration_s, target_qps=benchmark_target_qps,
+                                 target_p99_ms=benchmark_target_p99_ms,
+                                 max_top1_regression=benchmark_max_top1_regression,
+                                 accuracy_images=benchmark_accuracy_images)
         _cached(_with_services(benchmark, cpu="2", memory="2G"), False)  # measures the servers as they are
 
         # Champion/challenger: the candidate serves under the production name only if benchmark says so.

@@ -315,10 +315,11 @@ def test_whole_dag_with_the_docker_runner_a_killed_task_and_a_rerun(client, cont
     from visionnode.pipeline.local_dag import LOG_DIR_FILE
     from visionnode.pipeline.local_run import DECISION_STEPS, TASK_ORDER, LocalRunConfig, run_local
 
-    params = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
-              "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
-              "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
-              "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
+    params = {"train_arch": "resnet18", "train_epochs": 1, "train_batch_size": 16,
+              "train_res_schedule": "64:64", "validate_subset": 48, "validate_steps": 12,
+              "validate_image_size": 48, "shard_images_per_shard": 64, "shard_max_resolution": 64,
+              "quantize_calibration_images": 32, "quantize_max_accuracy_drop": 100.0,
+              "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5}
     steps: list[str] = []
     config = LocalRunConfig(data=dataset, params=params, work_dir=shared_dir / "runs", runner="docker",
                             on_step=steps.append)

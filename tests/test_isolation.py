@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kfp.dsl import Dataset, Metrics, Model
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 
 from visionnode.components.common.artifacts import ShardManifest
 from visionnode.components.common.errors import ConfigError
@@ -26,7 +26,7 @@ from visionnode.components.train.checkpoint import CheckpointStore, load_checkpo
 from visionnode.components.train.component import train_op
 from visionnode.components.train.train import TrainConfig, train
 from visionnode.components.transfer.transfer import UploadConfig, upload_shards
-from visionnode.pipeline.compile import compiled_spec
+from visionnode.pipeline.compile import compiled_spec, dag_tasks, fed_parameter
 
 # Small enough for seconds per run on 2 cores; everything else is the compiled pipeline's own default.
 TINY_TRAIN = {"epochs": 1, "batch_size": 8, "arch": "resnet18", "res_schedule": "32:32", "precision": "fp32",
@@ -51,11 +51,10 @@ def pipeline_train_inputs() -> dict[str, Any]:
     """What the compiled pipeline feeds train's parameters by default, typed as the component takes them."""
     spec = compiled_spec()
     root = spec["root"]["inputDefinitions"]["parameters"]
-    task = spec["root"]["dag"]["tasks"]["train-op"]["inputs"]["parameters"]
+    task = dag_tasks(spec)["train-op"]["inputs"]["parameters"]  # inside the exit handler's DAG
     types = {n: p.annotation for n, p in inspect.signature(train_op.python_func).parameters.items()}
-    return {name: types[name](root[source["componentInputParameter"]]["defaultValue"])
-            for name, source in task.items() if "componentInputParameter" in source
-            and "defaultValue" in root[source["componentInputParameter"]]}
+    return {name: types[name](root[parameter]["defaultValue"]) for name, source in task.items()
+            if (parameter := fed_parameter(source)) in root and "defaultValue" in root[parameter]}
 
 
 def run_train_task(remote: Path, out: Path, run_id: str, monkeypatch: pytest.MonkeyPatch,
@@ -64,7 +63,10 @@ def run_train_task(remote: Path, out: Path, run_id: str, monkeypatch: pytest.Mon
     monkeypatch.setenv(PIPELINE_RUN_ENV, run_id)
     values = pipeline_train_inputs() | TINY_TRAIN | params
     train_op.python_func(remote_shards=Dataset(uri=str(remote)), data_digest="",
-                         model=Model(uri=str(out / "m")), metrics=Metrics(uri=str(out / "metrics")), **values)
+                         model=Model(uri=str(out / "m")), metrics=Metrics(uri=str(out / "metrics")),
+                         curves=HTML(uri=str(out / "curves")),
+                         confusion_matrix=ClassificationMetrics(uri=str(out / "confusion")),
+                         confused_pairs=Markdown(uri=str(out / "pairs")), **values)
     return json.loads((out / "metrics").read_text())
 
 

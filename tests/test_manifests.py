@@ -681,11 +681,11 @@ def test_pipeline_params_point_at_the_deployed_services(rendered, params_file: P
     overlay = "production" if "production" in params_file.parts else "local"
     triton = one(rendered[overlay], "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
     repository = next(a for a in triton["args"] if a.startswith("--repository=")).split("=", 1)[1]
-    assert params["model_repository"] == repository, "deploy must write where Triton reads"
-    assert params["triton_http"] == f"triton.{NAMESPACE}.svc.cluster.local:8000"
-    assert params["triton_grpc"] == f"triton.{NAMESPACE}.svc.cluster.local:8001"
-    assert params["triton_replicas"] == f"triton-headless.{NAMESPACE}.svc.cluster.local:8000"
-    assert one(rendered[overlay], "Service", "triton-headless")  # what triton_replicas resolves
+    assert params["deploy_repository"] == repository, "deploy must write where Triton reads"
+    assert params["deploy_triton_http"] == f"triton.{NAMESPACE}.svc.cluster.local:8000"
+    assert params["deploy_triton_grpc"] == f"triton.{NAMESPACE}.svc.cluster.local:8001"
+    assert params["deploy_replicas"] == f"triton-headless.{NAMESPACE}.svc.cluster.local:8000"
+    assert one(rendered[overlay], "Service", "triton-headless")  # what deploy_replicas resolves
     configmap = one(rendered[overlay], "ConfigMap", "visionnode-pipeline-params")
     assert yaml.safe_load(configmap["data"]["params.yaml"]) == params
 
@@ -710,7 +710,7 @@ def test_pipeline_params_pin_no_location_runs_would_share(params_file: Path):
     """A fixed checkpoint or shard prefix makes every run resume or overwrite the one before (issue 27): the
     pipeline's defaults give each run its checkpoints and each data/settings pair its shards."""
     params = yaml.safe_load(params_file.read_text())
-    assert not {"checkpoint_uri", "shards_uri"} & set(params), params_file
+    assert not {"train_checkpoint_uri", "shard_store_uri"} & set(params), params_file
 
 
 # ------------------------------------------------------------------------------------- credentials
@@ -992,7 +992,7 @@ def test_triton_reloads_deployed_models_after_a_restart_and_is_not_ready_before(
 def test_triton_loads_the_models_deploy_publishes(rendered, params_file: Path):
     from visionnode.components.deploy.repository import JPEG_SUFFIX
 
-    model = yaml.safe_load(params_file.read_text())["model_name"]
+    model = yaml.safe_load(params_file.read_text())["deploy_model_name"]
     overlay = "production" if "production" in params_file.parts else "local"
     container = triton_container(rendered[overlay])
     assert env_of(container)["TRITON_MODELS"]["value"].split(",") == [model, model + JPEG_SUFFIX]

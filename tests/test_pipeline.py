@@ -71,9 +71,24 @@ def test_every_pipeline_parameter_has_the_description_of_the_component_input_it_
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert all(p.get("description") for p in params.values()), [n for n, p in params.items()
                                                                if not p.get("description")]
-    assert params["epochs"]["description"] == train_op.component_spec.inputs["epochs"].description
-    workers = params["workers"]["description"]
-    assert workers.startswith("[shard] ") and "[train] " in workers
+    assert params["train_epochs"]["description"] == train_op.component_spec.inputs["epochs"].description
+    data_uri = params["data_uri"]["description"]
+    assert data_uri.startswith("[fingerprint] ") and "[shard] " in data_uri and "[validate] " in data_uri
+
+
+def test_every_pipeline_parameter_is_named_after_the_phase_it_configures(spec: dict) -> None:
+    """`<phase>_<the component input it feeds>` (the shard store's base excepted: `shard_store_uri`), so the
+    run form groups a phase's settings; `data_uri` alone feeds several phases."""
+    fed: dict[str, set[str]] = {}
+    steps = {name: task for name, task in _tasks(spec).items()
+             if not name.startswith(("exit-handler", "condition"))}  # not the DAGs that hand inputs on
+    for name, task in steps.items():
+        for input_name, source in task.get("inputs", {}).get("parameters", {}).items():
+            if (parameter := fed_parameter(source)) in spec["root"]["inputDefinitions"]["parameters"]:
+                fed.setdefault(parameter, set()).add(f"{name.removesuffix('-op')}_{input_name}")
+    assert fed.pop("data_uri") == {"fingerprint_data_uri", "validate_data_uri", "shard_data_uri"}
+    assert fed.pop("shard_store_uri") == {"shard_shards_uri"}
+    assert all(feeds == {parameter} for parameter, feeds in fed.items()), fed
 
 
 def test_only_a_candidate_that_proved_itself_is_promoted_and_the_run_always_finishes(spec: dict) -> None:
@@ -115,11 +130,11 @@ def test_artifacts_flow_along_the_contract(spec: dict) -> None:
 def test_parameter_defaults_and_types(spec: dict) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert "defaultValue" not in params["data_uri"]
-    assert params["arch"]["defaultValue"] == "resnet152"
-    assert params["target_qps"]["defaultValue"] == 100.0
-    assert params["target_p99_ms"]["defaultValue"] == 150.0
+    assert params["train_arch"]["defaultValue"] == "resnet152"
+    assert params["benchmark_target_qps"]["defaultValue"] == 100.0
+    assert params["benchmark_target_p99_ms"]["defaultValue"] == 150.0
     types = parameter_types(spec)
-    assert types["epochs"] is int and types["lr"] is float and types["data_uri"] is str
+    assert types["train_epochs"] is int and types["train_lr"] is float and types["data_uri"] is str
 
 
 def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec: dict) -> None:
@@ -127,13 +142,14 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     assert train_inputs["suggested_lr"]["taskOutputParameter"] == {"producerTask": "validate-op",
                                                                    "outputParameterKey": "suggested_lr"}
     for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs"):
-        assert fed_parameter(train_inputs[name]) == name
+        assert fed_parameter(train_inputs[name]) == f"train_{name}"
     validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
     assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["lr"]["defaultValue"] == 0.0  # 0 = auto: validate's LR probe suggestion
-    assert params["crop_min_scale"]["defaultValue"] == 0.08 and params["flip"]["defaultValue"] is True
-    assert params["init_weights"]["defaultValue"] == "" and params["head_epochs"]["defaultValue"] == 0
+    assert params["train_lr"]["defaultValue"] == 0.0  # 0 = auto: validate's LR probe suggestion
+    assert params["train_crop_min_scale"]["defaultValue"] == 0.08
+    assert params["train_flip"]["defaultValue"] is True and params["train_init_weights"]["defaultValue"] == ""
+    assert params["train_head_epochs"]["defaultValue"] == 0
     assert params["validate_lr_probe_steps"]["defaultValue"] == 10
     quantize_outputs = spec["components"]["comp-quantize-op"]["outputDefinitions"]["artifacts"]
     assert quantize_outputs["gate_report"]["artifactType"]["schemaTitle"] == "system.Markdown"
@@ -172,12 +188,12 @@ def test_cli_compile_writes_yaml(tmp_path: Path) -> None:
 
 def test_params_are_typed_and_unknown_ones_rejected(spec: dict) -> None:
     types = parameter_types(spec)
-    assert parse_params(["epochs=4", "lr=0.2", "data_uri=s3://d/i"], types) == {
-        "epochs": 4, "lr": 0.2, "data_uri": "s3://d/i"}
-    with pytest.raises(ConfigError, match="unknown pipeline parameter 'epoch'"):
-        parse_params(["epoch=4"], types)
+    assert parse_params(["train_epochs=4", "train_lr=0.2", "data_uri=s3://d/i"], types) == {
+        "train_epochs": 4, "train_lr": 0.2, "data_uri": "s3://d/i"}
+    with pytest.raises(ConfigError, match="unknown pipeline parameter 'train_epoch'"):
+        parse_params(["train_epoch=4"], types)
     with pytest.raises(ConfigError, match="not a valid int"):
-        parse_params(["epochs=four"], types)
+        parse_params(["train_epochs=four"], types)
 
 
 def _one_line_error(result) -> str:
@@ -256,10 +272,11 @@ MISTAKES = {
                            "notauri"),
     # out-of-range pipeline parameters, refused by the phase's own config before anything starts
     "jpeg-quality-500": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "-p", "data_uri=s3://d/i",
-                          "-p", "jpeg_quality=500"], "shard: --jpeg-quality 500"),
-    "negative-epochs": (["pipeline", "run", "--local", "--data", "{data}", "-p", "epochs=-3"],
+                          "-p", "shard_jpeg_quality=500"], "shard: --jpeg-quality 500"),
+    "negative-epochs": (["pipeline", "run", "--local", "--data", "{data}", "-p", "train_epochs=-3"],
                         "train: --epochs"),
-    "unknown-arch": (["pipeline", "run", "--local", "--data", "{data}", "-p", "arch=resnet99"], "resnet99"),
+    "unknown-arch": (["pipeline", "run", "--local", "--data", "{data}", "-p", "train_arch=resnet99"],
+                     "resnet99"),
     # data that cannot be read: the error names the first files and why
     "unreadable-images-shard": (["shard", "--data", "{unreadable}", "--out", "{tmp}/shards"], "n01/img"),
     "unreadable-images-validate": (["validate", "--data", "{unreadable}"], "n01/img"),
@@ -377,12 +394,13 @@ def test_the_final_step_ends_the_mlflow_parent_run_with_the_runs_real_status(sta
     assert shown == note  # the final step's KFP Markdown artifact
 
 
-TINY_DAG = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "res_schedule": "64:64",
-            "validate_subset": 48, "validate_steps": 12, "validate_image_size": 48,
-            "validate_lr_probe_steps": 4,
-            "images_per_shard": 64, "max_resolution": 64, "calibration_images": 32,
-            "max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
-            "target_p99_ms": 10_000.0, "target_qps": 1.0}  # an SLO any machine meets: the run promotes
+TINY_DAG = {"train_arch": "resnet18", "train_epochs": 1, "train_batch_size": 16,
+            "train_res_schedule": "64:64", "validate_subset": 48, "validate_steps": 12,
+            "validate_image_size": 48, "validate_lr_probe_steps": 4,
+            "shard_images_per_shard": 64, "shard_max_resolution": 64, "quantize_calibration_images": 32,
+            "quantize_max_accuracy_drop": 100.0, "benchmark_concurrency": "1,2", "benchmark_duration_s": 1.5,
+            # an SLO any machine meets: the run promotes
+            "benchmark_target_p99_ms": 10_000.0, "benchmark_target_qps": 1.0}
 
 
 def _run_local_dag(data: Path, params: dict, summary_path: Path, state: Path) -> subprocess.CompletedProcess:
@@ -410,8 +428,8 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
     runs, deploy and benchmark (never cached) too. Then one parameter of train changed: train and what
     follows it run, the steps before it are reused."""
     state = tmp_path / "state"
-    done = _run_local_dag(synth_dataset, {**TINY_DAG, "max_accuracy_drop": -100.0}, tmp_path / "run.json",
-                          state)
+    done = _run_local_dag(synth_dataset, {**TINY_DAG, "quantize_max_accuracy_drop": -100.0},
+                          tmp_path / "run.json", state)
     assert done.returncode != 0, done.stderr[-3000:]
     steps = [(s[0], s[1]) for s in _step_lines(done.stderr)]
     # the exit handler's final step runs after the failed one; nothing else does
@@ -435,8 +453,8 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
     assert set(summary["cached"]) == {"validate", "shard", "transfer", "train"}
     assert summary["steps"]["train"]["steps_this_run"] > 0 and summary["qps"] > 0
 
-    changed = _run_local_dag(synth_dataset, {**TINY_DAG, "crop_min_scale": 0.5}, tmp_path / "changed.json",
-                             state)
+    changed = _run_local_dag(synth_dataset, {**TINY_DAG, "train_crop_min_scale": 0.5},
+                             tmp_path / "changed.json", state)
     assert changed.returncode == 0, changed.stderr[-3000:]
     words = {s[0]: s[1] for s in _step_lines(changed.stderr) if s[1] != "started"}
     decided = {step: words.pop(step) for step in ("promote", "reject") if step in words}  # as top-1 compares
@@ -451,7 +469,7 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
                                                            tmp_path: Path) -> None:
     """The real CLI with its output in a pipe, as `make demo | tee` shows it: a line per step as it starts and
     ends, KFP's executor JSON in the step logs only, the summary uncut, every step's metrics in the JSON."""
-    params = {**TINY_DAG, "model_name": "pipe_test"}  # a name no other test serves: this run has no champion
+    params = {**TINY_DAG, "deploy_model_name": "pipe_test"}  # a name no other test serves: no champion yet
     summary_path = tmp_path / "run.json"
     done = _run_local_dag(synth_dataset, params, summary_path, tmp_path / "state")
     assert done.returncode == 0, done.stderr[-3000:]

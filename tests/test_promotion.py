@@ -72,7 +72,7 @@ def test_replica_addresses() -> None:
     with pytest.raises(ConfigError, match="'127.0.0.1' is not HOST:PORT"):
         replica_urls("127.0.0.1")
     with pytest.raises(ConfigError, match="pipeline parameter refused by deploy"):
-        check_params(parameter_defaults(compiled_spec()) | {"data_uri": "/d", "triton_replicas": "host"},
+        check_params(parameter_defaults(compiled_spec()) | {"data_uri": "/d", "deploy_replicas": "host"},
                      local=True)
 
 
