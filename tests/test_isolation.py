@@ -14,6 +14,7 @@ import pytest
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 
 from visionnode.components.common.artifacts import ShardManifest
+from visionnode.components.common.confusion import CONFUSION_FILE
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.storage.s3 import parse_s3_uri, s3_client
 from visionnode.components.common.storage.session import S3Session
@@ -113,6 +114,7 @@ def test_a_shared_location_resumes_only_the_same_run_or_identical_configuration_
     capsys.readouterr()
     same = train(small(remote_shards, tmp_path / "c", checkpoint_uri=shared))
     assert same.resumed_from is not None and same.steps_this_run == 0
+    assert same.top1 is not None and (tmp_path / "c" / CONFUSION_FILE).is_file()  # its outputs are complete
     assert "RESUMING ANOTHER RUN'S TRAINING" in capsys.readouterr().err
 
 

@@ -371,7 +371,9 @@ def _run_epochs(trainer: Trainer, train_data: Any, val_data: Any) -> str:
         if outcome == "max_steps":
             status = "max_steps"
             break
-    if not trainer.last_metrics or status == "max_steps" and trainer.batch_in_epoch:
+    # also when a finished checkpoint was resumed: the outputs (top-1, confusion matrix) come from this model
+    mid_epoch_stop = status == "max_steps" and trainer.batch_in_epoch
+    if not trainer.last_metrics or trainer.last_confusion is None or mid_epoch_stop:
         trainer.last_metrics = trainer.evaluate(val_data)
         trainer.tracker.log_metrics(trainer.last_metrics, step=trainer.epoch + 1)
     return status
