@@ -200,6 +200,12 @@ def _windows_with_a_stall(client, http_url: str, model: str) -> tuple[list[float
             if window_ms >= 0.8 * BATCHER_IDLE_TIMEOUT_MS:
                 stalled_ms.append(round(window_ms))
             previous = now
+    # Triton adds a request to its statistics just after sending the response: on a busy machine the last
+    # one can be missing for a moment
+    deadline = time.monotonic() + 5.0
+    while (previous - first).requests < SEQUENTIAL_REQUESTS and time.monotonic() < deadline:
+        time.sleep(0.05)
+        previous = server_counts(http_url, model)
     return stalled_ms, (previous - first).requests
 
 
