@@ -11,7 +11,7 @@
   enforces; no credential is committed and MinIO's root user reaches only MinIO and its setup Job (every
   client has a bucket-scoped user); Triton reloads the deployed models after a restart and is not ready
   before; the job survives one pre-emption per node; and the pieces agree with each other (Triton's
-  repository = the pipeline's model_repository, NNODES = pods, GPUS = GPU limit, image tags = version, the
+  repository = the pipeline's deploy_repository, NNODES = pods, GPUS = GPU limit, image tags = version, the
   training operator's version = the README's).
 """
 
