@@ -1,6 +1,9 @@
 """How busy `visionnode train` keeps the CPU, and its images/s against the same model's step rate on synthetic
 tensors (no data loading at all), at the thread count the project sets and at the one FFCV would leave.
 
+Side by side in one run: train as shipped, and train with the project's thread setting switched off (the
+baseline: torch computes on as many threads as FFCV's decoder count, as before the fix).
+
 FFCV's Loader sets torch's thread count to its decoder count every epoch (ffcv/pipeline/compiler.py);
 components/common/cpus.py sets it back to the usable CPUs. Train runs as the CLI runs it, in a process of
 its own whose CPU time is sampled from /proc/<pid>/stat every 0.5 s; the synthetic rates come from a second
@@ -8,7 +11,7 @@ process that never imports FFCV. Both use one clock (time.perf_counter in this p
 the train step's own figure for its images/s, the same step for the synthetic one).
 
     .venv/bin/python benchmarks/bench_train_cpu.py [--arch resnet18] [--resolution 64] [--batch 32]
-                                                   [--epochs 3] [--workers 2] [--work DIR]
+                                                   [--epochs 6] [--workers 1] [--work DIR]
 """
 
 from __future__ import annotations
@@ -66,14 +69,27 @@ def make_shards(work: Path) -> Path:
     return shards
 
 
-def sampled_train(args: argparse.Namespace, shards: Path, work: Path) -> tuple[list[float], dict]:
-    """Run train; return the CPU cores it used in each 0.5 s sample, and its summary."""
-    summary = work / "train.json"
+# `visionnode train ...` with keep_torch_threads() a no-op: the thread count FFCV leaves behind
+FFCV_THREADS_TRAIN = """
+import sys
+from visionnode.components.common.data import ffcv_io
+ffcv_io.keep_torch_threads = lambda: 0
+from visionnode.pipeline.cli import app
+app(sys.argv[1:], prog_name="visionnode")
+"""
+
+
+def sampled_train(args: argparse.Namespace, shards: Path, work: Path,
+                  variant: str) -> tuple[list[float], dict]:
+    """Run train (`project` or `ffcv` threads); return the CPU cores it used per 0.5 s sample and its
+    summary."""
+    summary = work / f"train-{variant}.json"
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "VISIONNODE_MLFLOW_URI": ""}
-    command = [str(VISIONNODE), "train", "--shards", str(shards), "--out", str(work / "model"),
+    program = [str(VISIONNODE)] if variant == "project" else [sys.executable, "-c", FFCV_THREADS_TRAIN]
+    command = [*program, "train", "--shards", str(shards), "--out", str(work / f"model-{variant}"),
                "--arch", args.arch, "--epochs", str(args.epochs), "--batch-size", str(args.batch),
                "--res-schedule", f"{args.resolution}:{args.resolution}", "--workers", str(args.workers),
-               "--lr", "0.05", "--resume", "never", "--checkpoint-uri", str(work / "ckpt"),
+               "--lr", "0.05", "--resume", "never", "--checkpoint-uri", str(work / f"ckpt-{variant}"),
                "--json", str(summary)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cores: list[float] = []
@@ -104,29 +120,33 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=1, help="decoder threads (the demo: 1)")
     parser.add_argument("--work", type=Path, default=None, help="keep the data and shards here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         shards = make_shards(work)
-        cores, summary = sampled_train(args, shards, work)
+        runs = {variant: sampled_train(args, shards, work, variant) for variant in ("ffcv", "project")}
         threads = compute_threads()
         project, ffcv_left = synthetic_rate(args, threads), synthetic_rate(args, 1)
-    busy = sorted(cores)[len(cores) // 10:] or cores  # leave out start-up's idle samples (import, S3-less)
-    train_rate = float(summary["images_per_second"])
     print(f"CPU: {_cpu_model()}, usable CPUs {threads}")
     print(f"train ({args.arch}, {args.resolution} px, batch {args.batch}, {args.epochs} epochs, "
-          f"{args.workers} decoder threads): {len(cores)} samples of 0.5 s")
-    print(f"  CPU cores in use: mean {statistics.fmean(cores):.2f} over the whole run, "
-          f"median {statistics.median(busy):.2f} while training (target >= 1.7 of 2)")
-    print(f"  images/s {train_rate:.1f}")
-    print(f"synthetic tensors, same model and batch: {project:.1f} img/s at {threads} threads (the "
-          f"project's), {ffcv_left:.1f} at 1 (what FFCV leaves: {project / ffcv_left:.2f}x)")
-    print(f"train / synthetic at {threads} threads: {train_rate / project:.2f}")
-
+          f"{args.workers} decoder threads), CPU sampled every 0.5 s from /proc:")
+    rates = {}
+    for variant, (cores, summary) in runs.items():
+        busy = sorted(cores)[len(cores) // 10:] or cores  # leave out start-up's idle samples (imports)
+        rates[variant] = float(summary["images_per_second"])
+        label = ("torch threads as FFCV leaves them (baseline)" if variant == "ffcv"
+                 else "the project's threads")
+        print(f"  {label}: {rates[variant]:.1f} img/s; CPU cores in use: mean {statistics.fmean(cores):.2f} "
+              f"over the run, median {statistics.median(busy):.2f} while training ({len(cores)} samples)")
+    print(f"  ratio project / baseline: {rates['project'] / rates['ffcv']:.2f}x img/s "
+          "(target: cores >= 1.7 of 2)")
+    print(f"synthetic tensors, same model and batch: {project:.1f} img/s at {threads} threads, "
+          f"{ffcv_left:.1f} at 1: {project / ffcv_left:.2f}x")
+    print(f"train / synthetic at {threads} threads: {rates['project'] / project:.2f}")
 
 def _cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
