@@ -6,7 +6,7 @@ after another), printed side by side with the wall clock of every run and the CP
 1. demo dataset (`make demo`'s: 10 classes x 60 images), the demo's epochs and batch: (a) the batch-rule LR
    (0.1 x batch / 256) vs (b) validate's LR probe suggestion, found as the DAG finds it (validate's smoke
    model on the 96-image subset validate uses in the demo, that seed), the LR the DAG hands to train when
-   `lr` is 0;
+   `lr` is auto;
 2. the same on a dataset with a strong class signal (`SynthConfig(clutter=False)`: the class shape large on
    a plain grey background, no distractors or noise) for `--strong-epochs` epochs; optionally (b) with a
    gentler crop (`--strong-crop-min-scale`);

@@ -49,7 +49,7 @@ from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
 DATASETS = ("demo", "strong", "digits", "textures")
 GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # issue 31's; the probe's candidates are its top four
-BATCH_RULE = 0.0  # Recipe.lr 0: 0.1 x batch / 256
+BATCH_RULE = 0.0  # this table's key for the batch rule (Recipe.lr None: 0.1 x batch / 256)
 
 
 @dataclass

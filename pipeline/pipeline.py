@@ -23,6 +23,7 @@ from kfp import dsl, kubernetes
 from visionnode.components.benchmark.component import benchmark_op
 from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
 from visionnode.components.common.tracking import PIPELINE_RUN_ENV
+from visionnode.components.common.training.recipe import LR_AUTO
 from visionnode.components.deploy.component import deploy_op, promote_op, reject_op
 from visionnode.components.deploy.config import DEFAULTS as DEPLOY
 from visionnode.components.quantize.component import quantize_op
@@ -99,7 +100,7 @@ def _pipeline(
     train_arch: str = TRAIN.arch,
     train_epochs: int = TRAIN.epochs,
     train_batch_size: int = TRAIN.batch_size,
-    train_lr: float = TRAIN.recipe.lr,
+    train_lr: str = LR_AUTO,
     train_crop_min_scale: float = TRAIN.crop_min_scale,
     train_flip: bool = TRAIN.flip,
     train_init_weights: str = TRAIN.init_weights,
@@ -122,7 +123,6 @@ def _pipeline(
     """The whole pipeline. A parameter's name starts with the phase it configures (`data_uri` feeds several).
     Empty `deploy_repository`/`deploy_triton_*` mean "from the components' settings".
 
-    `train_lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
     `shard_store_uri` is the base of the shard store: shards go to `<it>/<data digest>/<settings digest>/`.
     `train_checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
     """

@@ -16,7 +16,7 @@ def train_op(
     confused_pairs: Output[Markdown],
     epochs: int = 16,
     batch_size: int = 64,
-    lr: float = 0.0,
+    lr: str = "auto",
     suggested_lr: float = 0.0,
     arch: str = "resnet152",
     res_schedule: str = "160:192",
@@ -48,8 +48,8 @@ def train_op(
         confused_pairs: The most-confused class pairs on the val images (Markdown table).
         epochs: Epochs to train.
         batch_size: Images per optimizer step.
-        lr: Peak learning rate; 0.0 means "auto": `suggested_lr` when that is > 0, else scaled from the batch
-            (0.1 x batch / 256). A given lr always wins.
+        lr: Peak learning rate: auto (validate's LR probe suggestion; the batch rule when the probe did not
+            run), batch-rule (0.1 x batch / 256) or a number > 0.
         suggested_lr: validate's LR probe suggestion (its `suggested_lr` output); 0.0 = none.
         arch: resnet18|34|50|101|152.
         res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
