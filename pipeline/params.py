@@ -77,7 +77,7 @@ def _train(params: dict[str, Any]) -> None:
                 workers=params["train_workers"], recipe=Recipe(lr=resolve_lr(params["train_lr"], 0.0)[0]),
                 crop_min_scale=params["train_crop_min_scale"],
                 flip=params["train_flip"], init_weights=params["train_init_weights"],
-                head_epochs=params["train_head_epochs"]).validate()
+                head_epochs=params["train_head_epochs"], max_steps=params["train_max_steps"]).validate()
 
 
 def _quantize(params: dict[str, Any]) -> None:

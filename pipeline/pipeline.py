@@ -105,6 +105,7 @@ def _pipeline(
     train_flip: bool = TRAIN.flip,
     train_init_weights: str = TRAIN.init_weights,
     train_head_epochs: int = TRAIN.head_epochs,
+    train_max_steps: int = TRAIN.max_steps,
     train_res_schedule: str = TRAIN.res_schedule,
     train_precision: str = TRAIN.precision,
     shard_workers: int = SHARD.workers,
@@ -155,7 +156,8 @@ def _pipeline(
                          res_schedule=train_res_schedule, precision=train_precision,
                          checkpoint_uri=train_checkpoint_uri, workers=train_workers,
                          crop_min_scale=train_crop_min_scale, flip=train_flip,
-                         init_weights=train_init_weights, head_epochs=train_head_epochs)
+                         init_weights=train_init_weights, head_epochs=train_head_epochs,
+                         max_steps=train_max_steps)
         _with_services(train, cpu="8",
                        memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.

@@ -141,7 +141,7 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     train_inputs = _tasks(spec)["train-op"]["inputs"]["parameters"]
     assert train_inputs["suggested_lr"]["taskOutputParameter"] == {"producerTask": "validate-op",
                                                                    "outputParameterKey": "suggested_lr"}
-    for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs"):
+    for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs", "max_steps"):
         assert fed_parameter(train_inputs[name]) == f"train_{name}"
     validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
     assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
