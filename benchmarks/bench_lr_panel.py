@@ -52,7 +52,7 @@ DATASETS = ("clutter", "strong", "digits", "textures")
 CLUTTER_DATA = replace(DEMO_DATA, clutter=True)
 CLUTTER_EPOCHS = 3
 GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # issue 31's; the probe's candidates are its top four
-BATCH_RULE = 0.0  # Recipe.lr 0: 0.1 x batch / 256
+BATCH_RULE = 0.0  # this table's key for the batch rule (Recipe.lr None: 0.1 x batch / 256)
 
 
 @dataclass

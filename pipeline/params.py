@@ -67,17 +67,17 @@ def _transfer(params: dict[str, Any]) -> None:
 
 
 def _train(params: dict[str, Any]) -> None:
-    from visionnode.components.common.training.recipe import Recipe, parse_res_schedule
+    from visionnode.components.common.training.recipe import Recipe, parse_res_schedule, resolve_lr
     from visionnode.components.train.config import TrainConfig
 
     res_start, res_end = parse_res_schedule(params["train_res_schedule"])
     TrainConfig(shards="", out_dir=_PLACEHOLDER, epochs=params["train_epochs"],
                 batch_size=params["train_batch_size"], arch=params["train_arch"], res_start=res_start,
                 res_end=res_end, precision=params["train_precision"],
-                workers=params["train_workers"], recipe=Recipe(lr=params["train_lr"]),
+                workers=params["train_workers"], recipe=Recipe(lr=resolve_lr(params["train_lr"], 0.0)[0]),
                 crop_min_scale=params["train_crop_min_scale"],
                 flip=params["train_flip"], init_weights=params["train_init_weights"],
-                head_epochs=params["train_head_epochs"]).validate()
+                head_epochs=params["train_head_epochs"], max_steps=params["train_max_steps"]).validate()
 
 
 def _quantize(params: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from kfp import dsl, kubernetes
 from visionnode.components.benchmark.component import benchmark_op
 from visionnode.components.benchmark.config import DEFAULTS as BENCHMARK
 from visionnode.components.common.tracking import PIPELINE_RUN_ENV
+from visionnode.components.common.training.recipe import LR_AUTO
 from visionnode.components.deploy.component import deploy_op, promote_op, reject_op
 from visionnode.components.deploy.config import DEFAULTS as DEPLOY
 from visionnode.components.quantize.component import quantize_op
@@ -99,11 +100,12 @@ def _pipeline(
     train_arch: str = TRAIN.arch,
     train_epochs: int = TRAIN.epochs,
     train_batch_size: int = TRAIN.batch_size,
-    train_lr: float = TRAIN.recipe.lr,
+    train_lr: str = LR_AUTO,
     train_crop_min_scale: float = TRAIN.crop_min_scale,
     train_flip: bool = TRAIN.flip,
     train_init_weights: str = TRAIN.init_weights,
     train_head_epochs: int = TRAIN.head_epochs,
+    train_max_steps: int = TRAIN.max_steps,
     train_res_schedule: str = TRAIN.res_schedule,
     train_precision: str = TRAIN.precision,
     shard_workers: int = SHARD.workers,
@@ -122,7 +124,6 @@ def _pipeline(
     """The whole pipeline. A parameter's name starts with the phase it configures (`data_uri` feeds several).
     Empty `deploy_repository`/`deploy_triton_*` mean "from the components' settings".
 
-    `train_lr` 0.0 means "auto": train takes validate's LR probe suggestion (`suggested_lr`).
     `shard_store_uri` is the base of the shard store: shards go to `<it>/<data digest>/<settings digest>/`.
     `train_checkpoint_uri` empty gives each run its own (`s3://<shards bucket>/checkpoints/<run id>`).
     """
@@ -155,7 +156,8 @@ def _pipeline(
                          res_schedule=train_res_schedule, precision=train_precision,
                          checkpoint_uri=train_checkpoint_uri, workers=train_workers,
                          crop_min_scale=train_crop_min_scale, flip=train_flip,
-                         init_weights=train_init_weights, head_epochs=train_head_epochs)
+                         init_weights=train_init_weights, head_epochs=train_head_epochs,
+                         max_steps=train_max_steps)
         _with_services(train, cpu="8",
                        memory="32G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         # A preempted train task resumes its own newest checkpoint (same run id), so a retry is safe.

@@ -31,7 +31,7 @@ from visionnode.pipeline.compile import compiled_spec, dag_tasks, fed_parameter
 
 # Small enough for seconds per run on 2 cores; everything else is the compiled pipeline's own default.
 TINY_TRAIN = {"epochs": 1, "batch_size": 8, "arch": "resnet18", "res_schedule": "32:32", "precision": "fp32",
-              "workers": 1, "lr": 0.01, "suggested_lr": 0.0}
+              "workers": 1, "lr": "0.01", "suggested_lr": 0.0}
 
 
 @pytest.fixture(autouse=True)

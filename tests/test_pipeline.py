@@ -134,19 +134,19 @@ def test_parameter_defaults_and_types(spec: dict) -> None:
     assert params["benchmark_target_qps"]["defaultValue"] == 100.0
     assert params["benchmark_target_p99_ms"]["defaultValue"] == 150.0
     types = parameter_types(spec)
-    assert types["train_epochs"] is int and types["train_lr"] is float and types["data_uri"] is str
+    assert types["train_epochs"] is int and types["train_lr"] is str and types["data_uri"] is str
 
 
 def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec: dict) -> None:
     train_inputs = _tasks(spec)["train-op"]["inputs"]["parameters"]
     assert train_inputs["suggested_lr"]["taskOutputParameter"] == {"producerTask": "validate-op",
                                                                    "outputParameterKey": "suggested_lr"}
-    for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs"):
+    for name in ("lr", "crop_min_scale", "flip", "init_weights", "head_epochs", "max_steps"):
         assert fed_parameter(train_inputs[name]) == f"train_{name}"
     validate_outputs = spec["components"]["comp-validate-op"]["outputDefinitions"]["parameters"]
     assert validate_outputs["suggested_lr"]["parameterType"] == "NUMBER_DOUBLE"
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["train_lr"]["defaultValue"] == 0.0  # 0 = auto: validate's LR probe suggestion
+    assert params["train_lr"]["defaultValue"] == "auto"  # validate's LR probe suggestion
     assert params["train_crop_min_scale"]["defaultValue"] == 0.08
     assert params["train_flip"]["defaultValue"] is True and params["train_init_weights"]["defaultValue"] == ""
     assert params["train_head_epochs"]["defaultValue"] == 0
@@ -189,7 +189,7 @@ def test_cli_compile_writes_yaml(tmp_path: Path) -> None:
 def test_params_are_typed_and_unknown_ones_rejected(spec: dict) -> None:
     types = parameter_types(spec)
     assert parse_params(["train_epochs=4", "train_lr=0.2", "data_uri=s3://d/i"], types) == {
-        "train_epochs": 4, "train_lr": 0.2, "data_uri": "s3://d/i"}
+        "train_epochs": 4, "train_lr": "0.2", "data_uri": "s3://d/i"}
     with pytest.raises(ConfigError, match="unknown pipeline parameter 'train_epoch'"):
         parse_params(["train_epoch=4"], types)
     with pytest.raises(ConfigError, match="not a valid int"):
@@ -495,7 +495,7 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     triton = triton_http_client(deployed["http_url"])
     assert triton.is_model_ready(deployed["model_name"], str(version))
     assert not triton.is_model_ready(deployed["candidate_name"])
-    # lr 0 (the default): train ran with the LR validate's probe suggested, its plan in the summary
+    # lr auto (the default): train ran with the LR validate's probe suggested, its plan in the summary
     assert summary["suggested_lr"] in (0.003, 0.01, 0.03, 0.1, 0.3)
     assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
     assert f"peak LR {summary['suggested_lr']:.3g} (probe;" in summary["train_lr_plan"]

@@ -114,7 +114,8 @@ NAME_MAP: dict[str, dict[str, tuple[str | None, str | None]]] = {
     "validate": {},
     "shard": {"shards_uri": (None, None)},  # the store's base; the CLI takes the exact --out instead
     "transfer": {"part_size_mb": ("part_size_mb", "part_size")},
-    "train": {"lr": ("recipe.lr", "lr"), "suggested_lr": (None, None)},
+    # the config holds the resolved LR (recipe.lr), the component and the CLI the word a user writes
+    "train": {"lr": (None, "lr"), "suggested_lr": (None, None)},
     "quantize": {},
     "deploy": {"triton_http": ("triton_http", "triton_url"), "triton_grpc": ("triton_grpc", "grpc_url"),
                "model_name": ("model_name", "name"), "instances": ("serving.instances", "instances")},
@@ -124,6 +125,11 @@ CLI_COMMANDS = {"transfer": "place_command"}
 NOT_SETTINGS: set[str] = set()  # plumbing the pipeline fills in, not a user's knob
 # Where the pipeline's default differs from the phase's on purpose, and why.
 PIPELINE_CHOICES: dict[str, str] = {}
+# Where the CLI's default differs from the component's on purpose, and why.
+CLI_CHOICES: dict[str, str] = {
+    "train.lr": "auto in the DAG takes validate's probe; a lone `visionnode train` has none and its own "
+                "probe runs on one process only (not under torchrun), so the command defaults to batch-rule",
+}
 
 
 def component_defaults(phase: str) -> dict[str, Any]:
@@ -176,7 +182,7 @@ def default_disagreements(phase: str, spec: dict) -> list[str]:
         sides = {"compiled component": component_spec[name].get("defaultValue")}
         if config_path:
             sides[f"config {config_path}"] = config_value(phase, config_path)
-        if cli_name:
+        if cli_name and f"{phase}.{name}" not in CLI_CHOICES:
             sides[f"CLI --{cli_name.replace('_', '-')}"] = cli[cli_name]
         if name in compiled and f"{phase}.{name}" not in PIPELINE_CHOICES:
             sides["pipeline parameter"] = compiled[name]

@@ -21,7 +21,8 @@ from visionnode.components.common.errors import ConfigError, DataError, Integrit
 from visionnode.components.common.storage.s3 import s3_client
 from visionnode.components.common.training.model import build_resnet
 from visionnode.components.common.training.recipe import (
-    AUTO_LR,
+    LR_AUTO,
+    LR_BATCH_RULE,
     Recipe,
     build_optimizer,
     lr_factor,
@@ -55,13 +56,13 @@ def small_config(shards: Path, out: Path, **overrides) -> TrainConfig:
 
 
 @pytest.mark.parametrize("lr, batch, warmup_epochs", [
-    (0.0, 32, 0.0),      # the batch rule's own LR (0.0125): safe from the first step, no warm-up
+    (None, 32, 0.0),     # the batch rule's own LR (0.0125): safe from the first step, no warm-up
     (0.003, 32, 0.0),    # below it: none either
     (0.1, 32, 0.9),      # 8x the batch rule: log10(8) = 0.9 decades -> 0.9 epochs (issue 19's hand-picked 1)
     (0.3, 32, 1.38),     # 24x
     (0.1, 256, 0.0),     # at batch 256 the batch rule is 0.1 itself
 ])
-def test_auto_warmup_grows_with_the_decades_the_lr_is_above_the_batch_rule(lr: float, batch: int,
+def test_auto_warmup_grows_with_the_decades_the_lr_is_above_the_batch_rule(lr: float | None, batch: int,
                                                                            warmup_epochs: float) -> None:
     recipe = Recipe(lr=lr)
     assert recipe.resolved_warmup_epochs(batch) == pytest.approx(warmup_epochs, abs=0.01)
@@ -435,15 +436,26 @@ def test_cli_user_errors(tiny_shards: Path, tmp_path: Path) -> None:
 # -- learning rate: given, batch rule or LR probe --------------------------------------------------------
 
 
-def test_lr_flag_and_the_pipeline_rule_a_given_lr_wins() -> None:
-    assert parse_lr("auto") == (True, 0.0) and parse_lr("AUTO") == (True, 0.0)
-    assert parse_lr("0.05") == (False, 0.05) and parse_lr("0") == (False, 0.0)
-    for bad in ("-0.1", "fast", "nan"):
-        with pytest.raises(ConfigError, match="--lr"):
+def test_lr_words_and_the_pipeline_rule_a_given_lr_wins() -> None:
+    assert parse_lr("auto") == LR_AUTO and parse_lr(" AUTO ") == LR_AUTO
+    assert parse_lr("batch-rule") == LR_BATCH_RULE and parse_lr("0.05") == 0.05
+    for bad in ("0", "-0.1", "fast", "nan", "inf", ""):  # 0 once meant auto or the batch rule: now an error
+        with pytest.raises(ConfigError, match="auto .* batch-rule .* or a peak LR > 0"):
             parse_lr(bad)
-    assert resolve_lr(0.05, suggested_lr=0.3) == (0.05, "given")  # the user's LR wins
-    assert resolve_lr(AUTO_LR, suggested_lr=0.3) == (0.3, "probe")  # 0 = auto: validate's suggestion
-    assert resolve_lr(AUTO_LR, suggested_lr=0.0) == (0.0, "batch rule")  # none: the batch rule (Recipe.lr 0)
+    assert resolve_lr("0.05", suggested_lr=0.3) == (0.05, "given")  # the user's LR wins
+    assert resolve_lr("auto", suggested_lr=0.3) == (0.3, "probe")  # validate's suggestion
+    assert resolve_lr("auto", suggested_lr=0.0) == (None, "batch rule")  # the probe did not run
+    assert resolve_lr("batch-rule", suggested_lr=0.3) == (None, "batch rule")  # asked for: the probe ignored
+    assert Recipe(lr=None).peak_lr(64) == 0.025 and Recipe(lr=0.05).peak_lr(64) == 0.05
+    with pytest.raises(ConfigError, match="not a positive number"):
+        Recipe(lr=0.0).validate()
+
+
+def test_train_cli_names_the_lr_words_on_a_bad_lr(tiny_shards: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"),
+                                      "--lr", "0"])
+    assert result.exit_code == 2
+    assert "learning rate '0' is invalid" in result.output and "batch-rule" in result.output
 
 
 def test_lr_auto_trains_with_the_probes_suggestion(tiny_shards: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from visionnode.components.common.adapters.cli import JsonOption, emit_result, err_console, user_errors
+from visionnode.components.common.training.recipe import LR_BATCH_RULE
 from visionnode.components.train.config import DEFAULTS, TrainConfig
 
 
@@ -22,10 +23,9 @@ def train_command(
         int, typer.Option(help="Images per step per process (global = x world size).")
     ] = DEFAULTS.batch_size,
     lr: Annotated[
-        str, typer.Option(help="Peak LR: a number; 0 scales it from the global batch (0.1 x batch / 256); "
-                           "auto runs an LR probe (a short sweep judged on held-out loss) on the train "
-                           "shards first.")
-    ] = f"{DEFAULTS.recipe.lr:g}",
+        str, typer.Option(help="Peak LR: batch-rule (0.1 x global batch / 256), a number > 0, or auto: an LR "
+                           "probe (a short sweep judged on held-out loss) on the train shards first.")
+    ] = LR_BATCH_RULE,
     arch: Annotated[str, typer.Option(help="resnet18|34|50|101|152.")] = DEFAULTS.arch,
     res_schedule: Annotated[
         str, typer.Option(help="Progressive resizing START:END px (linear over epochs, multiples of 32); "
@@ -89,6 +89,7 @@ def train_command(
 
     check_shard_source(shards)  # before the seconds of importing torch
     from visionnode.components.common.training.recipe import (
+        LR_AUTO,
         Recipe,
         parse_lr,
         parse_res_schedule,
@@ -100,14 +101,15 @@ def train_command(
     )
 
     res_start, res_end = parse_res_schedule(res_schedule)
-    auto_lr, peak_lr = parse_lr(lr)
+    lr_choice = parse_lr(lr)
     config = TrainConfig(
         shards=shards, out_dir=out, epochs=epochs, batch_size=batch_size, arch=arch, res_start=res_start,
         res_end=res_end, precision=precision, checkpoint_uri=checkpoint_uri,
         checkpoint_every=checkpoint_every, resume=resume, compile=compile, workers=workers,
         max_steps=max_steps, seed=seed, log_every=log_every,
-        recipe=Recipe(lr=peak_lr, warmup_epochs=parse_warmup(warmup_epochs), schedule=schedule),
-        auto_lr=auto_lr,
+        recipe=Recipe(lr=lr_choice if isinstance(lr_choice, float) else None,
+                      warmup_epochs=parse_warmup(warmup_epochs), schedule=schedule),
+        auto_lr=lr_choice == LR_AUTO,
         lr_probe_steps=lr_probe_steps, crop_min_scale=crop_min_scale, flip=flip, init_weights=init_weights,
         head_epochs=head_epochs,
     )

@@ -16,7 +16,7 @@ def train_op(
     confused_pairs: Output[Markdown],
     epochs: int = 16,
     batch_size: int = 64,
-    lr: float = 0.0,
+    lr: str = "auto",
     suggested_lr: float = 0.0,
     arch: str = "resnet152",
     res_schedule: str = "160:192",
@@ -27,6 +27,7 @@ def train_op(
     flip: bool = True,
     init_weights: str = "",
     head_epochs: int = 0,
+    max_steps: int = 0,
 ):
     """Train a ResNet on FFCV shards fetched (and sha256-verified) from S3, in one process.
 
@@ -48,8 +49,8 @@ def train_op(
         confused_pairs: The most-confused class pairs on the val images (Markdown table).
         epochs: Epochs to train.
         batch_size: Images per optimizer step.
-        lr: Peak learning rate; 0.0 means "auto": `suggested_lr` when that is > 0, else scaled from the batch
-            (0.1 x batch / 256). A given lr always wins.
+        lr: Peak learning rate: auto (validate's LR probe suggestion; the batch rule when the probe did not
+            run), batch-rule (0.1 x batch / 256) or a number > 0.
         suggested_lr: validate's LR probe suggestion (its `suggested_lr` output); 0.0 = none.
         arch: resnet18|34|50|101|152.
         res_schedule: Progressive resizing START:END in pixels; END is the evaluation and serving size.
@@ -63,6 +64,8 @@ def train_op(
         init_weights: State dict (path or s3://...) to fine-tune from;
             a head of another class count is replaced.
         head_epochs: With init_weights: the first epochs train only the classifier head.
+        max_steps: Stop after this many optimizer steps in total, then evaluate (0: all epochs); for a
+            rehearsal of a large run.
     """
     import shutil
     from pathlib import Path
@@ -84,7 +87,7 @@ def train_op(
         res_start=res_start, res_end=res_end, precision=precision,
         checkpoint_uri=checkpoint_uri or default_checkpoint_uri(shards, current_run_id()),
         workers=workers, recipe=Recipe(lr=peak_lr), lr_source=lr_source, crop_min_scale=crop_min_scale,
-        flip=flip, init_weights=init_weights, head_epochs=head_epochs,
+        flip=flip, init_weights=init_weights, head_epochs=head_epochs, max_steps=max_steps,
     )
     result = train(config)
     if result.status == "preempted":

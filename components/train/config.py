@@ -65,7 +65,7 @@ class TrainConfig:
         if self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1")
         if self.auto_lr:
-            if self.recipe.lr > 0:
+            if self.recipe.lr is not None:
                 raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
                                   "pass one of them")
             LRProbeConfig(first_round_steps=self.lr_probe_steps).checked()
@@ -81,7 +81,7 @@ class TrainConfig:
 
     @property
     def resolved_lr_source(self) -> str:
-        return self.lr_source or ("given" if self.recipe.lr > 0 else "batch rule")
+        return self.lr_source or ("given" if self.recipe.lr is not None else "batch rule")
 
     @property
     def augmentation(self) -> Augmentation:

@@ -42,7 +42,7 @@ def validate_op(
 
     Returns:
         suggested_lr: the LR probe's peak LR for train (0.0 when skipped);
-            train takes it when its `lr` is 0.
+            train takes it when its `lr` is auto.
         The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
     """

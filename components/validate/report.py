@@ -152,7 +152,7 @@ def render_lr_probe(probe: LRProbeResult, png: bytes) -> list[str]:
         "",
         (
             f"**Suggested LR: {probe.suggested_lr:g}** (held-out top-1 {probe.promised_top1:.1f} %) — train "
-            f"uses it when its `lr` is 0 (`visionnode train --lr auto` runs the same probe on the shards)."
+            f"uses it when its `lr` is auto (`visionnode train --lr auto` runs the same probe on the shards)."
         ),
         "",
         f"![LR probe]({data_uri})",

@@ -6,8 +6,8 @@ label smoothing 0.1, linear warm-up then cosine) and ffcv-imagenet's train_image
 progressive resizing rounded to multiples of 32).
 
 LR rule (Goyal et al. linear scaling, torchvision's classic ResNet recipe): peak LR = `lr_per_256` x
-global_batch / 256, i.e. 0.1 for a global batch of 256, 0.4 for 1,024. An explicit `lr` > 0 overrides it;
-the pipeline's "auto" (`AUTO_LR`) takes the LR probe's suggestion (lr_probe.py).
+global_batch / 256, i.e. 0.1 for a global batch of 256, 0.4 for 1,024. Users write the LR as one of
+`LR_CHOICES`: `auto` (an LR probe picks it, lr_probe.py), `batch-rule` or a number.
 
 Warm-up chosen with the LR (`warmup_epochs` None = auto): one epoch of linear warm-up per decade the peak LR
 sits above the batch rule's LR (the LR Goyal et al. found safe from the first step), none at or below it,
@@ -36,7 +36,7 @@ RESOLUTION_MULTIPLE = 32  # ffcv-imagenet rounds the progressive-resizing resolu
 class Recipe:
     """Optimiser and schedule settings; one source of truth for their defaults."""
 
-    lr: float = 0.0                 # peak LR; 0 means "scaled from the global batch" (see module docstring)
+    lr: float | None = None         # peak LR; None: the batch rule (module docstring)
     lr_per_256: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -51,15 +51,14 @@ class Recipe:
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown LR schedule '{self.schedule}'", f"use one of {', '.join(SCHEDULES)}")
-        if self.lr < 0 or self.lr_per_256 <= 0:
-            raise ConfigError(f"learning rate {self.lr} is negative",
-                              "use --lr 0 to scale it from the batch size")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0) or self.lr_per_256 <= 0:
+            raise ConfigError(f"learning rate {self.lr} is not a positive number", f"write {LR_CHOICES}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
             raise ConfigError("momentum, weight decay or label smoothing is out of range",
                               "use 0 <= momentum < 1, weight decay >= 0, 0 <= label smoothing < 1")
 
     def peak_lr(self, global_batch: int) -> float:
-        return self.lr if self.lr > 0 else self.batch_rule_lr(global_batch)
+        return self.lr if self.lr is not None else self.batch_rule_lr(global_batch)
 
     def batch_rule_lr(self, global_batch: int) -> float:
         return self.lr_per_256 * global_batch / 256
@@ -139,15 +138,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
         optimizer, lambda step: lr_factor(step, recipe, steps_per_epoch, total_steps, global_batch))
 
 
-AUTO_LR = 0.0  # the pipeline's `lr` that means "auto": validate's LR probe picks it (issue 28 may rename it)
+LR_AUTO = "auto"              # an LR probe picks the peak LR
+LR_BATCH_RULE = "batch-rule"  # lr_per_256 x global batch / 256
+LR_CHOICES = f"{LR_AUTO} (an LR probe picks it), {LR_BATCH_RULE} (0.1 x global batch / 256) or a peak LR > 0"
 
 
-def resolve_lr(lr: float, suggested_lr: float) -> tuple[float, str]:
-    """The pipeline's rule: a given LR (> 0) wins; else (`AUTO_LR`) validate's probe suggestion (> 0);
-    else 0, the batch rule. Returns the Recipe LR and its source (LRPlan.source)."""
-    if lr != AUTO_LR:
-        return lr, "given"
-    return (suggested_lr, "probe") if suggested_lr > 0 else (0.0, "batch rule")
+def parse_lr(text: str) -> str | float:
+    """A user's learning rate: `LR_AUTO`, `LR_BATCH_RULE` or a number > 0 (returned as a float)."""
+    word = str(text).strip().lower()
+    if word in (LR_AUTO, LR_BATCH_RULE):
+        return word
+    try:
+        value = float(word)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"learning rate '{text}' is invalid", f"write {LR_CHOICES}")
+    return value
+
+
+def resolve_lr(lr: str, suggested_lr: float) -> tuple[float | None, str]:
+    """The pipeline's rule: a number is used as given; `auto` takes validate's probe suggestion (0 when the
+    probe did not run), else the batch rule. Returns the Recipe LR and its source (LRPlan.source)."""
+    choice = parse_lr(lr)
+    if isinstance(choice, float):
+        return choice, "given"
+    if choice == LR_AUTO and suggested_lr > 0:
+        return suggested_lr, "probe"
+    return None, "batch rule"
 
 
 def _auto_or_number(text: str, flag: str, hint: str) -> float | None:
@@ -161,13 +179,6 @@ def _auto_or_number(text: str, flag: str, hint: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{flag} '{text}' is invalid", hint)
     return value
-
-
-def parse_lr(text: str) -> tuple[bool, float]:
-    """`--lr`: 'auto' -> (True, 0.0): an LR probe picks it; a number -> (False, it); 0 = the batch rule."""
-    value = _auto_or_number(text, "--lr", "write auto for an LR probe, 0 for the batch rule 0.1 x batch / "
-                            "256, or an LR > 0")
-    return (True, 0.0) if value is None else (False, value)
 
 
 def parse_warmup(text: str) -> float | None:
