@@ -217,7 +217,7 @@ def test_killed_run_never_leaves_a_complete_looking_file(synth_dataset: Path, tm
             time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be interrupted"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI, its decode pool and FFCV writer
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI and its decode pool
         proc.wait()
     assert not (out / "manifest.json").exists()
     journal = json.loads((out / JOURNAL_FILE).read_text())["entries"]
