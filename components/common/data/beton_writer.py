@@ -3,7 +3,7 @@
 `encode_image` turns a decoded RGB image into the JPEG bytes FFCV stores (FFCV's encoder call), and
 `write_beton` writes a list of such samples in order with FFCV's writer code in the calling process (FFCV's
 multi-worker writer lays pages out in completion order, which is not deterministic; the expensive
-decode/resize/encode work is parallelised by the caller instead, and writing is about 0.1 ms per image).
+decode/resize/encode work is parallelised by the caller instead; writing takes ~0.05 ms per image).
 """
 
 from __future__ import annotations
