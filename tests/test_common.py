@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from PIL import Image
 from visionnode.components.common.adapters.kfp import confusion_views
 from visionnode.components.common.confusion import CONFUSED_PAIRS_FILE, MAX_MATRIX_CLASSES, Confusion
 from visionnode.components.common.data.imagenet import open_imagenet
-from visionnode.components.common.data.images import UnreadableImage, load_rgb
+from visionnode.components.common.data.images import UnreadableImage, load_rgb, load_rgb_array
 from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
 from visionnode.components.common.stats import mcnemar_exact_p, paired_drop_lower_bound, wilson_interval
@@ -67,14 +68,21 @@ def test_reader_reports_empty_class_and_rejects_non_imagenet(messy_dataset, tmp_
 
 def test_decoder_converts_odd_images_and_names_bad_ones(messy_dataset) -> None:
     wnid_dir = next(p.parent for p in messy_dataset.root.rglob("cmyk.JPEG"))
-    for name in ("cmyk.JPEG", "grey.JPEG", "png_inside.JPEG"):
+    readable = sorted(p.name for p in wnid_dir.iterdir()
+                      if f"train/{wnid_dir.name}/{p.name}" not in messy_dataset.bad_files)
+    assert {"cmyk.JPEG", "grey.JPEG", "png_inside.JPEG"} < set(readable)
+    for name in readable:
         image = load_rgb(wnid_dir / name)
         assert image.mode == "RGB" and image.width > 0
+        array = load_rgb_array(wnid_dir / name)  # shard's decoder: the same pixels, one copy fewer
+        assert array.dtype == np.uint8 and np.array_equal(array, np.asarray(image))
     reasons = {}
     for rel in messy_dataset.bad_files:
         with pytest.raises(UnreadableImage) as info:
             load_rgb(messy_dataset.root / rel)
         reasons[rel] = info.value.reason
+        with pytest.raises(UnreadableImage, match=re.escape(info.value.reason)):
+            load_rgb_array(messy_dataset.root / rel)
     assert any("empty" in r for r in reasons.values())
     assert any("truncated" in r for r in reasons.values())
     assert any("not an image" in r for r in reasons.values())

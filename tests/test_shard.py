@@ -21,6 +21,13 @@ from typer.testing import CliRunner
 from tests.data_fixtures import MessyDataset
 from tests.shard_fixtures import TINY_IMAGES_PER_SHARD, TINY_MAX_RESOLUTION
 from visionnode.components.common.artifacts import ShardManifest
+from visionnode.components.common.data.beton_writer import (
+    JPEG_MODE,
+    MIN_PAGE_SIZE,
+    encode_image,
+    shard_fields,
+    write_beton,
+)
 from visionnode.components.common.data.ffcv_io import (
     IMAGE_FIELD,
     LABEL_FIELD,
@@ -30,6 +37,8 @@ from visionnode.components.common.data.ffcv_io import (
     uint8_batches,
     val_loader,
 )
+from visionnode.components.common.data.imagenet import open_imagenet
+from visionnode.components.common.data.images import load_rgb_array, resize_max_side
 from visionnode.components.common.errors import DataError
 from visionnode.components.common.jsonio import sha256_file
 from visionnode.components.shard.shard import JOURNAL_FILE, ShardConfig, ShardResult, shard_dataset
@@ -169,11 +178,31 @@ def test_rerun_after_a_source_image_changed_rebuilds_only_its_shard(synth_datase
     assert len(changed) == 1 and changed.pop().startswith("train-")
 
 
-def test_one_and_two_workers_write_byte_identical_shards_and_manifest(synth_dataset: Path, tiny_shards: Path,
-                                                                      tmp_path: Path) -> None:
-    one = _shard(synth_dataset, tmp_path / "one-worker", workers=1)  # tiny_shards: 2 workers
-    assert _files_on_disk(one.out) == _files_on_disk(tiny_shards) == _shas(tiny_shards)
-    assert (one.out / "manifest.json").read_bytes() == (tiny_shards / "manifest.json").read_bytes()
+@pytest.mark.parametrize("workers", [1, 3])
+def test_one_two_and_three_workers_write_byte_identical_shards_and_manifest(workers: int, synth_dataset: Path,
+                                                                            tiny_shards: Path,
+                                                                            tmp_path: Path) -> None:
+    other = _shard(synth_dataset, tmp_path / f"{workers}-workers", workers=workers)  # tiny_shards: 2 workers
+    assert _files_on_disk(other.out) == _files_on_disk(tiny_shards) == _shas(tiny_shards)
+    assert (other.out / "manifest.json").read_bytes() == (tiny_shards / "manifest.json").read_bytes()
+
+
+def test_shard_files_are_the_bytes_ffcvs_own_writer_writes(synth_dataset: Path, tmp_path: Path) -> None:
+    """write_beton drives FFCV's writer code in-process; FFCV's DatasetWriter (one worker, its own image
+    encoder) must give the same file for the same resized images, labels and page size."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.writer import DatasetWriter
+
+    records = open_imagenet(synth_dataset).scan("train").records[:30]
+    arrays = [(resize_max_side(load_rgb_array(r.path), TINY_MAX_RESOLUTION), r.label) for r in records]
+    ours = write_beton(tmp_path / "ours.beton", [(encode_image(a, 90), label) for a, label in arrays],
+                       TINY_MAX_RESOLUTION, 90)
+    fields = shard_fields(TINY_MAX_RESOLUTION, 90)
+    DatasetWriter(str(tmp_path / "ffcv.beton"), fields, page_size=MIN_PAGE_SIZE,
+                  num_workers=1).from_indexed_dataset(arrays)
+    assert ours.read_bytes() == (tmp_path / "ffcv.beton").read_bytes()
+    assert JPEG_MODE == IMAGE_MODES["jpg"]
+    assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_killed_run_never_leaves_a_complete_looking_file(synth_dataset: Path, tmp_path: Path) -> None:
@@ -188,7 +217,7 @@ def test_killed_run_never_leaves_a_complete_looking_file(synth_dataset: Path, tm
             time.sleep(0.05)
         assert proc.poll() is None, "the run finished before it could be interrupted"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI, its decode pool and FFCV writer
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI and its decode pool
         proc.wait()
     assert not (out / "manifest.json").exists()
     journal = json.loads((out / JOURNAL_FILE).read_text())["entries"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from visionnode.components.common.data.beton_writer import EncodedImage, encode_image
 from visionnode.components.common.data.imagenet import ImageRecord
-from visionnode.components.common.data.images import UnreadableImage, load_rgb, resize_max_side
+from visionnode.components.common.data.images import UnreadableImage, load_rgb_array, resize_max_side
 from visionnode.components.common.storage.dataset import read_objects
 from visionnode.components.shard.config import ShardConfig
 
@@ -30,7 +30,7 @@ def prepare_files(paths: list[str], max_resolution: int, jpeg_quality: int) -> l
     prepared = []
     for path, source in zip(paths, read_objects(paths)):  # S3 objects are fetched side by side
         try:
-            rgb = resize_max_side(load_rgb(path, source if isinstance(source, bytes) else None),
+            rgb = resize_max_side(load_rgb_array(path, source if isinstance(source, bytes) else None),
                                   max_resolution)
             prepared.append(Prepared(encode_image(rgb, jpeg_quality)))
         except UnreadableImage as exc:
@@ -45,9 +45,9 @@ class DecodeStream:
 
     def __init__(self, pool: ProcessPoolExecutor, workers: int, config: ShardConfig) -> None:
         self.pool = pool
-        # Read ahead a whole shard plus a margin: while the main process writes one shard (FFCV's writer forks
-        # and polls every 0.1 s), the workers keep decoding the next instead of idling. Encoded images are
-        # ~20 KB each, so a shard's worth costs a few MB.
+        # Read ahead a whole shard plus a margin: while the main process writes, fsyncs, hashes and journals
+        # one shard (and uploads it, for the store), the workers keep decoding the next instead of idling.
+        # Encoded images are ~15-20 KB each: about 100 MB for a default 5,000-image shard.
         self.window = max(2, workers * 4, -(-config.images_per_shard // DECODE_CHUNK) + workers * 2)
         self.config = config
 

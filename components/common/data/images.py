@@ -1,7 +1,7 @@
 """Robust image decoding: real ImageNet holds CMYK and grayscale JPEGs and a PNG saved as .JPEG.
 
-`load_rgb` decodes by content (never by extension) and returns an RGB image, or raises UnreadableImage with a
-reason a person can act on (zero bytes, truncated, not an image).
+`load_rgb` decodes by content (never by extension) and returns an RGB image (`load_rgb_array`: as an
+array), or raises UnreadableImage with a reason a person can act on (zero bytes, truncated, not an image).
 """
 
 from __future__ import annotations
@@ -9,10 +9,14 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+T = TypeVar("T")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
 
@@ -27,6 +31,16 @@ class UnreadableImage(Exception):
 def load_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.Image:
     """Decode an image file by content and convert it to 8-bit RGB; `data`: its bytes, already read (an S3
     object), with `path` only naming it."""
+    return _decoded(path, data, lambda img: img.copy() if img.mode == "RGB" else _as_rgb(img))
+
+
+def load_rgb_array(path: str | os.PathLike[str], data: bytes | None = None) -> np.ndarray:
+    """`load_rgb` as a uint8 HWC array, taken from the decoded image without an intermediate copy."""
+    return _decoded(path, data, lambda img: np.asarray(_as_rgb(img)))
+
+
+def _decoded(path: str | os.PathLike[str], data: bytes | None, take: Callable[[Image.Image], T]) -> T:
+    """`take` applied to the decoded image while it is open, or UnreadableImage with the reason."""
     path = Path(path)
     try:
         if (len(data) if data is not None else path.stat().st_size) == 0:
@@ -35,7 +49,7 @@ def load_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.I
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 img.load()
-                return _to_rgb(img)
+                return take(img)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
@@ -46,9 +60,10 @@ def load_rgb(path: str | os.PathLike[str], data: bytes | None = None) -> Image.I
         raise UnreadableImage(path, "image is implausibly large (decompression bomb guard)") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def _as_rgb(img: Image.Image) -> Image.Image:
+    """The image itself when it is RGB (valid only while it is open), else a converted copy."""
     if img.mode == "RGB":
-        return img.copy()
+        return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         background = Image.new("RGB", img.size, (255, 255, 255))
         rgba = img.convert("RGBA")
