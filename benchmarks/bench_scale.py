@@ -12,7 +12,8 @@ Every phase runs in its own process, as the pipeline runs it, so phases and size
   shard     `visionnode shard --split train --no-readback` (max side 256, q90, 5,000 images per shard);
   transfer  `visionnode transfer upload` to the embedded S3 (SeaweedFS, started here on a free port);
   loader    one epoch of the FFCV train loader (ffcv_io.train_loader, 224 px random-resized crop + flip,
-            batch 64) over the local shards, after a warm-up on the first shard (numba compiles once).
+            batch 64) over the local shards, after reading them once (page cache; timed apart) and a
+            warm-up on the first shard (numba compiles once).
 Peak RSS is `ru_maxrss` from os.wait4() on the phase's process: the largest resident set of that process
 and the workers it reaped (shard's decoders), not their sum. Times are the phases' own clocks (validate:
 its wall_seconds; shard and transfer: their result's seconds; loader: the timed epoch), so interpreter start
@@ -28,6 +29,7 @@ The machine may be shared: the load average is printed with each phase.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -110,12 +112,19 @@ def subset(data: Path, per_class: int, target: Path) -> tuple[Path, int, int]:
 
 
 def loader_epoch(shards: Path, workers: int, out: Path) -> None:
-    """The loader phase, run in its own process: warm up on the first shard, then time one full epoch."""
+    """The loader phase, run in its own process: read the shards once (into the page cache, timed apart: the
+    epoch measures decoding, not the disk), warm up on the first shard, then time one full epoch."""
     from visionnode.components.common.artifacts import ShardManifest
     from visionnode.components.common.data.ffcv_io import train_loader
 
     manifest = ShardManifest.load(shards)
     paths = [shards / s.file for s in manifest.shards]
+    started = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    read_s = time.perf_counter() - started
     for index, _ in enumerate(train_loader(paths[:1], LOADER_BATCH, LOADER_RESOLUTION, workers, seed=1)):
         if index == 2:
             break
@@ -124,7 +133,7 @@ def loader_epoch(shards: Path, workers: int, out: Path) -> None:
     for batch, _labels in loader:
         images += len(batch)
     seconds = time.perf_counter() - started
-    out.write_text(json.dumps({"images": images, "seconds": seconds,
+    out.write_text(json.dumps({"images": images, "seconds": seconds, "read_s": read_s,
                                "bytes": sum(p.stat().st_size for p in paths)}))
 
 
@@ -155,13 +164,18 @@ class S3:
         self.stack.down()
 
 
-def measure_size(size: int, data: Path, work: Path, workers: int) -> list[Figure]:
+def measure_size(size: int, data: Path, work: Path, workers: int, phases: set[str],
+                 keep_shards: bool) -> list[Figure]:
     classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
     per_class = max(1, size // classes)
     root, images, raw_bytes = subset(data, per_class, work / f"data-{size}")
     out = work / f"size-{size}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    shards = out / "shards"
+    if "shard" in phases:
+        shutil.rmtree(out, ignore_errors=True)
+    elif not (shards / "manifest.json").is_file():
+        raise SystemExit(f"{shards} holds no shards: run the shard phase with --keep-shards first")
+    out.mkdir(parents=True, exist_ok=True)
     figures = []
 
     def record(phase: str, images_: int, seconds: float, wall: float, moved: int, rss: float) -> None:
@@ -171,35 +185,38 @@ def measure_size(size: int, data: Path, work: Path, workers: int) -> list[Figure
               f"{rss:>8.0f} MB RSS  own {seconds:7.1f} s, process {wall:7.1f} s, load {f.load:.1f}",
               flush=True)
 
-    wall, rss = run_phase(visionnode("validate", "--data", str(root), *VALIDATE_ARGS,
-                                     "--workers", str(workers), "--report", str(out / "validate.md"),
-                                     "--json", str(out / "validate.json")),
-                          out / "validate.log", allowed=(0, 1, 2))  # its gate failed: timed all the same
-    result = json.loads((out / "validate.json").read_text())
-    record("validate", size, result["wall_seconds"], wall, round(result["images_used"] * raw_bytes / images),
-           rss)
-    figures[-1].images = size  # validate's cost is per dataset, not per image: img/s means dataset images/s
-
-    shards = out / "shards"
-    wall, rss = run_phase(visionnode("shard", "--data", str(root), "--out", str(shards), "--split", "train",
-                                     "--no-readback", "--workers", str(workers),
-                                     "--json", str(out / "shard.json")), out / "shard.log")
-    result = json.loads((out / "shard.json").read_text())
-    assert result["images_written"] == images, result
-    record("shard", images, result["seconds"], wall, raw_bytes + result["total_bytes"], rss)
-
-    wall, rss = run_phase(visionnode("transfer", "upload", str(shards), f"s3://bench-scale/size-{size}",
-                                     "--create-bucket", "--json", str(out / "transfer.json")),
-                          out / "transfer.log")
-    result = json.loads((out / "transfer.json").read_text())
-    record("transfer", images, result["seconds"], wall, result["bytes_transferred"], rss)
-
-    wall, rss = run_phase([sys.executable, __file__, "--loader-epoch", str(shards), "--workers", str(workers),
-                           "--json", str(out / "loader.json")], out / "loader.log")
-    result = json.loads((out / "loader.json").read_text())
-    record("loader", result["images"], result["seconds"], wall, result["bytes"], rss)
-
-    shutil.rmtree(shards)  # the S3 copy stays until the end; raw subsets are hard links
+    if "validate" in phases:
+        wall, rss = run_phase(visionnode("validate", "--data", str(root), *VALIDATE_ARGS,
+                                         "--workers", str(workers), "--report", str(out / "validate.md"),
+                                         "--json", str(out / "validate.json")),
+                              out / "validate.log", allowed=(0, 1, 2))  # its gate failed: timed all the same
+        result = json.loads((out / "validate.json").read_text())
+        # images = the dataset's: validate's cost is per dataset, so its img/s means dataset images/s
+        record("validate", images, result["wall_seconds"], wall,
+               round(result["images_used"] * raw_bytes / images), rss)
+    if "shard" in phases:
+        wall, rss = run_phase(visionnode("shard", "--data", str(root), "--out", str(shards),
+                                         "--split", "train", "--no-readback", "--workers", str(workers),
+                                         "--json", str(out / "shard.json")), out / "shard.log")
+        result = json.loads((out / "shard.json").read_text())
+        assert result["images_written"] == images, result
+        record("shard", images, result["seconds"], wall, raw_bytes + result["total_bytes"], rss)
+    if "transfer" in phases:
+        wall, rss = run_phase(visionnode("transfer", "upload", str(shards), f"s3://bench-scale/size-{size}",
+                                         "--create-bucket", "--json", str(out / "transfer.json")),
+                              out / "transfer.log")
+        result = json.loads((out / "transfer.json").read_text())
+        record("transfer", images, result["seconds"], wall, result["bytes_transferred"], rss)
+    if "loader" in phases:
+        wall, rss = run_phase([sys.executable, __file__, "--loader-epoch", str(shards),
+                               "--workers", str(workers), "--json", str(out / "loader.json")],
+                              out / "loader.log")
+        result = json.loads((out / "loader.json").read_text())
+        record("loader", result["images"], result["seconds"], wall, result["bytes"], rss)
+        print(f"  {'':<9}{'':>8} shards read once before the epoch: {result['read_s']:.1f} s "
+              f"({result['bytes'] / 1e6 / result['read_s']:.0f} MB/s)", flush=True)
+    if not keep_shards:
+        shutil.rmtree(shards, ignore_errors=True)  # the S3 copy stays until the end; subsets are hard links
     return figures
 
 
@@ -216,7 +233,8 @@ def report(figures: list[Figure]) -> None:
     print()
     print(f"{'phase':<9}{'images':>9}{'img/s':>9}{'ms/img':>9}{'MB moved':>11}{'peak RSS MB':>13}"
           f"{'cost ratio':>12}{'RSS ratio':>11}{'load':>6}")
-    for phase in PHASES:
+    phases = [p for p in PHASES if any(f.phase == p for f in figures)]
+    for phase in phases:
         for index, size in enumerate(sizes):
             f = by[(phase, size)]
             ratio = rss_ratio = ""
@@ -231,7 +249,7 @@ def report(figures: list[Figure]) -> None:
         return
     last, before = sizes[-1], sizes[-2]
     print(f"\ngoals, {last:,} vs {before:,} images (cost ratio: per-image time; validate: its time):")
-    for phase in PHASES:
+    for phase in phases:
         a, b = by[(phase, last)], by[(phase, before)]
         cost = cost_ratio(a, b)
         rss = a.peak_rss_mb / b.peak_rss_mb
@@ -252,6 +270,10 @@ def main() -> None:
                                                   "train images (default: generate one under --work)")
     parser.add_argument("--work", type=Path, help="scratch directory (default: a temp dir, removed after)")
     parser.add_argument("--workers", type=int, default=2, help="phase workers (shard, validate, loader)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="phases to run, comma-separated; without shard, the loader and transfer read "
+                             "the shards an earlier --keep-shards run left under --work")
+    parser.add_argument("--keep-shards", action="store_true", help="leave each size's shards under --work")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--loader-epoch", type=Path, help=argparse.SUPPRESS)  # the loader phase's process
     args = parser.parse_args()
@@ -260,6 +282,9 @@ def main() -> None:
         return
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    phases = set(args.phases.split(","))
+    if not phases <= set(PHASES):
+        parser.error(f"--phases: choose from {', '.join(PHASES)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="vn-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -277,9 +302,9 @@ def main() -> None:
         print(f"cpus {os.cpu_count()}, workers {args.workers}; phase, size, img/s, bytes, peak RSS:",
               flush=True)
         figures: list[Figure] = []
-        with S3(work / "s3-state"):
+        with S3(work / "s3-state") if "transfer" in phases else contextlib.nullcontext():
             for size in sizes:
-                figures += measure_size(size, data, work, args.workers)
+                figures += measure_size(size, data, work, args.workers, phases, args.keep_shards)
         report(figures)
         if args.json:
             args.json.write_text(json.dumps([{**f.__dict__, "per_image_ms": f.per_image_ms,
