@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 
 from visionnode.components.common.adapters.kfp import confusion_views
 from visionnode.components.common.confusion import CONFUSED_PAIRS_FILE, MAX_MATRIX_CLASSES, Confusion
-from visionnode.components.common.data.imagenet import open_imagenet
+from visionnode.components.common.data.imagenet import WNID_PATTERN, open_imagenet
 from visionnode.components.common.data.images import UnreadableImage, load_rgb, load_rgb_array
 from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
@@ -33,6 +34,12 @@ from visionnode.components.common.training.lr_probe import (
 )
 from visionnode.components.common.training.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
+from visionnode.components.local.synth_imagenet import (
+    IMAGENET_MEAN_BYTES,
+    IMAGENET_MEAN_SIZE,
+    ImageNetSynthConfig,
+    synthesize_imagenet,
+)
 
 
 def test_reader_indexes_classes_like_torchvision(synth_dataset: Path) -> None:
@@ -111,6 +118,73 @@ def test_synth_signal_is_learnable_but_not_trivial(synth_dataset: Path) -> None:
     nearest = np.argmin(((feats[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     accuracy = (nearest == labels).mean()
     assert accuracy < 0.9, f"mean colour alone classifies {accuracy:.0%}: the task is trivial"
+
+
+def test_imagenet_shaped_synth_is_deterministic_whatever_the_worker_count(tmp_path: Path) -> None:
+    config = ImageNetSynthConfig(classes=3, train_per_class=4, val_per_class=2, seed=7, workers=1)
+    one = synthesize_imagenet(tmp_path / "one", config).root
+    two = synthesize_imagenet(tmp_path / "two", replace(config, workers=2)).root
+    other = synthesize_imagenet(tmp_path / "other", replace(config, seed=8)).root
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".JPEG"]) == 3 * (4 + 2)
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+    jpegs = [f for f in files if f.suffix == ".JPEG"]
+    assert all((one / f).read_bytes() != (other / f).read_bytes() for f in jpegs)
+
+
+@pytest.mark.parametrize("flat_val", [False, True])
+def test_imagenet_shaped_synth_is_read_by_the_shard_and_validate_scanner(tmp_path: Path,
+                                                                         flat_val: bool) -> None:
+    from visionnode.components.common.storage.dataset import fingerprint_dataset
+
+    root = synthesize_imagenet(tmp_path / "data", ImageNetSynthConfig(classes=5, train_per_class=3,
+                                                                      val_per_class=2, workers=2,
+                                                                      flat_val=flat_val)).root
+    layout = open_imagenet(root)
+    assert layout.classes.num_classes == 5
+    assert all(WNID_PATTERN.match(w) for w in layout.classes.wnids)
+    train, val = layout.scan("train"), layout.scan("val")
+    assert len(train.records) == 15 and not train.empty_classes
+    assert len(val.records) == 10 and not val.unlabelled and not val.empty_classes
+    assert sorted({r.label for r in val.records}) == list(range(5))
+    assert fingerprint_dataset(root).files == 25 + 1 + flat_val  # images, synset mapping, val solution
+    for record in train.records[:3] + val.records[:3]:
+        assert load_rgb(record.path).mode == "RGB"
+
+
+def test_imagenet_shaped_synth_has_imagenets_mean_size_and_bytes(tmp_path: Path) -> None:
+    """A 300-image sample: means within 6 % (sizes) and 15 % (bytes) of ImageNet's; sizes, ratios vary."""
+    result = synthesize_imagenet(tmp_path / "data", ImageNetSynthConfig(classes=30, train_per_class=10,
+                                                                        workers=2))
+    files = sorted(result.root.rglob("*.JPEG"))
+    sizes = np.array([Image.open(f).size for f in files])
+    kb = np.array([f.stat().st_size for f in files]) / 1000
+    assert len(files) == 300 and result.mean_width == pytest.approx(sizes[:, 0].mean())
+    assert result.mean_kb == pytest.approx(kb.mean())
+    width, height = IMAGENET_MEAN_SIZE
+    assert abs(sizes[:, 0].mean() / width - 1) < 0.06, sizes.mean(0)
+    assert abs(sizes[:, 1].mean() / height - 1) < 0.06, sizes.mean(0)
+    assert abs(kb.mean() * 1000 / IMAGENET_MEAN_BYTES - 1) < 0.15, kb.mean()
+    assert (sizes.max(1) == 500).mean() > 0.5, "most ImageNet images have a 500-px longer side"
+    assert 0.65 < (sizes[:, 0] > sizes[:, 1]).mean() < 0.9, "mostly landscape"
+    assert len({tuple(s) for s in sizes}) > 30 and kb.std() > 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "1001"], "error: --classes 1001 is out of range (use 2..1000)"),
+    (["--workers", "0"], "error: --workers 0 must be at least 1 (use the number of CPU cores)"),
+    (["--train-per-class", "0"],
+     "error: images per class must be positive (use --train-per-class >= 1 and --val-per-class >= 0)"),
+])
+def test_imagenet_shaped_synth_rejects_bad_options_in_one_line(tmp_path: Path, args: list[str],
+                                                               message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "data", "synth-imagenet",
+                             str(tmp_path / "x"), *args], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "x").exists()
 
 
 def test_resnet152_has_the_reference_parameter_count() -> None:

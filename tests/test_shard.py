@@ -270,6 +270,25 @@ def test_train_loader_yields_normalised_nchw_batches_and_resizes(tiny_shards: Pa
     assert images.shape == (8, 3, 48, 48)
 
 
+def test_an_epoch_keeps_at_most_one_shard_memory_mapped(tiny_shards: Path) -> None:
+    """FFCV maps a whole .beton and never unmaps it; the loader drops each shard's Loader once the shard is
+    read, so resident memory does not grow with the dataset (benchmarks/bench_scale.py)."""
+    import gc
+
+    def mappings() -> int:
+        return sum(line.endswith(".beton") for line in Path("/proc/self/maps").read_text().splitlines())
+
+    paths = [tiny_shards / s.file for s in ShardManifest.load(tiny_shards).shards_for("train")]
+    assert len(paths) > 1
+    gc.collect()
+    before = mappings()  # other tests' Loaders may still be alive
+    loader = train_loader(paths, batch_size=8, resolution=32, workers=1, seed=3)
+    for epoch in range(2):
+        during = [mappings() - before for _ in loader]
+        assert len(during) == len(loader) and max(during) == 1, (epoch, during)
+        assert mappings() <= before, epoch
+
+
 def test_fused_flip_normalize_equals_stock_normalize_flipped_or_not(tiny_shards: Path) -> None:
     """The training pipeline's flip+normalise pass gives NormalizeImage's floats, mirrored for about half."""
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
