@@ -263,9 +263,8 @@ def read_back(paths: list[Path], resolution: int, workers: int, batch_size: int)
     """One pass over the shards with the FFCV train pipeline (what training sees), timed per shard."""
     loader = train_loader(paths, batch_size, resolution, workers)
     images, seconds, warmup = 0, 0.0, 0.0
-    for _, shard_loader in loader.iter_shards():
+    for _, batches in loader.iter_shards():
         started = time.perf_counter()
-        batches = iter(shard_loader)
         if next(batches, None) is None:
             continue
         first_done = time.perf_counter()

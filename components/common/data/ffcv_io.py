@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,8 +239,7 @@ class ShardLoader:
         self.seed = seed
         self.augmentation = augmentation
         self.epoch = 0
-        self._loaders: list[Any | None] = [None] * len(self.paths)
-        self._decoders: list[Any] = [None] * len(self.paths)
+        self._decoder: Any = None  # the open shard's decoder, resized by set_resolution
         self._world = _world_size() if distributed else 1
 
     def __len__(self) -> int:
@@ -252,14 +253,11 @@ class ShardLoader:
         """Progressive resizing: change the decoders' output size (ffcv-imagenet's way); takes effect at
         the next shard started. FFCV re-allocates its buffers every epoch, so no recompilation is needed."""
         self.resolution = int(resolution)
-        for decoder in self._decoders:
-            if decoder is not None:
-                decoder.output_size = (self.resolution, self.resolution)
+        if self._decoder is not None:
+            self._decoder.output_size = (self.resolution, self.resolution)
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        for _, loader in self.iter_shards():
-            batches = iter(loader)  # FFCV's __iter__ sets torch's threads to its decoder count ...
-            keep_torch_threads()    # ... the model computes on every usable CPU instead
+        for _, batches in self.iter_shards():
             yield from batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -267,40 +265,66 @@ class ShardLoader:
         so a resumed run replays exactly the order it was interrupted in."""
         self.epoch = int(epoch)
 
-    def iter_shards(self) -> Iterator[tuple[Path, Any]]:
-        """One epoch as (shard path, its FFCV Loader) in this epoch's shard order."""
+    def iter_shards(self) -> Iterator[tuple[Path, Iterator[tuple[Any, Any]]]]:
+        """One epoch as (shard path, that shard's batches) in this epoch's shard order.
+
+        A shard's Loader is built when its first batch is asked for and unmapped when its batches are
+        exhausted or dropped, before the next shard opens: only the batches generator refers to it.
+        """
         epoch = self.epoch
         self.epoch += 1
         order = list(range(len(self.paths)))
         if self.train:
             order = [int(i) for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))]
         for index in order:
-            loader = self._loader(index)
-            loader.next_epoch = epoch
-            try:
-                yield self.paths[index], loader
-            finally:
-                self._loaders[index] = self._decoders[index] = None  # unmaps the shard (class doc)
-                del loader
-                gc.collect()  # FFCV's Loader sits in reference cycles: free its memory map now
+            yield self.paths[index], self._shard_batches(index, epoch)
 
-    def _loader(self, index: int) -> Any:
-        if self._loaders[index] is None:
-            from ffcv.loader import Loader, OrderOption
+    def _shard_batches(self, index: int, epoch: int) -> Iterator[tuple[Any, Any]]:
+        loader = self._open(index)
+        loader.next_epoch = epoch
+        batches = iter(loader)  # FFCV's __iter__ sets torch's threads to its decoder count ...
+        keep_torch_threads()    # ... the model computes on every usable CPU instead
+        try:
+            yield from batches
+        finally:
+            # FFCV's reader thread holds the memory map until it has ended, and its Loader sits in reference
+            # cycles: end the one, collect the other
+            _end_reader_thread(batches)
+            del batches, loader
+            self._decoder = None
+            gc.collect()
 
-            _share_compiled_pipelines()
-            if self.train:
-                decoder, pipelines = train_pipelines(self.resolution, self.augmentation)
-            else:
-                decoder, pipelines = val_pipelines(self.resolution)
-            self._decoders[index] = decoder
-            self._loaders[index] = Loader(
-                os.fspath(self.paths[index]), batch_size=self.batch_size, num_workers=self.workers,
-                order=OrderOption.RANDOM if self.train else OrderOption.SEQUENTIAL,
-                drop_last=self.train, distributed=self.distributed, seed=self.seed + index,
-                pipelines=pipelines, os_cache=True)
-        self._decoders[index].output_size = (self.resolution, self.resolution)
-        return self._loaders[index]
+    def _open(self, index: int) -> Any:
+        from ffcv.loader import Loader, OrderOption
+
+        _share_compiled_pipelines()
+        if self.train:
+            decoder, pipelines = train_pipelines(self.resolution, self.augmentation)
+        else:
+            decoder, pipelines = val_pipelines(self.resolution)
+        decoder.output_size = (self.resolution, self.resolution)
+        self._decoder = decoder
+        return Loader(
+            os.fspath(self.paths[index]), batch_size=self.batch_size, num_workers=self.workers,
+            order=OrderOption.RANDOM if self.train else OrderOption.SEQUENTIAL,
+            drop_last=self.train, distributed=self.distributed, seed=self.seed + index,
+            pipelines=pipelines, os_cache=True)
+
+
+def _end_reader_thread(epoch_iterator: Any) -> None:
+    """Stop FFCV's EpochIterator thread and wait for it. Its last act is a blocking `put(None)` on its
+    batch queue, which never returns when the consumer stopped early with the queue full (overfitting one
+    batch, max_steps): take what is queued until the thread has ended."""
+    epoch_iterator.close()
+    if epoch_iterator is threading.current_thread():  # a garbage collection that ran on the thread itself
+        return
+    while epoch_iterator.is_alive():
+        try:
+            while True:
+                epoch_iterator.output_queue.get_nowait()
+        except queue.Empty:
+            pass
+        epoch_iterator.join(timeout=0.05)
 
 
 def train_loader(shard_paths: Sequence[str | os.PathLike[str]], batch_size: int, resolution: int,
