@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/bench_int8_agreement.py [--epochs 8] [--train-per-class 100]
         [--val-per-class 60] [--batch-size 32] [--workers 1] [--calibration-images 300] [--work DIR]
-        [--preset mixed|performance] [--full-int8] [--cli "COMMAND"]
+        [--preset mixed|performance] [--full-int8] [--full-bias-correction] [--cli "COMMAND"]
 
 Generated data (10 classes, the synth generator) -> `visionnode shard` -> `visionnode train` (ResNet-152, 64
 px,
 so that it trains on 2 CPU cores in minutes) -> `visionnode quantize` with its default settings (NNCF MIXED
-preset, full bias correction, residual Adds, stem and shortcut projections left in FP32) unless --preset /
---full-int8 say otherwise. The trained model is cached in --work: a second run only re-quantizes.
+preset, fast bias correction, residual Adds, stem and shortcut projections left in FP32) unless --preset /
+--full-bias-correction / --full-int8 say otherwise. The trained model is cached in --work: a second run only
+re-quantizes.
 Targets (issue 6): agreement >= 99 % and top-1 drop <= 0.5 pt. The report also gives the FP32 top-1/top-2
 logit
 margin (median, and the largest among the images where INT8 answers differently): a barely trained model has
@@ -54,6 +55,7 @@ def main() -> int:
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--preset", default="mixed", choices=("mixed", "performance"))
     parser.add_argument("--full-int8", action="store_true")
+    parser.add_argument("--full-bias-correction", action="store_true")
     parser.add_argument("--cli", default=f"{shlex.quote(sys.executable)} -m visionnode.pipeline.cli")
     args = parser.parse_args()
     cli = shlex.split(args.cli)
@@ -84,6 +86,7 @@ def main() -> int:
     visionnode(cli, "quantize", "--model", str(model), "--shards", str(shards), "--out", str(int8),
                "--calibration-images", str(args.calibration_images), "--max-accuracy-drop", "100",
                "--preset", args.preset, *(["--full-int8"] if args.full_int8 else []),
+               *(["--no-fast-bias-correction"] if args.full_bias_correction else []),
                "--no-measure", "--json", str(quantized))
 
     trained = json.loads((work / "train.json").read_text())
@@ -95,7 +98,8 @@ def main() -> int:
           f"FP32 val top-1 {acc['fp32_top1']:.2f} % on {acc['images']} val images "
           f"(1 image = {100 / acc['images']:.2f} pts)")
     scope = "everything INT8" if args.full_int8 else "Adds, stem and projections FP32"
-    print(f"INT8 (NNCF {args.preset.upper()}, full bias correction, {scope}, "
+    bias = "full" if args.full_bias_correction else "fast"
+    print(f"INT8 (NNCF {args.preset.upper()}, {bias} bias correction, {scope}, "
           f"{args.calibration_images} calibration images): "
           f"top-1 {acc['int8_top1']:.2f} %, drop {acc['top1_drop_pts']:+.2f} pts (target <= {TARGET_DROP}), "
           f"agreement {acc['top1_agreement']:.2f} % (target >= {TARGET_AGREEMENT:g})")

@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per engine and measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="mixed", choices=("mixed", "performance"))
-    parser.add_argument("--fast-bias-correction", action="store_true")
+    parser.add_argument("--fast-bias-correction", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--full-int8", action="store_true",
                         help="quantize the Adds, stem and projections too (the product default keeps them "
                         "FP32)")

@@ -20,7 +20,7 @@ class QuantizeConfig:
     eval_images: int = 0              # val images for the accuracy report; 0 = all
     batch_size: int = 32              # evaluation batch
     preset: str = "mixed"
-    fast_bias_correction: bool = False
+    fast_bias_correction: bool = True
     full_int8: bool = False           # also quantize the Adds, stem and projections (faster, less faithful)
     measure: bool = True              # size/RSS/latency/throughput side by side
     threads: int = 2

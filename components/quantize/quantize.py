@@ -197,7 +197,7 @@ def inference_metadata(model: TrainedModel, result: QuantizeResult) -> Inference
 
 
 def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "mixed",
-                      fast_bias_correction: bool = False, full_int8: bool = False):
+                      fast_bias_correction: bool = True, full_int8: bool = False):
     """NNCF post-training quantization (min-max statistics + bias correction), settings chosen for accuracy:
 
     - unless `full_int8`, three kinds of operation compute in floating point: the residual
@@ -216,9 +216,11 @@ def quantize_openvino(fp32_model, calibration: list[np.ndarray], preset: str = "
       normalised, signed image). With the Adds in FP32, PERFORMANCE (all symmetric) measured 98.50 %
       agreement against MIXED's 99.33 % on an 8-epoch model.
     - model_type left unset: ModelType.TRANSFORMER is for attention models; a CNN uses the default scheme.
-    - fast_bias_correction=False: the full BiasCorrection re-computes each layer's output mean on the
-      calibration set with the already-quantized layers upstream, which corrects the accumulated shift
-      a 152-layer network builds up; it costs calibration time, not inference time.
+    - fast_bias_correction=True: NNCF's full BiasCorrection (False) re-computes each layer's output mean
+      with the already-quantized layers upstream, compiling a sub-model per layer: on the demo's
+      ResNet-152 (64 px, 100 calibration images, 2 cores) quantize took 199 s with it and 47 s without,
+      for no gain (600 images: median relative logit error 0.98 % vs 0.91 %, top-1 agreement 99.50 % vs
+      99.67 %). The full one stays one flag away for a model where it measures better.
     - subset_size = all calibration images; each dataset item is one image (batch 1), so statistics are
       per image as NNCF expects.
     """
