@@ -93,7 +93,8 @@ def synthesize_dataset(out: str | Path, config: SynthConfig) -> SynthResult:
                     if split == "val":
                         solution_rows.append((name, wnid))
                     advance(1)
-        _write_metadata(staging, wnids, solution_rows if config.flat_val else [])
+        write_metadata(staging, wnids, [class_description(c) for c in range(len(wnids))],
+                       solution_rows if config.flat_val else [])
     return SynthResult(out, config.classes, config.classes * config.train_per_class,
                        config.classes * config.val_per_class)
 
@@ -173,8 +174,10 @@ def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, shape: str,
         draw.polygon(points, fill=fill)
 
 
-def _write_metadata(root: Path, wnids: list[str], val_solution: list[tuple[str, str]]) -> None:
-    mapping = "".join(f"{wnid} {class_description(c)}\n" for c, wnid in enumerate(wnids))
+def write_metadata(root: Path, wnids: list[str], descriptions: list[str],
+                   val_solution: list[tuple[str, str]]) -> None:
+    """LOC_synset_mapping.txt (wnid and description per class) and, for a flat val/, its solution CSV."""
+    mapping = "".join(f"{wnid} {description}\n" for wnid, description in zip(wnids, descriptions))
     (root / SYNSET_MAPPING_FILE).write_text(mapping, encoding="utf-8")
     if val_solution:
         with open(root / VAL_SOLUTION_FILE, "w", newline="", encoding="utf-8") as fh:

@@ -32,7 +32,6 @@ depend on the worker count or order; `workers` processes (fork) render and write
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import multiprocessing
@@ -44,11 +43,11 @@ from pathlib import Path
 import numpy as np
 
 from visionnode.components.common.cpus import usable_cpus
-from visionnode.components.common.data.imagenet import SYNSET_MAPPING_FILE, VAL_SOLUTION_FILE
+from visionnode.components.common.data.imagenet import SYNSET_MAPPING_FILE
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.jsonio import staged_dir
 from visionnode.components.common.progress import progress_bar
-from visionnode.components.local.synth import SPLIT_SEEDS, synthetic_wnid
+from visionnode.components.local.synth import SPLIT_SEEDS, synthetic_wnid, write_metadata
 
 IMAGENET_MEAN_SIZE = (469, 387)   # width, height: module doc
 IMAGENET_MEAN_BYTES = 110_000     # module doc
@@ -227,20 +226,10 @@ def synthesize_imagenet(out: str | os.PathLike[str], config: ImageNetSynthConfig
             if pool is not None:
                 pool.close()
                 pool.join()
-        _write_metadata(staging, wnids, [(val_image_id(t.class_id, t.index), t.wnid) for t in tasks
-                                         if t.split == "val"] if config.flat_val else [])
+        write_metadata(staging, wnids, [f"generated class {c} (ImageNet-shaped)" for c in range(len(wnids))],
+                       [(val_image_id(t.class_id, t.index), t.wnid) for t in tasks
+                        if t.split == "val"] if config.flat_val else [])
     seconds = time.perf_counter() - started
     return ImageNetSynthResult(out, config.classes, config.classes * config.train_per_class,
                                config.classes * config.val_per_class, total_bytes, sum_w / count,
                                sum_h / count, total_bytes / count / 1000, seconds, count / seconds)
-
-
-def _write_metadata(root: Path, wnids: list[str], val_solution: list[tuple[str, str]]) -> None:
-    mapping = "".join(f"{wnid} generated class {c} (ImageNet-shaped)\n" for c, wnid in enumerate(wnids))
-    (root / SYNSET_MAPPING_FILE).write_text(mapping, encoding="utf-8")
-    if val_solution:
-        with open(root / VAL_SOLUTION_FILE, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["ImageId", "PredictionString"])
-            for image_id, wnid in val_solution:
-                writer.writerow([image_id, f"{wnid} 0 0 1 1"])
