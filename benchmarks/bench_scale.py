@@ -173,7 +173,7 @@ def measure_size(size: int, data: Path, work: Path, workers: int, phases: set[st
     shards = out / "shards"
     if "shard" in phases:
         shutil.rmtree(out, ignore_errors=True)
-    elif not (shards / "manifest.json").is_file():
+    elif phases & {"transfer", "loader"} and not (shards / "manifest.json").is_file():
         raise SystemExit(f"{shards} holds no shards: run the shard phase with --keep-shards first")
     out.mkdir(parents=True, exist_ok=True)
     figures = []

@@ -21,6 +21,7 @@ from visionnode.components.shard.config import ShardConfig
 from visionnode.components.shard.shard import shard_dataset
 from visionnode.components.transfer.transfer import PlaceConfig, place_shards
 from visionnode.components.validate.config import ValidateConfig
+from visionnode.components.validate.data import IMAGES_PER_SAMPLED_CLASS
 from visionnode.components.validate.validate import run_checks
 
 CLASSES, PER_CLASS = 10, 1000            # 10,000 images: ten listing pages of 1,000 keys
@@ -59,21 +60,23 @@ def s3_dataset_10k(stack, bucket: str) -> str:
 
 
 @pytest.mark.slow
-def test_validate_reads_only_its_subset_of_a_10k_image_s3_dataset(s3_dataset_10k: str) -> None:
+def test_validate_lists_and_reads_only_its_sampled_classes_of_a_10k_s3_dataset(s3_dataset_10k: str) -> None:
     fingerprint = fingerprint_dataset(s3_dataset_10k)
     assert fingerprint.files == CLASSES * PER_CLASS
     assert fingerprint.list_requests >= math.ceil(CLASSES * PER_CLASS / 1000)  # paginated, 1,000 keys a page
 
     before = TRAFFIC.snapshot()
     result = run_checks(ValidateConfig(data=s3_dataset_10k, subset=SUBSET, image_size=32, steps=4,
-                                       batch_size=8, lr_probe_steps=0, workers=0, profile_batches=1,
-                                       data_digest=fingerprint.digest))
+                                       batch_size=8, lr_probe_steps=0, workers=0, profile_batches=1))
     moved = TRAFFIC.since(before)
-    assert result.images_found == CLASSES * PER_CLASS and result.images_used == SUBSET
+    sampled = SUBSET // IMAGES_PER_SAMPLED_CLASS
+    assert (result.num_classes, result.classes_sampled) == (CLASSES, sampled)
+    assert result.images_listed == sampled * PER_CLASS and result.images_used == SUBSET
+    # one page for train/'s class folders, one for each sampled class's folder: not the 10 pages of the tree
+    assert moved.requests["ListObjectsV2"] == result.list_requests == 1 + sampled, dict(moved.requests)
     assert moved.requests["GetObject"] == SUBSET, dict(moved.requests)  # the subset, and nothing else
     subset_bytes = moved.bytes_in["GetObject"]
     assert 0 < subset_bytes <= SUBSET * max(len(b) for b in _tiny_jpegs(CLASSES * 4))
-    assert moved.requests["ListObjectsV2"] == fingerprint.list_requests
     assert not moved.bytes_out["PutObject"] and not moved.requests["UploadPart"]
 
 

@@ -60,7 +60,7 @@ def test_loss_falls_on_synthetic_data(validated: ValidateResult) -> None:
     assert smoke.last_mean <= 0.75 * smoke.first_mean
     # labels are class indices of the sorted wnids: 6 classes, so an untrained model starts near ln 6
     assert smoke.num_classes == 6 and abs(smoke.losses[0] - math.log(6)) < 0.5
-    assert validated.images_used == validated.images_found == 96 and validated.images_skipped == 0
+    assert validated.images_used == validated.images_listed == 96 and validated.images_skipped == 0
 
 
 def test_lr_zero_is_caught_as_flat_with_a_diagnosis(

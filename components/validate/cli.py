@@ -39,9 +39,6 @@ def validate_command(
         int, typer.Option(help="LR probe: steps each candidate LR trains before the first judgement "
                           "(train's SGD recipe, successive halving on held-out loss); 0 skips it.")
     ] = DEFAULTS.lr_probe_steps,
-    data_digest: Annotated[
-        str, typer.Option(help="Refuse data whose fingerprint (`visionnode data fingerprint`) is not this.")
-    ] = DEFAULTS.data_digest,
     seed: Annotated[
         int, typer.Option(help="Seed for the subset, the model and batch order.")
     ] = DEFAULTS.seed,
@@ -72,7 +69,6 @@ def validate_command(
         lr_probe_steps=lr_probe_steps,
         seed=seed,
         report=report,
-        data_digest=data_digest,
     )
     result = run_checks(config)
     emit_result(result, json_path, "validate")  # written before the gate so a failed run can be inspected

@@ -22,14 +22,14 @@ def validate_op(
 
     Args:
         data_uri: Raw images in ImageNet layout (`train/<wnid>/*.JPEG`; `val/` optional), an s3://bucket/prefix
-            or a directory (a volume). Read where they lie: only the sampled subset is downloaded. Unreadable
-            files are skipped and listed in the report, never fatal.
-        data_digest: The fingerprint step's digest of the data listing; the step fails if the data changed
-            since (it keys this step's cache entry).
+            or a directory (a volume). Read where they lie: only the folders of the sampled classes are
+            listed and only the subset is downloaded. Unreadable files are skipped and listed in the report.
+        data_digest: The fingerprint step's digest of the data listing: it keys this step's cache entry to
+            the data (validate lists only its sampled classes, so shard is the step that checks it).
         report: Markdown report: the loss curve (PNG embedded as a data URI so it renders in the KFP UI), the
             architecture check, the profile table with the bottleneck verdict, and every skipped file.
-        metrics: Scalars: passed (1/0), images_used, images_skipped, loss_first, loss_last,
-            loss_relative_drop,
+        metrics: Scalars: passed (1/0), images_used, images_skipped, classes_sampled, list_requests,
+            loss_first, loss_last, loss_relative_drop,
             resnet152_parameters, gradient_problems, data_images_per_s, compute_images_per_s,
             combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR probe also suggested_lr,
             lr_probe_top1 (the winner's held-out top-1), lr_probe_seconds, lr_probe_steps,
@@ -64,7 +64,6 @@ def validate_op(
             steps=steps,
             lr_probe_steps=lr_probe_steps,
             report=report_path,
-            data_digest=data_digest,
         )
     )
     record_metrics(metrics, result.metrics())

@@ -29,7 +29,6 @@ class ValidateConfig:
     lr_probe_steps: int = LRProbeConfig.first_round_steps
     seed: int = 0
     report: Path | None = None  # Markdown report; the loss-curve PNG is written beside it
-    data_digest: str = ""  # the data's fingerprint as the run saw it; "" = not checked
 
     def checked(self) -> ValidateConfig:
         """Raise ConfigError for values that cannot work; returns self for chaining."""

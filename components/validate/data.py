@@ -1,18 +1,28 @@
-"""The smoke subset: a seeded sample of raw images decoded once (unreadable ones named); the loaders."""
+"""The smoke subset: a seeded sample of raw images decoded once (unreadable ones named); the loaders.
+
+The subset comes from a seeded sample of classes, and only their folders are listed: on ImageNet-1K in S3
+(1.28 M objects) validate lists about 1 + subset/8 folders, never the whole tree, so its cost does not grow
+with the dataset.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from visionnode.components.common.artifacts import SkippedFile
-from visionnode.components.common.data.imagenet import ImageRecord
+from visionnode.components.common.data.imagenet import (
+    ImageRecord,
+    class_folders,
+    class_records,
+    open_imagenet,
+)
 from visionnode.components.common.data.images import UnreadableImage, load_rgb
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.storage.dataset import fetch_files
@@ -97,6 +107,36 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
     )
+
+
+IMAGES_PER_SAMPLED_CLASS = 8   # several per class, so the smoke loss can fall by learning classes
+
+
+@dataclass
+class SubsetSample:
+    records: list[ImageRecord]   # the chosen subset, labelled 0..classes_sampled-1 (flat val: by all classes)
+    num_classes: int             # the model head's size: the sampled classes (flat val: every class)
+    classes_in_split: int        # class folders in the split
+    classes_sampled: int
+    images_listed: int           # files in the sampled classes' folders
+    empty_classes: list[str]     # sampled class folders that hold no file
+    list_requests: int           # S3 ListObjectsV2 pages (0 for a local directory)
+
+
+def sample_subset(root: str | os.PathLike[str], split: str, size: int, seed: int) -> SubsetSample:
+    """`size` images from a seeded sample of max(2, size / 8) classes of `split`, listing only their folders.
+    A flat val split (no class folders, labels from LOC_val_solution.csv) is read from the whole listing."""
+    wnids, requests = class_folders(root, split)
+    if not wnids:  # flat val, or not ImageNet layout at all: open_imagenet reads it (or names what is wrong)
+        layout = open_imagenet(root)
+        scan = layout.scan(split)
+        classes = layout.classes.num_classes
+        return SubsetSample(choose_subset(scan.records, size, seed), classes, classes, classes,
+                            len(scan.records), scan.empty_classes, layout.listing.list_requests)
+    count = min(len(wnids), max(2, size // IMAGES_PER_SAMPLED_CLASS))
+    sampled = class_records(root, split, sorted(random.Random(seed).sample(wnids, count)))
+    return SubsetSample(choose_subset(sampled.records, size, seed), count, len(wnids), count,
+                        len(sampled.records), sampled.empty_classes, requests + sampled.list_requests)
 
 
 def choose_subset(records: Sequence[ImageRecord], size: int, seed: int) -> list[ImageRecord]:

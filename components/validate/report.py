@@ -55,8 +55,9 @@ def render_report(result: ValidateResult, plot_png: bytes, lr_probe_png: bytes |
         f"# validate: {status}",
         "",
         (
-            f"Data `{result.data}` ({result.split}): {result.images_found:,} images in "
-            f"{result.num_classes:,} classes; "
+            f"Data `{result.data}` ({result.split}): {result.num_classes:,} classes, of which "
+            f"{result.classes_sampled:,} sampled ({result.images_listed:,} images; only their folders were "
+            f"listed); "
             f"{result.images_used:,} of a {result.subset_requested:,}-image subset decoded, "
             f"{len(result.skipped)} unreadable skipped; {len(result.empty_classes)} empty class folder(s). "
             f"Wall time {result.wall_seconds:.1f} s."
@@ -69,7 +70,7 @@ def render_report(result: ValidateResult, plot_png: bytes, lr_probe_png: bytes |
         "## 1. Smoke training",
         "",
         (
-            f"{smoke.arch} ({smoke.num_classes} classes, labels = index of the sorted wnid), "
+            f"{smoke.arch} ({smoke.num_classes} classes, labels = index of the sorted sampled wnid), "
             f"{smoke.optimizer} lr {smoke.lr:g}, batch {smoke.batch_size}, {smoke.image_size} px, "
             f"{smoke.steps} steps over a fixed in-memory subset of {smoke.images} images "
             f"({smoke.seconds:.1f} s)."

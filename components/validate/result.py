@@ -15,8 +15,10 @@ from visionnode.components.validate.smoke import SmokeTrainResult
 class ValidateResult:
     data: str
     split: str
-    num_classes: int
-    images_found: int
+    num_classes: int             # class folders in the split
+    classes_sampled: int         # the classes the subset was drawn from (only their folders were listed)
+    images_listed: int           # files in the sampled classes
+    list_requests: int           # S3 listing pages read (0 for a local directory)
     subset_requested: int
     images_used: int
     images_skipped: int
@@ -40,6 +42,8 @@ class ValidateResult:
         return {
             "passed": float(self.passed),
             "images_used": float(self.images_used),
+            "classes_sampled": float(self.classes_sampled),
+            "list_requests": float(self.list_requests),
             "images_skipped": float(len(self.skipped)),
             "loss_first": smoke.first_mean,
             "loss_last": smoke.last_mean,

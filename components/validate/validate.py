@@ -37,15 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from visionnode.components.common.artifacts import SkippedFile, describe_skipped
-from visionnode.components.common.data.imagenet import ImageNetLayout, ImageRecord, SplitScan, open_imagenet
+from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.errors import DataError, QualityGateError
 from visionnode.components.common.jsonio import atomic_write_text, to_jsonable
-from visionnode.components.common.storage.dataset import check_fingerprint
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
 from visionnode.components.common.training.lr_probe import lr_probe_figure
 from visionnode.components.validate.architecture import ArchitectureCheck, check_architecture
 from visionnode.components.validate.config import ValidateConfig
-from visionnode.components.validate.data import choose_subset, decode_subset, local_subset
+from visionnode.components.validate.data import (
+    SubsetSample,
+    choose_subset,
+    decode_subset,
+    local_subset,
+    sample_subset,
+)
 from visionnode.components.validate.profile import profile_pipeline, summarize_profile
 from visionnode.components.validate.report import close_figure, loss_curve_figure, render_report
 from visionnode.components.validate.result import ValidateResult
@@ -65,19 +70,18 @@ def run_checks(config: ValidateConfig) -> ValidateResult:
     """Run the three checks, write the report (when asked), log to MLflow; never raises on a failed gate."""
     config.checked()
     started = time.perf_counter()
-    layout = open_imagenet(config.data)
-    check_fingerprint(layout.listing, config.data_digest)
-    scan = layout.scan(config.split)
-    if not scan.records:
-        raise DataError(f"{config.data}/{config.split} holds no images", "every class folder is empty")
+    sample = sample_subset(config.data, config.split, config.subset, config.seed)
+    if not sample.records:
+        raise DataError(f"{config.data}/{config.split} holds no images",
+                        f"the sampled class folders are empty: {', '.join(sample.empty_classes[:5])}")
     with tempfile.TemporaryDirectory(prefix="visionnode-validate-subset-") as scratch:
         # Only the subset is read (for a dataset in S3: downloaded to scratch, nothing else is).
-        subset, origins = local_subset(choose_subset(scan.records, config.subset, config.seed), Path(scratch))
-        return _checks(config, layout, scan, subset, origins, started)
+        subset, origins = local_subset(sample.records, Path(scratch))
+        return _checks(config, sample, subset, origins, started)
 
 
-def _checks(config: ValidateConfig, layout: ImageNetLayout, scan: SplitScan, subset: list[ImageRecord],
-            origins: dict[str, str], started: float) -> ValidateResult:
+def _checks(config: ValidateConfig, sample: SubsetSample, subset: list[ImageRecord], origins: dict[str, str],
+            started: float) -> ValidateResult:
     images, labels, skipped = decode_subset(subset, config.image_size, config.batch_size, config.workers)
     skipped = [SkippedFile(origins.get(s.path, s.path), s.reason) for s in skipped]
     if len(labels) < 2:
@@ -86,9 +90,9 @@ def _checks(config: ValidateConfig, layout: ImageNetLayout, scan: SplitScan, sub
             f"{describe_skipped(skipped, config.data)}",
             "replace or remove the unreadable files; smoke training needs at least 2 images",
         )
-    num_classes = layout.classes.num_classes
+    num_classes = sample.num_classes
     with tracked_run("validate", tags={"phase": "validate"}) as tracker:
-        tracker.log_params(_params(config, num_classes, len(scan.records)))
+        tracker.log_params(_params(config, sample))
         smoke = smoke_train(images, labels, num_classes, config, tracker=tracker)
         architecture = check_architecture(seed=config.seed)
         profile = profile_pipeline(subset, num_classes, config)
@@ -101,13 +105,15 @@ def _checks(config: ValidateConfig, layout: ImageNetLayout, scan: SplitScan, sub
         result = ValidateResult(
             data=str(config.data),
             split=config.split,
-            num_classes=num_classes,
-            images_found=len(scan.records),
+            num_classes=sample.classes_in_split,
+            classes_sampled=sample.classes_sampled,
+            images_listed=sample.images_listed,
+            list_requests=sample.list_requests,
             subset_requested=config.subset,
             images_used=len(labels),
             images_skipped=len(skipped),
             skipped=skipped,
-            empty_classes=scan.empty_classes,
+            empty_classes=sample.empty_classes,
             smoke=smoke,
             architecture=architecture,
             profile=profile,
@@ -173,13 +179,14 @@ def write_outputs(result: ValidateResult, config: ValidateConfig, tracker: Track
         tracker.log_text(_json(result), "validate_result.json")
 
 
-def _params(config: ValidateConfig, num_classes: int, images_found: int) -> dict[str, Any]:
+def _params(config: ValidateConfig, sample: SubsetSample) -> dict[str, Any]:
     params = {k: v for k, v in asdict(config).items() if k != "report"}
     params.update(
         data=str(config.data),
         window=config.effective_window,
-        num_classes=num_classes,
-        images_found=images_found,
+        num_classes=sample.classes_in_split,
+        classes_sampled=sample.classes_sampled,
+        images_listed=sample.images_listed,
         profile_arch=config.profile_arch or config.arch,
     )
     return params

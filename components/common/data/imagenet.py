@@ -6,8 +6,9 @@
     root/LOC_synset_mapping.txt       (optional: "<wnid> <names>" per line)
 
 Class index = position of the wnid in the sorted list of train wnids, as torchvision's ImageFolder does.
-The layout is read from one listing of the root (common/storage/dataset.py): nothing is downloaded but the
-two small metadata files; decoding (and rejecting bad files) is images.load_rgb's job. A record's `path` is a
+The layout is read from one listing of the root (common/storage/dataset.py), or, for a reader of a few
+classes, from the listings of those class folders (`class_records`): nothing is downloaded but the two small
+metadata files; decoding (and rejecting bad files) is images.load_rgb's job. A record's `path` is a
 local Path or, for a dataset in S3, the object's s3:// URI.
 """
 
@@ -23,7 +24,14 @@ from pathlib import Path
 
 from visionnode.components.common.artifacts import ClassIndex, SkippedFile
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.storage.dataset import DataFile, DatasetListing, list_dataset, read_text
+from visionnode.components.common.storage.dataset import (
+    DataFile,
+    DatasetListing,
+    list_dataset,
+    list_folder,
+    location_of,
+    read_text,
+)
 
 SPLITS = ("train", "val")
 WNID_PATTERN = re.compile(r"^n\d{8}$")
@@ -159,6 +167,35 @@ def open_imagenet(root: str | os.PathLike[str], listing: DatasetListing | None =
     names = class_names(listing, tree, wnids)
     root_location: Path | str = listing.root if listing.remote else Path(listing.root)
     return ImageNetLayout(root_location, ClassIndex(wnids, names), tree)
+
+
+@dataclass
+class ClassSample:
+    """The records of some class folders of a split, labelled 0..n-1 in the order of `wnids`."""
+
+    wnids: list[str]
+    records: list[ImageRecord]
+    empty_classes: list[str]
+    list_requests: int
+
+
+def class_folders(root: str | os.PathLike[str], split: str) -> tuple[list[str], int]:
+    """The class folder names (wnids) of a split, sorted, and the S3 listing pages it took (one level)."""
+    listing = list_folder(root, split)
+    return listing.subfolders, listing.list_requests
+
+
+def class_records(root: str | os.PathLike[str], split: str, wnids: list[str]) -> ClassSample:
+    """The files of the named class folders only: one folder listing per class, never the whole tree."""
+    records, empty, requests = [], [], 0
+    for label, wnid in enumerate(wnids):
+        listing = list_folder(root, f"{split}/{wnid}")
+        requests += listing.list_requests
+        if not listing.files:
+            empty.append(wnid)
+        records += [ImageRecord(location_of(listing.root, f.key), label, wnid, f.size, f.version)
+                    for f in listing.files]
+    return ClassSample(list(wnids), records, empty, requests)
 
 
 def class_names(listing: DatasetListing, tree: _Tree, wnids: list[str]) -> list[str]:

@@ -4,7 +4,8 @@
 with its size and a version (mtime in ns locally, the ETag in S3); hidden names (`.x`) are left out at any
 depth, as no reader ever opens them. `DatasetListing.digest()` is the data fingerprint: 16 hex digits of
 sha256 over the sorted `key, size, version` lines, so any added, removed, resized or rewritten file changes
-it, and listing is all it costs (no byte of the data is read).
+it, and listing is all it costs (no byte of the data is read). `list_folder(root, folder)` lists one level
+(S3: with delimiter '/'): a reader that needs a few class folders lists those, never the whole tree.
 
 Readers never copy the whole dataset: `read_objects` GETs the objects a caller needs, a few at a time on
 threads (shard's decode workers call it per chunk), with one S3 client per process (the decode pool forks,
@@ -58,14 +59,18 @@ class DatasetListing:
         return sum(f.size for f in self.files)
 
     def location(self, key: str) -> Path | str:
-        """Where a reader opens `key`: a local Path, or the object's s3:// URI."""
-        return f"{self.root}/{key}" if self.remote else Path(self.root) / key
+        return location_of(self.root, key)
 
     def digest(self) -> str:
         digest = hashlib.sha256()
         for item in sorted(self.files, key=lambda f: f.key):
             digest.update(f"{item.key}\t{item.size}\t{item.version}\n".encode())
         return digest.hexdigest()[:DIGEST_HEX]
+
+
+def location_of(root: str, key: str) -> Path | str:
+    """Where a reader opens `key` under a normalized root: a local Path, or the object's s3:// URI."""
+    return f"{root}/{key}" if is_s3_uri(root) else Path(root) / key
 
 
 def normalize_root(root: str | os.PathLike[str]) -> str:
@@ -129,6 +134,52 @@ def _list_s3(root: str) -> DatasetListing:
         raise DataError(f"{root} holds no objects",
                         "check the URI: the dataset's train/ and val/ go under it")
     return DatasetListing(root, files, dirs, pages)
+
+
+@dataclass
+class FolderListing:
+    """One level of a folder under a dataset root: what a reader of a few classes lists, not the tree."""
+
+    root: str                # as DatasetListing.root
+    folder: str              # relative to the root, '/'-separated
+    subfolders: list[str]    # names, sorted
+    files: list[DataFile]    # keys relative to the root, sorted
+    list_requests: int = 0   # S3 ListObjectsV2 pages read (0 for a local directory)
+
+
+def list_folder(root: str | os.PathLike[str], folder: str) -> FolderListing:
+    """The subfolders and (non-hidden) files directly in `folder` (S3: ListObjectsV2 with delimiter '/',
+    paginated); a folder that does not exist lists as empty."""
+    text = normalize_root(root)
+    return _list_s3_folder(text, folder) if is_s3_uri(text) else _list_local_folder(text, folder)
+
+
+def _list_local_folder(root: str, folder: str) -> FolderListing:
+    path = Path(root) / folder
+    entries = sorted(os.scandir(path), key=lambda e: e.name) if path.is_dir() else []
+    visible = [e for e in entries if not e.name.startswith(".")]
+    files = [DataFile(f"{folder}/{e.name}", (stat := e.stat()).st_size, str(stat.st_mtime_ns))
+             for e in visible if e.is_file()]
+    return FolderListing(root, folder, [e.name for e in visible if e.is_dir()], files)
+
+
+def _list_s3_folder(root: str, folder: str) -> FolderListing:
+    loc = parse_s3_uri(root)
+    base = f"{loc.key}/" if loc.key else ""
+    prefix = f"{base}{folder}/"
+    subfolders, files, pages = set(), [], 0
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix,
+                                                                          Delimiter="/"):
+            pages += 1
+            subfolders.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            files += [DataFile(obj["Key"][len(base):], int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+                      for obj in page.get("Contents", []) or []
+                      if not obj["Key"].endswith("/") and not _hidden([obj["Key"][len(prefix):]])]
+    except Exception as exc:  # botocore raises several types for a refusing or unreachable S3
+        raise _read_error(exc, f"{root}/{folder}") from None
+    visible = sorted(name for name in subfolders if name and not name.startswith("."))
+    return FolderListing(root, folder, visible, sorted(files, key=lambda f: f.key), pages)
 
 
 def _read_error(exc: BaseException, uri: str) -> Exception:
