@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionnode.pipeline.cpu_use import CpuMark
 from visionnode.pipeline.step_log import CACHE_HIT, StepEvent, StepLog
 
 LOG_DIR_FILE = ".visionnode-logs"      # in a run dir: where that run's step logs are
@@ -36,6 +37,7 @@ class DagRun:
     log_dir: Path
     cached: dict[str, Path] = field(default_factory=dict)   # step -> the task dir of the run that made it
     task_dirs: dict[str, Path] = field(default_factory=dict)  # step -> its outputs (this run's or cached)
+    cpu_cores: dict[str, float] = field(default_factory=dict)  # step -> average cores busy while it ran
 
 
 def source_digest(extra: Iterable[str] = ()) -> str:
@@ -83,7 +85,9 @@ def run_dag(pipeline: Callable[..., Any], params: dict[str, Any], steps: Sequenc
                 (run.run_dir / LOG_DIR_FILE).write_text(str(log_dir))
         return run.run_dir
 
-    reporter = StepReporter(current_run_dir, run, cache_root, on_step, key_figure)
+    # The subprocess runner's tasks are this process's children, whose CPU time /proc/self/stat counts
+    reporter = StepReporter(current_run_dir, run, cache_root, on_step, key_figure,
+                            measure_cpu=isinstance(runner, local.SubprocessRunner))
     with contextlib.closing(StepLog(log_dir, reporter)) as step_log, contextlib.redirect_stdout(step_log), \
             _cache_hits_to(step_log):
         pipeline(**params)
@@ -146,27 +150,30 @@ def step_metrics(task_dir: Path) -> dict[str, Any]:
 
 
 class StepReporter:
-    """Turns step events into one line each: `train  done   212 s  top-1 % 27.1  log: ...`, or
+    """Turns step events into one line each: `train  done   212 s  top-1 % 27.1  cores 1.93  log: ...`, or
     `shard  cached  from visionnode-152-2026-...  images 600  log: <that run's log>`."""
 
     def __init__(self, run_dir: Callable[[], Path | None], run: DagRun, cache_root: Path | None,
-                 on_step: Callable[[str], None], key_figure: Callable[[str, dict[str, Any]], str]) -> None:
+                 on_step: Callable[[str], None], key_figure: Callable[[str, dict[str, Any]], str],
+                 measure_cpu: bool = False) -> None:
         self.run_dir = run_dir
         self.run = run
         self.cache_root = cache_root
         self.on_step = on_step
         self.key_figure = key_figure
-        self.started: dict[str, float] = {}
+        self.measure_cpu = measure_cpu
+        self.started: dict[str, CpuMark] = {}
 
     def __call__(self, event: StepEvent) -> None:
         if event.kind == "cached":
             self._cached(event)
             return
         if event.kind == "started":
-            self.started[event.step] = time.perf_counter()
+            self.started[event.step] = CpuMark.now()
             self.on_step(f"{event.step:<11} started")
             return
-        seconds = time.perf_counter() - self.started.get(event.step, time.perf_counter())
+        mark = self.started.get(event.step, CpuMark.now())
+        seconds = time.perf_counter() - mark.wall
         if event.kind == "retrying":
             self.on_step(f"{event.step:<11} failed  {seconds:5.0f} s  retrying ({event.status})  log: "
                          f"{event.log}")
@@ -175,6 +182,9 @@ class StepReporter:
         run_dir = self.run_dir()
         made = task_dir(run_dir, event.step) if run_dir else None
         figure = self.key_figure(event.step, step_metrics(made)) if made else ""
+        if self.measure_cpu:
+            self.run.cpu_cores[event.step] = round(mark.cores_since(), 2)
+            figure = f"{figure}  cores {self.run.cpu_cores[event.step]:.2f}".lstrip()
         self.on_step(f"{event.step:<11} {word:<6} {seconds:5.0f} s  {figure}  log: {event.log}")
 
     def _cached(self, event: StepEvent) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionnode.components.common.cpus import usable_cpus
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
 from visionnode.components.common.run_summary import summarize
 from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
@@ -126,6 +127,9 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
         summary = ({"data": DEMO_DATA_NOTE} if config.data is None else {}) | summarize(task_metrics) \
             | quality_summary(task_metrics)
         summary["promotion"] = promotion_outcome(run)
+        if run.cpu_cores:
+            summary["cpu_cores"] = ", ".join(f"{step} {cores:.2f}" for step, cores in run.cpu_cores.items()) \
+                + f" (of {usable_cpus()} usable)"
         parent.set_tags({k: v for k, v in summary.items() if k in QUALITY_TAGS})
         parent.set_tags({f"cached.{step}": path.parent.name for step, path in run.cached.items()})
         url = parent.run_url
@@ -275,7 +279,8 @@ KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "shard": (("images_written", "images", "{:,.0f}"),),
     "transfer": (("objects_skipped", "verified in place", "{:.0f}"),
                  ("objects_transferred", "copied", "{:.0f}")),
-    "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}")),
+    "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}"),
+              ("training_cores", "cores while training", "{:.2f}")),
     "quantize": (("int8_top1", "INT8 top-1 %", "{:.1f}"), ("top1_agreement", "agreement %", "{:.1f}")),
     "deploy": (("load_s", "loaded in s", "{:.1f}"),),
     "benchmark": (("best_qps", "QPS", "{:.0f}"), ("best_p99_ms", "P99 ms", "{:.0f}"),

@@ -512,6 +512,10 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
         assert str(logs / f"{phase}.log") in done.stderr, f"the {phase} line does not say where its log is"
     train_line = next(s for s in steps if s[:2] == ["train", "done"])
     assert "top-1" in " ".join(train_line), train_line
+    # each step that ran says how many cores its processes kept busy (what they did is test_cpu_use.py's)
+    cores = {s[0]: float(s[s.index("cores") + 1]) for s in steps if s[1] == "done"}
+    assert set(cores) == {*PHASES, "promote", "finish"} and cores["train"] > 0.2, cores
+    assert f"train {cores['train']:.2f}," in summary["cpu_cores"], summary["cpu_cores"]
 
     # The run link we print, opened in a real browser: the model-training view, the pipeline's parent run
     # with every phase as a child run; the registry lists the trained model.

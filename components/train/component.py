@@ -42,7 +42,7 @@ def train_op(
         model: Output dir: weights.pt (state_dict) + model.json (arch, classes, input size, mean/std,
             metrics); metadata holds arch, input_size, top1, top5 and the MLflow registered model version.
         metrics: top1 with its 95 % Wilson interval (top1_ci_low/high over val_images), top5, val_loss,
-            final train loss, images/s, steps, peak_lr.
+            final train loss, images/s, CPU cores busy while training, steps, peak_lr.
         curves: Output HTML: training loss per step and val top-1/top-5 per epoch (plot and table).
         confusion_matrix: The confusion matrix on the val images after the last epoch (up to 50 classes;
             empty beyond).

@@ -98,6 +98,7 @@ class TrainResult:
     initial_loss: float | None
     final_loss: float | None
     images_per_second: float | None  # median over this run's steps (all ranks together)
+    training_cores: float | None     # CPU cores busy while its epochs trained (process CPU time / wall)
     checkpoint: str | None           # newest checkpoint written
     resumed_from: str | None
     resumed_step: int | None
@@ -110,7 +111,7 @@ class TrainResult:
         """The scalar figures a dashboard (KFP Metrics, MLflow) shows;
         figures a run did not produce are left out."""
         names = ("top1", "top5", "top1_ci_low", "top1_ci_high", "val_images", "val_loss", "final_loss",
-                 "images_per_second", "steps", "steps_this_run", "wall_s", "peak_lr")
+                 "images_per_second", "training_cores", "steps", "steps_this_run", "wall_s", "peak_lr")
         return {name: float(getattr(self, name)) for name in names if getattr(self, name) is not None}
 
 
@@ -269,6 +270,7 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
             val_loss=trainer.last_metrics.get("val_loss"),
             initial_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
             images_per_second=statistics.median(run_rates) if run_rates else None,
+            training_cores=trainer.training_cores,
             checkpoint=trainer.latest_checkpoint, resumed_from=source, resumed_step=resumed_step,
             mlflow_run_id=tracker.run_id, registered_model=None, replica_fingerprints=fingerprints,
             wall_s=0.0,

@@ -83,6 +83,9 @@ class Trainer:
     last_saved_step: int = -1
     latest_checkpoint: str | None = None
     identity: dict[str, Any] = field(default_factory=dict)  # the run stamp (resume.py), in every checkpoint
+    # the training loops' process CPU time (every thread: torch's and the loader's) and wall time
+    loop_cpu_s: float = 0.0
+    loop_wall_s: float = 0.0
     _overfit_cache: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @property
@@ -99,8 +102,21 @@ class Trainer:
             source = loader
         return itertools.islice(source, self.batch_in_epoch, self.steps_per_epoch)
 
+    @property
+    def training_cores(self) -> float | None:
+        """CPU cores busy while the epochs trained: on a CPU, how well loader and compute share it."""
+        return round(self.loop_cpu_s / self.loop_wall_s, 2) if self.loop_wall_s else None
+
     def train_one_epoch(self, loader: Iterable) -> str:
         """Returns "epoch_done", "max_steps" or "preempted"."""
+        cpu, wall = time.process_time(), time.perf_counter()
+        try:
+            return self._train_batches(loader)
+        finally:
+            self.loop_cpu_s += time.process_time() - cpu
+            self.loop_wall_s += time.perf_counter() - wall
+
+    def _train_batches(self, loader: Iterable) -> str:
         self.net.train()
         remaining = self.steps_per_epoch - self.batch_in_epoch
         with progress_bar(remaining * self.global_batch,
