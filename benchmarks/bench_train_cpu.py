@@ -33,8 +33,11 @@ SYNTHETIC_RATE = """
 import json, sys, time, torch
 from visionnode.components.common.training.model import build_resnet, depth_from_arch
 from visionnode.components.common.training.recipe import Recipe, build_optimizer
+from visionnode.components.train.precision import autocast, resolve_precision
 arch, resolution, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
+cpu = torch.device("cpu")
+precision = resolve_precision("auto", cpu)  # as train picks it by default (bf16 where the CPU has it)
 torch.manual_seed(0)
 model = build_resnet(depth_from_arch(arch), 10).to(memory_format=torch.channels_last).train()
 optimizer = build_optimizer(model, Recipe(), batch)
@@ -43,14 +46,15 @@ labels = torch.randint(0, 10, (batch,))
 rates = []
 for step in range(12):
     started = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    with autocast(precision, cpu):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     if step >= 2:
         rates.append(batch / (time.perf_counter() - started))
 rates.sort()
-print(json.dumps({"img_per_s": rates[len(rates) // 2]}))
+print(json.dumps({"img_per_s": rates[len(rates) // 2], "precision": precision}))
 """
 
 
@@ -107,10 +111,12 @@ def sampled_train(args: argparse.Namespace, shards: Path, work: Path,
     return cores, json.loads(summary.read_text())
 
 
-def synthetic_rate(args: argparse.Namespace, threads: int) -> float:
+def synthetic_rate(args: argparse.Namespace, threads: int) -> tuple[float, str]:
+    """The train step's median img/s on synthetic tensors, and the precision it ran in (train's default)."""
     done = subprocess.run([sys.executable, "-c", SYNTHETIC_RATE, args.arch, str(args.resolution),
                            str(args.batch), str(threads)], capture_output=True, text=True, check=True)
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(figures["img_per_s"]), figures["precision"]
 
 
 def main() -> None:
@@ -130,7 +136,7 @@ def main() -> None:
         shards = make_shards(work)
         runs = {variant: sampled_train(args, shards, work, variant) for variant in ("ffcv", "project")}
         threads = compute_threads()
-        project, ffcv_left = synthetic_rate(args, threads), synthetic_rate(args, 1)
+        (project, precision), (ffcv_left, _) = synthetic_rate(args, threads), synthetic_rate(args, 1)
     print(f"CPU: {_cpu_model()}, usable CPUs {threads}")
     print(f"train ({args.arch}, {args.resolution} px, batch {args.batch}, {args.epochs} epochs, "
           f"{args.workers} decoder threads), CPU sampled every 0.5 s from /proc:")
@@ -144,7 +150,8 @@ def main() -> None:
               f"over the run, median {statistics.median(busy):.2f} while training ({len(cores)} samples)")
     print(f"  ratio project / baseline: {rates['project'] / rates['ffcv']:.2f}x img/s "
           "(target: cores >= 1.7 of 2)")
-    print(f"synthetic tensors, same model and batch: {project:.1f} img/s at {threads} threads, "
+    print(f"synthetic tensors, same model, batch and precision ({precision}): {project:.1f} img/s at "
+          f"{threads} threads, "
           f"{ffcv_left:.1f} at 1: {project / ffcv_left:.2f}x")
     print(f"train / synthetic at {threads} threads: {rates['project'] / project:.2f}")
 
