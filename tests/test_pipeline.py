@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -513,7 +514,7 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     train_line = next(s for s in steps if s[:2] == ["train", "done"])
     assert "top-1" in " ".join(train_line), train_line
     # each step that ran says how many cores its processes kept busy (what they did is test_cpu_use.py's)
-    cores = {s[0]: float(s[s.index("cores") + 1]) for s in steps if s[1] == "done"}
+    cores = {s[0]: float(re.search(r"cores ([\d.]+) log:", " ".join(s))[1]) for s in steps if s[1] == "done"}
     assert set(cores) == {*PHASES, "promote", "finish"} and cores["train"] > 0.2, cores
     assert f"train {cores['train']:.2f}," in summary["cpu_cores"], summary["cpu_cores"]
 
