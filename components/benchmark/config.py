@@ -13,6 +13,14 @@ PROTOCOLS = ("grpc", "http")
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16)
 
 
+@dataclass(frozen=True)
+class Slo:
+    """The service-level objective a benchmark judges: this throughput with P99 latency within a bound."""
+
+    qps: float
+    p99_ms: float
+
+
 @dataclass
 class BenchmarkConfig:
     model: str = DEFAULT_MODEL_NAME
@@ -40,6 +48,10 @@ class BenchmarkConfig:
     baseline_batch: int = 8
     request_timeout_s: float = 10.0
     report_path: Path | None = None   # HTML report; None = beside --json or skipped
+
+    @property
+    def slo(self) -> Slo:
+        return Slo(self.target_qps, self.target_p99_ms)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
