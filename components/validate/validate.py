@@ -63,7 +63,7 @@ __all__ = ["ValidateConfig", "ValidateResult", "check_architecture", "choose_sub
 
 def run_checks(config: ValidateConfig) -> ValidateResult:
     """Run the three checks, write the report (when asked), log to MLflow; never raises on a failed gate."""
-    config.checked()
+    config.validate()
     started = time.perf_counter()
     layout = open_imagenet(config.data)
     check_fingerprint(layout.listing, config.data_digest)
