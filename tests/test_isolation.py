@@ -86,8 +86,8 @@ def test_two_runs_with_the_pipelines_defaults_each_train_their_full_epochs(
 
 
 def small(shards: Path, out: Path, **overrides: Any) -> TrainConfig:
-    values = dict(shards=str(shards), out_dir=out, epochs=1, batch_size=8, arch="resnet18", res_start=32,
-                  res_end=32, precision="fp32", workers=1, tracking=False, recipe=Recipe(lr=0.01))
+    values = dict(shards=str(shards), out_dir=out, epochs=1, batch_size=8, arch="resnet18",
+                  res_schedule="32:32", precision="fp32", workers=1, tracking=False, recipe=Recipe(lr=0.01))
     return TrainConfig(**(values | overrides))
 
 

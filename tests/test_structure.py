@@ -1,21 +1,41 @@
-"""The code's shape: phases depend only on common/, every default has one source, the compiled pipeline is
-checked in, configs import without the heavy libraries."""
+"""The code's shape: phases depend only on common/, every setting is declared once and the adapters derive
+from it, the compiled pipeline is checked in, configs import without the heavy libraries."""
 
 from __future__ import annotations
 
 import ast
 import difflib
 import inspect
+import json
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+import typer
+import typer.main
 import yaml
+from kfp import compiler, dsl
+from kfp.dsl import Metrics, Output
+from typer.testing import CliRunner
 
-from visionnode.pipeline.compile import compile_pipeline, dag_tasks, fed_parameter, load_compiled
+from visionnode.components.common.adapters.declared import (
+    at_least,
+    build,
+    check_ranges,
+    declared,
+    setting,
+    with_setting_inputs,
+    with_setting_options,
+)
+from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.jsonio import to_jsonable
+from visionnode.pipeline.compile import compile_pipeline, load_compiled
+from visionnode.pipeline.params import phase_values
+from visionnode.pipeline.pipeline import with_declared_parameters, with_parameter_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ROOT / "components"
@@ -107,107 +127,174 @@ def test_configs_and_clis_import_without_the_heavy_libraries() -> None:
     assert loaded.stdout.strip() == "[]"
 
 
-# ------------------------------------------------------------------------------------------- defaults
-# Component parameter -> (config attribute path, CLI parameter), where the names differ on purpose or a side
-# has no such setting (None). Every other component parameter has the same name in the config and the CLI.
-NAME_MAP: dict[str, dict[str, tuple[str | None, str | None]]] = {
-    "validate": {},
-    "shard": {"shards_uri": (None, None)},  # the store's base; the CLI takes the exact --out instead
-    "transfer": {"part_size_mb": ("part_size_mb", "part_size")},
-    # the config holds the resolved LR (recipe.lr), the component and the CLI the word a user writes
-    "train": {"lr": (None, "lr"), "suggested_lr": (None, None)},
-    "quantize": {},
-    "deploy": {"triton_http": ("triton_http", "triton_url"), "triton_grpc": ("triton_grpc", "grpc_url"),
-               "model_name": ("model_name", "name"), "instances": ("serving.instances", "instances")},
-    "benchmark": {"duration_s": ("duration_s", "duration")},
-}
-CLI_COMMANDS = {"transfer": "place_command"}
-NOT_SETTINGS: set[str] = set()  # plumbing the pipeline fills in, not a user's knob
-# Where the pipeline's default differs from the phase's on purpose, and why.
-PIPELINE_CHOICES: dict[str, str] = {}
-# Where the CLI's default differs from the component's on purpose, and why.
-CLI_CHOICES: dict[str, str] = {
-    "train.lr": "auto in the DAG takes validate's probe; a lone `visionnode train` has none and its own "
-                "probe runs on one process only (not under torchrun), so the command defaults to batch-rule",
-}
+# ------------------------------------------------------------------------------------------- settings
+# Each setting is declared once, on its config (components/common/adapters/declared.py); the CLI option, the
+# component input and the pipeline parameter derive from it. These tests prove the derivation on a toy config
+# and check that no adapter declares a setting again by hand.
+@dataclass
+class ToyConfig:
+    data: str
+    steps: int = setting(7, "Steps to take.", check=at_least(1))
+    pace: float = setting(0.5, "How fast each step goes.", cli="--speed")
+    levels: list[int] = setting("1,2", "Levels, comma separated.", parse=lambda text: [int(v) for v in
+                                                                                   text.split(",")])
+    note: str = setting("", "Only on the command line.", pipeline=False)
+    hidden: int = setting(3, "Only in the pipeline.", cli=False)
 
 
-def component_defaults(phase: str) -> dict[str, Any]:
-    module = __import__(f"visionnode.components.{phase}.component", fromlist=["_"])
-    component = getattr(module, f"{phase}_op")
-    parameters = inspect.signature(component.python_func).parameters
-    return {name: p.default for name, p in parameters.items()
-            if p.default is not inspect.Parameter.empty and name not in NOT_SETTINGS}
+def toy_command(data: Annotated[str, typer.Option("--data", help="The data.")],
+                settings: dict[str, Any]) -> None:
+    print(json.dumps(to_jsonable(build(ToyConfig, settings, data=data))))
 
 
-def config_value(phase: str, path: str) -> Any:
-    value: Any = __import__(f"visionnode.components.{phase}.config", fromlist=["_"]).DEFAULTS
-    for attribute in path.split("."):
-        value = getattr(value, attribute)
-    return value
+def toy_op(data: str, metrics: Output[Metrics]) -> str:
+    """A toy component.
+
+    Args:
+        data: The data.
+        metrics: Nothing.
+    """
+    settings = dict(locals())
+    import json
+
+    from tests.test_structure import ToyConfig
+    from visionnode.components.common.adapters.declared import build
+    from visionnode.components.common.jsonio import to_jsonable
+
+    return json.dumps(to_jsonable(build(ToyConfig, settings, data=data)))
 
 
-def cli_defaults(phase: str) -> dict[str, Any]:
-    module = __import__(f"visionnode.components.{phase}.cli", fromlist=["_"])
-    command = inspect.unwrap(getattr(module, CLI_COMMANDS.get(phase, f"{phase}_command")))
-    return {name: p.default for name, p in inspect.signature(command).parameters.items()}
+def toy_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("toy")(with_setting_options(ToyConfig)(toy_command))
+    app.command("other")(with_setting_options(ToyConfig, skip=("steps",))(toy_command))
+    return app
 
 
-def pipeline_defaults(phase: str, spec: dict) -> dict[str, Any]:
-    """Component parameter -> the default the compiled pipeline gives it (through the parameter it is fed)."""
-    task_inputs = dag_tasks(spec)[f"{phase}-op"]["inputs"]["parameters"]
-    root = spec["root"]["inputDefinitions"]["parameters"]
-    return {name: root[fed_parameter(source)].get("defaultValue")
-            for name, source in task_inputs.items() if fed_parameter(source)}
+def test_a_setting_declared_once_is_a_cli_option_with_its_type_default_and_help() -> None:
+    commands = typer.main.get_command(toy_app()).commands  # type: ignore[attr-defined]
+    options = {p.name: p for p in commands["toy"].params}
+    assert set(options) == {"data", "steps", "pace", "levels", "note"}  # hidden: cli=False
+    assert options["steps"].default == 7 and options["steps"].help == "Steps to take."
+    assert options["pace"].opts == ["--speed"] and options["levels"].default == "1,2"
+    assert "steps" not in {p.name for p in commands["other"].params}  # skip=, and commands do not share
+    done = CliRunner().invoke(toy_app(), ["toy", "--data", "d", "--steps", "9", "--levels", "4,5"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"data": "d", "steps": 9, "pace": 0.5, "levels": [4, 5], "note": "",
+                                       "hidden": 3}
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equal as settings: a list equals its comma-separated text; numbers compare as numbers (the IR stores
-    every number as a float, a CLI may take a number as text)."""
-    a, b = (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for v in (a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return a == b
+def test_a_setting_declared_once_is_a_component_input_and_a_pipeline_parameter(tmp_path: Path) -> None:
+    component = dsl.component(with_setting_inputs(ToyConfig)(toy_op), base_image="python:3.11")
+    inputs = component.component_spec.inputs
+    assert set(inputs) == {"data", "steps", "pace", "levels", "hidden"}  # note: pipeline=False
+    assert (inputs["steps"].default, inputs["steps"].description) == (7, "Steps to take.")
+    assert (inputs["levels"].type, inputs["levels"].default) == ("String", "1,2")
+    # the inputs are in the source KFP ships into the task, which runs as written
+    source = inspect.getsource(component.python_func)
+    assert "    steps: int = 7,\n" in source and "        steps: Steps to take.\n" in source
+    namespace: dict[str, Any] = {}
+    exec("from kfp.dsl import *\n" + source, namespace)
+    ran = json.loads(namespace["toy_op"](data="d", metrics=None, steps=2, levels="3"))
+    assert ran == {"data": "d", "steps": 2, "pace": 0.5, "levels": [3], "note": "", "hidden": 3}
+
+    def dag(data_uri: str, params: dict[str, Any]) -> None:
+        """A toy pipeline."""
+        component(data=data_uri, **phase_values("toy", params, ToyConfig))
+
+    pipeline = dsl.pipeline(name="toy")(
+        with_parameter_descriptions(with_declared_parameters(dag, {"toy": ToyConfig})))
+    compiler.Compiler().compile(pipeline, str(tmp_path / "toy.yaml"))
+    root = load_compiled(tmp_path / "toy.yaml")["root"]["inputDefinitions"]["parameters"]
+    assert set(root) == {"data_uri", "toy_steps", "toy_pace", "toy_levels", "toy_hidden"}
+    assert root["toy_steps"]["defaultValue"] == 7 and root["toy_steps"]["description"] == "Steps to take."
+    assert root["data_uri"]["description"] == "The data."
 
 
-def default_disagreements(phase: str, spec: dict) -> list[str]:
+def test_a_value_out_of_its_declared_range_names_the_option_and_the_range() -> None:
+    with pytest.raises(ConfigError, match=r"^--steps 0 is out of range \(use at least 1; default 7\)$"):
+        check_ranges(ToyConfig(data="", steps=0))
+
+
+def test_every_phase_command_has_its_own_options() -> None:
+    """Each command's options are its own: a shared or mutated signature once put upload's arguments on
+    fetch."""
+    from visionnode.pipeline.cli import app
+
+    def usage(command: Any, path: tuple[str, ...]) -> dict[tuple[str, ...], list[str]]:
+        found = {path: sorted(p.name for p in command.params)}
+        for name, sub in getattr(command, "commands", {}).items():
+            found |= usage(sub, (*path, name))
+        return found
+
+    commands = usage(typer.main.get_command(app), ())
+    assert commands[("transfer", "fetch")] == ["cache_dir", "concurrency", "json_path", "part_size_mb",
+                                               "source"]
+    assert commands[("transfer", "upload")] == ["concurrency", "create_bucket", "destination", "json_path",
+                                                "out", "part_size_mb", "shards_dir"]
+    assert "load_timeout_s" in commands[("promote",)] and "load_timeout_s" not in commands[("reject",)]
+
+
+# A component parameter with a literal default that is plumbing the DAG feeds, not a user's setting.
+NOT_SETTINGS = {"suggested_lr": "validate's output", "decision": "benchmark's output"}
+
+
+def decorator_settings(node: ast.FunctionDef, namespace: dict[str, Any]) -> set[str]:
+    """The settings a `@with_setting_options(...)`/`@with_setting_inputs(...)` decorator adds to `node`."""
+    found: set[str] = set()
+    for decorator in node.decorator_list:
+        kind = getattr(getattr(decorator, "func", None), "id", "")
+        for config in decorator.args if kind in ("with_setting_options", "with_setting_inputs") else []:
+            settings = declared(namespace[config.id]).values()  # type: ignore[attr-defined]
+            wanted = "cli" if kind == "with_setting_options" else "pipeline"
+            found |= {spec.name for spec in settings if getattr(spec, wanted) is not False}
+    return found
+
+
+def hand_declared_settings(path: Path, namespace: dict[str, Any]) -> list[str]:
+    """Parameters of the functions in `path` that look like a setting declared by hand: named like one its
+    decorator adds, or with a literal default other than None."""
     problems = []
-    cli, compiled = cli_defaults(phase), pipeline_defaults(phase, spec)
-    component_spec = spec["components"][f"comp-{phase}-op"]["inputDefinitions"]["parameters"]
-    for name, default in component_defaults(phase).items():
-        config_path, cli_name = NAME_MAP[phase].get(name, (name, name))
-        sides = {"compiled component": component_spec[name].get("defaultValue")}
-        if config_path:
-            sides[f"config {config_path}"] = config_value(phase, config_path)
-        if cli_name and f"{phase}.{name}" not in CLI_CHOICES:
-            sides[f"CLI --{cli_name.replace('_', '-')}"] = cli[cli_name]
-        if name in compiled and f"{phase}.{name}" not in PIPELINE_CHOICES:
-            sides["pipeline parameter"] = compiled[name]
-        problems += [f"{phase}.{name}: component {default!r} but {side} {value!r}"
-                     for side, value in sides.items() if not same(default, value)]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        settings = decorator_settings(node, namespace)
+        defaults = dict(zip([a.arg for a in node.args.args][::-1], node.args.defaults[::-1]))
+        defaults |= {a.arg: d for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None}
+        for argument in node.args.args + node.args.kwonlyargs:
+            default = defaults.get(argument.arg)
+            literal = isinstance(default, ast.Constant) and default.value is not None
+            if argument.arg in settings or (literal and argument.arg not in NOT_SETTINGS):
+                problems.append(f"{path.relative_to(path.parents[2])}:{argument.lineno} "
+                                f"{node.name}({argument.arg})")
     return problems
 
 
-@pytest.fixture(scope="module")
-def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return load_compiled(compile_pipeline(tmp_path_factory.mktemp("ir") / "p.yaml"))
-
-
 @pytest.mark.parametrize("phase", PHASES)
-def test_component_config_cli_and_pipeline_agree_on_every_default(phase: str, spec: dict) -> None:
-    assert component_defaults(phase), "a component without settings: is NOT_SETTINGS hiding them?"
-    assert default_disagreements(phase, spec) == []
+def test_no_phase_adapter_declares_a_setting_by_hand(phase: str) -> None:
+    for adapter in ("cli", "component"):
+        module = __import__(f"visionnode.components.{phase}.{adapter}", fromlist=["_"])
+        assert hand_declared_settings(COMPONENTS / phase / f"{adapter}.py", vars(module)) == []
 
 
-def test_a_mismatched_default_is_reported(spec: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from visionnode.components.shard.config import DEFAULTS
+def test_the_hand_declaration_check_finds_a_copied_setting(tmp_path: Path) -> None:
+    from visionnode.components.shard.config import ShardConfig
 
-    monkeypatch.setattr(DEFAULTS, "images_per_shard", 4000)
-    assert default_disagreements("shard", spec) == [
-        "shard.images_per_shard: component 5000 but config images_per_shard 4000"]
+    (tmp_path / "components" / "shard").mkdir(parents=True)
+    copied = tmp_path / "components" / "shard" / "cli.py"
+    copied.write_text("@with_setting_options(ShardConfig)\n"
+                      "def shard_command(data: str, jpeg_quality: int, json_path=None, x=3):\n"
+                      "    pass\n")
+    assert hand_declared_settings(copied, {"ShardConfig": ShardConfig}) == [
+        "components/shard/cli.py:2 shard_command(jpeg_quality)", "components/shard/cli.py:2 shard_command(x)"]
+
+
+@pytest.mark.parametrize("name", ["crop_min_scale", "target_p99_ms", "images_per_shard"])
+def test_a_setting_stands_on_few_lines_of_source(name: str) -> None:
+    lines = [f"{path.relative_to(ROOT)}:{i}" for folder in ("components", "pipeline")
+             for path in sorted((ROOT / folder).rglob("*.py"))
+             for i, line in enumerate(path.read_text().splitlines(), 1) if name in line]
+    assert len(lines) <= 5, lines
 
 
 # ------------------------------------------------------------------------------------------- golden pipeline

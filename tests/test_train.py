@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_config(shards: Path, out: Path, **overrides) -> TrainConfig:
     """ResNet-18 at 32 px, batch 8: 12 steps per epoch on tiny_shards, about 0.1-0.3 s each on 2 cores."""
-    values = dict(shards=str(shards), out_dir=out, epochs=2, batch_size=8, arch="resnet18", res_start=32,
-                  res_end=32, precision="fp32", resume="never", workers=2, tracking=False,
+    values = dict(shards=str(shards), out_dir=out, epochs=2, batch_size=8, arch="resnet18",
+                  res_schedule="32:32", precision="fp32", resume="never", workers=2, tracking=False,
                   recipe=Recipe(lr=0.05, warmup_epochs=0.25))
     values.update(overrides)
     return TrainConfig(**values)
@@ -137,8 +137,8 @@ def test_resnet152_steps_loss_falls_outputs_and_mlflow(stack, tiny_shards: Path,
     out = tmp_path / "model"
     # Overfit one batch of 4 at 32 px: 6 SGD steps must cut the loss clearly on the real 60M-parameter model.
     result = train(TrainConfig(
-        shards=str(tiny_shards), out_dir=out, epochs=1, batch_size=4, arch="resnet152", res_start=32,
-        res_end=32, precision="fp32", resume="never", max_steps=6, overfit_batches=1, log_every=1,
+        shards=str(tiny_shards), out_dir=out, epochs=1, batch_size=4, arch="resnet152",
+        res_schedule="32:32", precision="fp32", resume="never", max_steps=6, overfit_batches=1, log_every=1,
         checkpoint_uri=str(tmp_path / "ckpt"), recipe=Recipe(lr=0.01, warmup_epochs=0),
     ))
     assert result.status == "max_steps" and result.steps == 6 and result.steps_this_run == 6

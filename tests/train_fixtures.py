@@ -19,7 +19,7 @@ def tiny_model_result(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("train") / "tiny_model"
     return train(TrainConfig(
         shards=str(tiny_shards), out_dir=out, epochs=TINY_MODEL_EPOCHS, batch_size=8, arch="resnet18",
-        res_start=TINY_MODEL_RESOLUTION, res_end=TINY_MODEL_RESOLUTION, precision="fp32", resume="never",
+        res_schedule=f"{TINY_MODEL_RESOLUTION}:{TINY_MODEL_RESOLUTION}", precision="fp32", resume="never",
         # 1 FFCV thread: on 2 cores, 2 numba threads fight torch's 2 intra-op threads (measured 39 s vs 16 s
         # for one epoch); the fixture must build in well under a minute.
         workers=1, tracking=False, checkpoint_uri=str(out.parent / "checkpoints"),

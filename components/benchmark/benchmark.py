@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from visionnode.components.benchmark.accuracy import compare_top1
-from visionnode.components.benchmark.config import BenchmarkConfig
+from visionnode.components.benchmark.config import BenchmarkConfig, Slo
 from visionnode.components.benchmark.decision import decide
 from visionnode.components.benchmark.loadgen import LevelPlan, LevelStats, Target, run_level
 from visionnode.components.benchmark.result import Baselines, BenchmarkResult
@@ -136,22 +136,21 @@ def measure_baselines(config: BenchmarkConfig, images: np.ndarray, http_url: str
 
 
 # ---------------------------------------------------------------- the sweep and the verdict
-def best_level(levels: list[LevelStats], target_p99_ms: float) -> int | None:
+def best_level(levels: list[LevelStats], slo: Slo) -> int | None:
     meeting = [i for i, s in enumerate(levels)
-               if s.mode == "closed" and s.requests > 0 and s.errors == 0 and s.p99_ms <= target_p99_ms]
+               if s.mode == "closed" and s.requests > 0 and s.errors == 0 and s.p99_ms <= slo.p99_ms]
     return max(meeting, key=lambda i: levels[i].qps) if meeting else None
 
 
-def verdict(levels: list[LevelStats], best: int | None, target_qps: float,
-            target_p99_ms: float) -> tuple[bool, str]:
+def verdict(levels: list[LevelStats], best: int | None, slo: Slo) -> tuple[bool, str]:
     if best is None:
-        return False, f"SLO missed: no level kept P99 ≤ {target_p99_ms:g} ms without errors"
+        return False, f"SLO missed: no level kept P99 ≤ {slo.p99_ms:g} ms without errors"
     level = levels[best]
-    met = level.qps >= target_qps
+    met = level.qps >= slo.qps
     word = "met" if met else "missed"
     return met, (f"SLO {word}: {level.qps:.1f} QPS at P99 {level.p99_ms:.1f} ms (concurrency "
                  f"{level.concurrency}); "
-                 f"target ≥ {target_qps:g} QPS at P99 ≤ {target_p99_ms:g} ms")
+                 f"target ≥ {slo.qps:g} QPS at P99 ≤ {slo.p99_ms:g} ms")
 
 
 def input_spec(http_url: str, model: str) -> tuple[str, str, int]:
@@ -276,8 +275,8 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
                     config.request_timeout_s)
     metrics_url = config.metrics_url or endpoints.triton_metrics
     levels = run_sweep(config, target, pool.images, metrics_url, triton_pid(url) or triton_pid(http_url))
-    best = best_level(levels, config.target_p99_ms)
-    met, text = verdict(levels, best, config.target_qps, config.target_p99_ms)
+    best = best_level(levels, config.slo)
+    met, text = verdict(levels, best, config.slo)
     best_qps = levels[best].qps if best is not None else 0.0
     rss = [s.triton_rss_mb for s in levels if s.triton_rss_mb]
     top1 = compare_top1(http_url, config.model, config.champion, config.shards, config.accuracy_images, pool)
@@ -285,8 +284,8 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
         model=config.model, protocol=config.protocol, url=url, images_source=pool.source,
         input_shape=[-1, size, size, 3], levels=levels, best_level=best, best_qps=best_qps,
         best_p99_ms=levels[best].p99_ms if best is not None else float("nan"),
-        max_qps=max(s.qps for s in levels), slo_met=met, verdict=text, target_qps=config.target_qps,
-        target_p99_ms=config.target_p99_ms, baselines=baselines,
+        max_qps=max(s.qps for s in levels), slo_met=met, verdict=text, slo=config.slo,
+        baselines=baselines,
         served_vs_openvino=best_qps / baselines.openvino_int8_ips if baselines.openvino_int8_ips else None,
         served_vs_pytorch=best_qps / baselines.pytorch_fp32_ips if baselines.pytorch_fp32_ips else None,
         triton_rss_mb=max(rss) if rss else None, champion=config.champion, accuracy_images=top1.images,

@@ -30,8 +30,8 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
         if level.latencies_ms:
             label = f"c={level.concurrency}" if level.mode == "closed" else f"open {level.target_rate:g}/s"
             ax.hist(level.latencies_ms, bins=60, histtype="step", label=label)
-    ax.axvline(result.target_p99_ms, color="red", linestyle="--",
-               label=f"P99 target {result.target_p99_ms:g} ms")
+    ax.axvline(result.slo.p99_ms, color="red", linestyle="--",
+               label=f"P99 target {result.slo.p99_ms:g} ms")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("requests")
     ax.set_title(f"{result.model} over {result.protocol}: latency per level")
@@ -42,7 +42,7 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = [s.concurrency for s in closed]
     ax.plot(xs, [s.qps for s in closed], "o-", color="tab:blue", label="QPS")
-    ax.axhline(result.target_qps, color="tab:blue", linestyle=":", label=f"QPS target {result.target_qps:g}")
+    ax.axhline(result.slo.qps, color="tab:blue", linestyle=":", label=f"QPS target {result.slo.qps:g}")
     if result.baselines.openvino_int8_ips:
         ax.axhline(result.baselines.openvino_int8_ips, color="tab:green", linestyle="--",
                    label=f"raw OpenVINO INT8 {result.baselines.openvino_int8_ips:.0f} img/s")
@@ -51,8 +51,8 @@ def _figures(result: "BenchmarkResult", directory: Path, tracker: Tracker | None
     ax.set_ylabel("QPS")
     twin = ax.twinx()
     twin.plot(xs, [s.p99_ms for s in closed], "s-", color="tab:red", label="P99")
-    twin.axhline(result.target_p99_ms, color="tab:red", linestyle=":",
-                 label=f"P99 target {result.target_p99_ms:g}")
+    twin.axhline(result.slo.p99_ms, color="tab:red", linestyle=":",
+                 label=f"P99 target {result.slo.p99_ms:g}")
     twin.set_ylabel("P99 latency (ms)")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
@@ -126,7 +126,7 @@ request images: {html.escape(result.images_source)}.</p>
 <td>{format_number(result.served_vs_pytorch, 2)}</td></tr>
 </table><ul>{notes}</ul>
 <h2>Levels</h2>{_table(result)}
-<p>Best level (highest QPS with P99 ≤ {result.target_p99_ms:g} ms and no errors) highlighted.
+<p>Best level (highest QPS with P99 ≤ {result.slo.p99_ms:g} ms and no errors) highlighted.
 Peak Triton RSS: {format_number(result.triton_rss_mb, 0)} MB.</p>
 <h2>Errors</h2>{_errors(result)}
 <h2>Plots</h2>{embedded}

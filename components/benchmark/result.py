@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from visionnode.components.benchmark.config import Slo
 from visionnode.components.benchmark.decision import Decision
 from visionnode.components.benchmark.loadgen import LevelStats
 
@@ -32,8 +33,7 @@ class BenchmarkResult:
     max_qps: float
     slo_met: bool
     verdict: str
-    target_qps: float
-    target_p99_ms: float
+    slo: Slo
     baselines: Baselines
     served_vs_openvino: float | None  # best served QPS / raw OpenVINO INT8 img/s
     served_vs_pytorch: float | None
@@ -47,8 +47,8 @@ class BenchmarkResult:
 
     def metrics(self) -> dict[str, float]:
         metrics = {"best_qps": self.best_qps, "best_p99_ms": self.best_p99_ms, "max_qps": self.max_qps,
-                   "slo_met": float(self.slo_met), "target_qps": self.target_qps,
-                   "target_p99_ms": self.target_p99_ms}
+                   "slo_met": float(self.slo_met),
+                   "target_qps": self.slo.qps, "target_p99_ms": self.slo.p99_ms}
         metrics["promote"] = float(self.decision.promote)
         for key in ("served_vs_openvino", "served_vs_pytorch", "triton_rss_mb", "candidate_top1",
                     "champion_top1"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionnode.components.common.adapters.declared import setting
 from visionnode.components.common.errors import DataError, IntegrityError
 from visionnode.components.common.jsonio import read_json, write_json
 from visionnode.components.common.storage.s3 import parse_s3_uri
@@ -30,6 +31,13 @@ WEIGHTS_FILE = "weights.pt"
 SHARDS_FORMAT = "visionnode.shards/v1"
 MODEL_FORMAT = "visionnode.model/v1"
 INFERENCE_FORMAT = "visionnode.inference/v1"
+
+
+def data_digest_setting() -> Any:
+    """The `data_digest` setting of every phase that reads the data or shards made from it (in the pipeline
+    the fingerprint step feeds it, so it is no pipeline parameter)."""
+    return setting("", "Refuse data whose fingerprint (`visionnode data fingerprint`) is not this; empty: "
+                   "not checked.", pipeline=False)
 
 
 @dataclass
@@ -85,7 +93,7 @@ def describe_skipped(skipped: list[SkippedFile], root: str | Path, shown: int = 
 class ShardManifest:
     classes: ClassIndex
     shards: list[ShardInfo]
-    settings: dict[str, Any]                    # max_resolution, jpeg_quality, images_per_shard, ...
+    settings: dict[str, Any]                    # what determines the bytes (ShardConfig.settings())
     skipped: list[SkippedFile] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
     base_uri: str | None = None                 # where the shards live in the store (shard or transfer)

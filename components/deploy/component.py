@@ -4,20 +4,17 @@ from typing import NamedTuple
 
 from kfp.dsl import Artifact, Input, Markdown, Metrics, Model, Output
 
+from visionnode.components.common.adapters.declared import with_setting_inputs
 from visionnode.components.common.adapters.kfp import phase_component
+from visionnode.components.deploy.config import DeployConfig
 
 
 @phase_component("deploy")
+@with_setting_inputs(DeployConfig)
 def deploy_op(
     int8_model: Input[Model],
     endpoint: Output[Artifact],
     metrics: Output[Metrics],
-    repository: str = "",
-    triton_http: str = "",
-    triton_grpc: str = "",
-    replicas: str = "",
-    model_name: str = "resnet152_int8",
-    instances: int = 2,
 ):
     """Publish the INT8 model as a candidate beside the serving champion, load it on every Triton replica,
     check each replica's answers, register it in MLflow. The champion keeps serving untouched.
@@ -28,26 +25,15 @@ def deploy_op(
             model_version, jpeg_model_name, http_url, grpc_url, replicas, triton_repository and
             registered_version; its file is the deploy summary (JSON) that promotion reads.
         metrics: model_version, load_s, replicas, top1_agreement (tensor and JPEG model vs local OpenVINO).
-        repository: Also publish the repository here (s3://bucket/prefix or a dir); "" = only the
-            repository the running Triton reads (from settings).
-        triton_http: Triton HTTP host:port; "" = from settings (env / stack.json).
-        triton_grpc: Triton gRPC host:port; "" = from settings.
-        replicas: Every Triton server to load on: a headless Service host:port (each of its DNS A records is
-            a replica) or a comma-separated host:port list; "" = triton_http alone.
-        model_name: Triton model name the champion serves under; the candidate is staged as
-            `<model_name>_candidate`, the encoded-image front ends as `<name>_jpeg`.
-        instances: Triton model instances (KIND_CPU);
-            one alone lets Triton's batcher stall some requests 500 ms.
     """
+    settings = dict(locals())
     from pathlib import Path
 
+    from visionnode.components.common.adapters.declared import build
     from visionnode.components.common.jsonio import write_json
     from visionnode.components.deploy.deploy import DeployConfig, deploy
-    from visionnode.components.deploy.repository import ServingConfig
 
-    result = deploy(DeployConfig(model_dir=Path(int8_model.path), repository=repository,
-                                 triton_http=triton_http, triton_grpc=triton_grpc, replicas=replicas,
-                                 model_name=model_name, serving=ServingConfig(instances=instances)))
+    result = deploy(build(DeployConfig, settings, model_dir=Path(int8_model.path)))
     write_json(endpoint.path, result)
     for key in ("model_name", "candidate_name", "model_version", "jpeg_model_name", "http_url", "grpc_url",
                 "replicas", "triton_repository", "registered_version"):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.numbers import parse_int_list
 from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME, replica_entries
 
 CANDIDATE_SUFFIX = "_candidate"
@@ -16,56 +19,71 @@ def candidate_name(model_name: str) -> str:
     return model_name + CANDIDATE_SUFFIX
 
 
+def _batch_sizes(text: str) -> list[int]:
+    return parse_int_list(text, "--preferred-batch", "4,8")
+
+
+def load_timeout_setting() -> Any:
+    """How long deploy and promote wait for Triton to load a model."""
+    return setting(600.0, "Seconds to wait for Triton to load the model.", cli="--load-timeout",
+                   pipeline=False)
+
+
 @dataclass
 class ServingConfig:
-    """The few knobs config.pbtxt is generated from."""
+    """The few knobs config.pbtxt is generated from (none is a pipeline parameter)."""
 
-    max_batch_size: int = 16
-    preferred_batch_sizes: list[int] = field(default_factory=lambda: [4, 8, 16])
-    max_queue_delay_us: int = 3_000
-    queue_timeout_us: int = 2_000_000     # a request waiting longer than this is rejected
-    max_queue_size: int = 64              # requests beyond this are rejected at once (overload)
+    max_batch_size: int = setting(16, "Triton max_batch_size.", pipeline=False, check=at_least(1))
+    preferred_batch_sizes: list[int] = setting("4,8,16", "Dynamic batching preferred sizes, comma separated.",
+                                               cli="--preferred-batch", parse=_batch_sizes, pipeline=False)
+    max_queue_delay_us: int = setting(3_000, "Dynamic batching max queue delay in µs (a longer delay only "
+                                      "adds latency).", pipeline=False, check=between(0, 100_000))
+    queue_timeout_us: int = setting(2_000_000, "Queued requests older than this many µs are rejected.",
+                                    pipeline=False, check=at_least(1))
+    max_queue_size: int = setting(64, "Requests queued beyond this are rejected at once (overload).",
+                                  pipeline=False, check=at_least(1))
     # Two instances, not one: Triton 2.51 seems to wake its dynamic batcher for a new request only while an
     # instance waits for work (our reading of its source), so with one instance a request that lands just
-    # after
-    # the previous response waits out the batcher's 500 ms idle timeout (measured: 5 of ~1,300 sequential
-    # requests, 64 of 2,400 at concurrency 8; none with two; tests/test_deploy.py checks it).
-    instances: int = 2
+    # after the previous response waits out the batcher's 500 ms idle timeout (measured: 5 of ~1,300
+    # sequential requests, 64 of 2,400 at concurrency 8; none with two; tests/test_deploy.py checks it).
+    instances: int = setting(2, "Model instances (KIND_CPU); one alone lets Triton's batcher stall some "
+                             "requests ~500 ms.", pipeline=False, check=at_least(1))
     ov_performance_hint: str = "THROUGHPUT"
     ov_num_streams: str = ""              # "": one stream per 4 cores of the serving machine
     ov_threads: int = 0                   # 0 lets OpenVINO use every core
 
     def validate(self) -> None:
-        if self.max_batch_size < 1:
-            raise ConfigError(f"max_batch_size={self.max_batch_size} must be at least 1")
+        check_ranges(self)
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
         if bad:
             raise ConfigError(f"preferred batch sizes {bad} are outside 1..{self.max_batch_size}")
-        if not 0 <= self.max_queue_delay_us <= 100_000:
-            raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us} is outside 0..100000",
-                              "a longer delay only adds latency")
-        if self.queue_timeout_us <= 0 or self.max_queue_size <= 0 or self.instances < 1:
-            raise ConfigError("queue timeout, queue size and instance count must be positive")
 
 
 @dataclass
 class DeployConfig:
     model_dir: Path
-    # extra place to publish (s3://bucket/prefix or a dir); "" = only Triton's own
-    repository: str = ""
-    triton_http: str = ""         # "" = from settings (env / stack.json)
-    triton_grpc: str = ""
-    # every Triton replica to load on: HOST:PORT list or a headless Service name; "" = triton_http alone
-    replicas: str = ""
-    model_name: str = DEFAULT_MODEL_NAME
-    version: int | None = None    # None = one above the newest in the repository
-    shards: str | None = None     # val shards for the answer check; None = seeded random images
-    check_images: int = 16
-    load_timeout_s: float = 600.0
+    repository: str = setting("", "Also publish the repository here (s3://bucket/prefix or a dir); empty: "
+                              "only the repository the running Triton reads (from settings).")
+    triton_http: str = setting("", "Triton HTTP HOST:PORT; empty: from settings (env / stack.json).",
+                               cli="--triton-url")
+    triton_grpc: str = setting("", "Triton gRPC HOST:PORT; empty: from settings.", cli="--grpc-url")
+    replicas: str = setting("", "Every Triton server to load on: HOST:PORT[,HOST:PORT...], or a headless "
+                            "Service HOST:PORT whose DNS A records are the replicas; empty: the HTTP URL "
+                            "alone.")
+    model_name: str = setting(DEFAULT_MODEL_NAME, "Triton model name the champion serves under; the "
+                              "candidate is staged as `<name>_candidate`, the encoded-image front ends as "
+                              "`<name>_jpeg`.", cli="--name")
+    version: int | None = setting(None, "Model version (default: newest + 1).", pipeline=False)
+    shards: str | None = setting(None, "Val shards (dir or s3://) for the answer check; default: seeded "
+                                 "random images.", pipeline=False)
+    check_images: int = setting(16, "Images compared between Triton and local OpenVINO.", pipeline=False,
+                                check=at_least(1))
+    load_timeout_s: float = load_timeout_setting()
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def validate(self) -> None:
         self.serving.validate()
+        check_ranges(self)
         if self.replicas:
             replica_entries(self.replicas)
         if not self.model_name or "/" in self.model_name or self.model_name.endswith(CANDIDATE_SUFFIX):
@@ -74,4 +92,12 @@ class DeployConfig:
                               "where deploy stages a new version")
 
 
-DEFAULTS = DeployConfig(model_dir=Path("."))
+@dataclass
+class PromoteConfig:
+    endpoint: Path                 # deploy's summary JSON
+    model_dir: Path | None = None  # the quantize output deploy staged (promotion only)
+    reason: str = setting("", "Why (e.g. the benchmark's decision); recorded with the outcome.",
+                          pipeline=False)
+    replicas: str = setting("", "Every Triton server (as deploy's --replicas); default: those deploy loaded "
+                            "on (resolved again: pods come and go).", pipeline=False)
+    load_timeout_s: float = load_timeout_setting()

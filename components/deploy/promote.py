@@ -31,7 +31,7 @@ from visionnode.components.common.run_summary import PROMOTION_RUN_TAG
 from visionnode.components.common.serving.triton import parse_repository, ready_version
 from visionnode.components.common.tracking import Tracker, tracked_run
 from visionnode.components.deploy.answers import AnswerCheck
-from visionnode.components.deploy.config import ServingConfig
+from visionnode.components.deploy.config import PromoteConfig, ServingConfig
 from visionnode.components.deploy.deploy import check_model_dir, check_replicas
 from visionnode.components.deploy.publish import publish, withdraw_version
 from visionnode.components.deploy.replicas import connect_replicas, load_everywhere, unload_everywhere
@@ -77,15 +77,6 @@ class StagedCandidate:
     @property
     def names(self) -> list[str]:
         return [self.candidate_name + JPEG_SUFFIX, self.candidate_name]  # front end first: it calls the model
-
-
-@dataclass
-class PromoteConfig:
-    endpoint: Path              # deploy's summary JSON
-    model_dir: Path | None = None  # the quantize output deploy staged (promotion only)
-    reason: str = ""            # the decision that led here (benchmark's)
-    replicas: str = ""          # "" = the replicas deploy loaded on (resolved again: pods come and go)
-    load_timeout_s: float = 600.0
 
 
 @dataclass

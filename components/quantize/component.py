@@ -2,10 +2,13 @@
 
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
+from visionnode.components.common.adapters.declared import with_setting_inputs
 from visionnode.components.common.adapters.kfp import phase_component
+from visionnode.components.quantize.config import QuantizeConfig
 
 
 @phase_component("quantize")
+@with_setting_inputs(QuantizeConfig)
 def quantize_op(
     model: Input[Model],
     remote_shards: Input[Dataset],
@@ -14,9 +17,6 @@ def quantize_op(
     gate_report: Output[Markdown],
     confusion_matrix: Output[ClassificationMetrics],
     confused_pairs: Output[Markdown],
-    calibration_images: int = 300,
-    max_accuracy_drop: float = 1.0,
-    full_int8: bool = False,
 ):
     """Quantize a trained ResNet to INT8 for CPU serving (OpenVINO + NNCF post-training quantization).
 
@@ -37,25 +37,18 @@ def quantize_op(
         confusion_matrix: The INT8 model's confusion matrix on the val images (up to 50 classes; empty
             beyond).
         confused_pairs: The INT8 model's most-confused class pairs on the val images (Markdown table).
-        calibration_images: Train images used to calibrate the INT8 ranges.
-        max_accuracy_drop: Largest allowed FP32 -> INT8 top-1 drop in points; the step fails (after writing
-            its outputs and metrics) when the drop is significantly larger: its one-sided 95 % lower
-            confidence bound (paired, exact) exceeds this.
-        full_int8: Also quantize the residual Adds, the stem and the shortcut projections, which compute
-            in FP32 by default: faster (1.1x on an AVX-512 VNNI CPU; 1.6x with the PERFORMANCE preset on an
-            AMX Xeon), but INT8 answers drift further from FP32 (agreement 94.7 % instead of 99.3 %).
     """
+    settings = dict(locals())
     from pathlib import Path
 
+    from visionnode.components.common.adapters.declared import build
     from visionnode.components.common.adapters.kfp import confusion_views, record_metrics
     from visionnode.components.quantize.export import INPUT_NAME, OUTPUT_NAME
     from visionnode.components.quantize.gate import gate_markdown
     from visionnode.components.quantize.quantize import AccuracyGateError, QuantizeConfig, quantize_model
 
-    config = QuantizeConfig(model_dir=Path(model.path), shards=remote_shards.path,
-                            out_dir=Path(int8_model.path),
-                            calibration_images=calibration_images, max_accuracy_drop=max_accuracy_drop,
-                            full_int8=full_int8)
+    config = build(QuantizeConfig, settings, model_dir=Path(model.path), shards=remote_shards.path,
+                   out_dir=Path(int8_model.path))
     failure = None
     try:
         result = quantize_model(config)

@@ -140,7 +140,7 @@ def _quantize_into(staging: Path, config: QuantizeConfig, model: TrainedModel, t
     onnx_path = export_onnx(model, staging / ONNX_FILE)
     fp32_model = convert_to_openvino(onnx_path)
     fp32_compiled = compile_openvino(fp32_model, "LATENCY", config.threads, fp32_exact=True)
-    limit = config.eval_images or None
+    limit = config.eval_images
     val_batches = _uint8_batches(val_paths, config.batch_size, size, limit)
     first = next(val_batches, None)  # checked now, before the long calibration; evaluated below with the rest
     if first is None:

@@ -2,21 +2,18 @@
 
 from kfp.dsl import Dataset, Metrics, Output
 
+from visionnode.components.common.adapters.declared import with_setting_inputs
 from visionnode.components.common.adapters.kfp import phase_component
+from visionnode.components.shard.config import ShardConfig
 
 
 @phase_component("shard")
+@with_setting_inputs(ShardConfig)
 def shard_op(
     data_uri: str,
     data_digest: str,
     shards: Output[Dataset],
     metrics: Output[Metrics],
-    shards_uri: str = "s3://visionnode/shards",
-    split: str = "both",
-    images_per_shard: int = 5000,
-    max_resolution: int = 256,
-    jpeg_quality: int = 90,
-    workers: int = 2,
 ):
     """Write FFCV `.beton` shards straight into the store, with a checksummed manifest.
 
@@ -36,22 +33,16 @@ def shard_op(
             `total_bytes`, `base_uri`.
         metrics: files_found, images_written, files_skipped, shards, total_mb, write_images_per_s,
             loader_images_per_s (FFCV read-back of the first shard of each split), seconds.
-        shards_uri: Base of the shard store (s3://bucket/prefix).
-        split: "train", "val" or "both".
-        images_per_shard: Images per `.beton` file (the last one of a split holds the rest).
-        max_resolution: Longer image side after resizing, in pixels (images are never enlarged).
-        jpeg_quality: JPEG quality of the stored images (1-100).
-        workers: Decode/encode processes; also the read-back loader's threads.
     """
+    settings = dict(locals())
     from pathlib import Path
 
+    from visionnode.components.common.adapters.declared import build
     from visionnode.components.common.adapters.kfp import record_metrics
     from visionnode.components.shard.shard import ShardConfig, shard_dataset
 
-    config = ShardConfig(data=data_uri, out="", split=split, images_per_shard=images_per_shard,
-                         max_resolution=max_resolution, jpeg_quality=jpeg_quality, workers=workers,
-                         data_digest=data_digest, manifest_copy=Path(shards.path))
-    config.out = config.store_location(shards_uri)
+    config = build(ShardConfig, settings, data=data_uri, out="", manifest_copy=Path(shards.path))
+    config.out = config.store_location(config.shards_uri)
     result = shard_dataset(config)
     shards.metadata.update({"images": result.images_written, "shards": result.shards,
                             "total_bytes": result.total_bytes, "manifest": "manifest.json",

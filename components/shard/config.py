@@ -9,42 +9,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
+from visionnode.components.common.artifacts import data_digest_setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.storage.s3 import is_s3_uri, parse_s3_uri
 
 SPLIT_CHOICES = ("train", "val", "both")
 FORMAT_VERSION = 2          # bump when the bytes written for the same settings change
-SHARD_STORE = "s3://visionnode/shards"  # the pipeline's base of the shard store (ShardConfig.store_location)
 
 
 @dataclass
 class ShardConfig:
     data: Path | str                  # ImageNet-layout dir or s3://bucket/prefix, read where it lies
     out: Path | str                   # local dir, or s3://bucket/prefix: straight into the store
-    split: str = "both"               # train | val | both
-    images_per_shard: int = 5000
-    max_resolution: int = 256         # longer side after resizing (never enlarged)
-    jpeg_quality: int = 90
-    workers: int = 2
+    split: str = setting("both", f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.", pipeline=False)
+    images_per_shard: int = setting(5000, "Images per .beton file (the last one of a split holds the rest).",
+                                    check=at_least(1))
+    max_resolution: int = setting(256, "Longer image side after resizing, in pixels (images are never "
+                                  "enlarged).", check=between(16, 4096))
+    jpeg_quality: int = setting(90, "JPEG quality of the stored images.", check=between(1, 100))
+    workers: int = setting(2, "Decode/encode processes; also the read-back loader's threads.",
+                           check=at_least(1))
     shuffle_seed: int = 0             # file order before cutting shards
-    readback: bool = True             # read the shards back once with the FFCV train pipeline
-    data_digest: str = ""             # the data's fingerprint as the run saw it; "" = not checked
+    readback: bool = setting(True, "Read the shards back once with the FFCV loader and report its images/s.",
+                             pipeline=False)
+    data_digest: str = data_digest_setting()
     manifest_copy: Path | None = None  # also write manifest.json here (the pipeline step's output artifact)
+    # the pipeline's shards go to `<shards_uri>/<data digest>/<settings digest>/` (store_location); the CLI
+    # writes to --out as given
+    shards_uri: str = setting("s3://visionnode/shards", "Base of the shard store (s3://bucket/prefix).",
+                              pipeline="shard_store_uri", cli=False)
 
     def validate(self) -> None:
         if self.split not in SPLIT_CHOICES:
             raise ConfigError(f"--split {self.split!r} is not valid",
                               f"use one of {', '.join(SPLIT_CHOICES)}")
-        if self.images_per_shard < 1:
-            raise ConfigError(f"--images-per-shard {self.images_per_shard} must be positive",
-                              "use e.g. 5000 (about 100 MB per shard at 256 px)")
-        if not 16 <= self.max_resolution <= 4096:
-            raise ConfigError(f"--max-resolution {self.max_resolution} is out of range",
-                              "use 16..4096 (e.g. 256)")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError(f"--jpeg-quality {self.jpeg_quality} is out of range", "use 1..100 (e.g. 90)")
-        if self.workers < 1:
-            raise ConfigError(f"--workers {self.workers} must be at least 1", "use the number of CPU cores")
+        check_ranges(self)
         for name, value in (("data", self.data), ("out", self.out)):
             if is_s3_uri(os.fspath(value)) and not parse_s3_uri(os.fspath(value)).key.strip("/"):
                 raise ConfigError(f"--{name} {value} names a whole bucket", "write it as s3://bucket/prefix")
@@ -78,6 +78,3 @@ class ShardConfig:
             "color": "RGB (CMYK/grey/palette converted)",
             "format_version": FORMAT_VERSION,
         }
-
-
-DEFAULTS = ShardConfig(data=Path("."), out=Path("."))

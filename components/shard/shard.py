@@ -3,7 +3,7 @@
 Flow per split: list the files where they lie (a directory or an S3 prefix: imagenet.py) -> a seeded
 shuffle, so every shard mixes classes -> read (S3 objects a chunk at a time, never the whole dataset), decode,
 convert to RGB, resize and JPEG-encode in a process pool (images.py, ffcv_io.encode_image) -> cut the
-readable images into shards of `images_per_shard` in that order -> write each shard in this process with
+readable images into shards of the configured size in that order -> write each shard in this process with
 beton_writer.write_beton (FFCV's writer code, pages in file order, temp name then rename; ~0.2 ms per image,
 while the pool decodes ahead) into the output: a local dir, or the S3 store shard by shard (store.py: only
 the shard being written is on local disk).

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
 from visionnode.components.common.data.ffcv_io import Augmentation
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.training.lr_probe import LRProbeConfig
-from visionnode.components.common.training.recipe import Recipe
+from visionnode.components.common.training.recipe import (
+    LR_AUTO,
+    LR_BATCH_RULE,
+    Recipe,
+    parse_lr,
+    parse_res_schedule,
+    parse_warmup,
+    resolve_lr,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -17,21 +26,33 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class TrainConfig:
     shards: str                      # s3://bucket/prefix, a shard dir or a remote-manifest dir
     out_dir: Path
-    epochs: int = 16
-    batch_size: int = 64             # per process; the global batch is batch_size x world size
-    arch: str = "resnet152"
-    res_start: int = 160             # progressive resizing: first epoch's resolution ...
-    res_end: int = 192               # ... last epoch's, also the evaluation and serving input size
-    precision: str = "auto"
-    checkpoint_uri: str = ""         # local dir or s3://...; empty means <out_dir>/checkpoints
-    checkpoint_every: int = 0        # optimiser steps between checkpoints (0: only at each epoch end)
-    # auto (newest in checkpoint_uri, if any), never, or a checkpoint path/URI
-    resume: str = "auto"
-    compile: bool = False
-    workers: int = 2
-    max_steps: int = 0               # stop after this many optimiser steps in total (0: run all epochs)
-    seed: int = 0
-    log_every: int = 10              # steps between MLflow step metrics
+    epochs: int = setting(16, "Epochs to train.", check=at_least(1))
+    batch_size: int = setting(64, "Images per optimizer step per process (the global batch is this x the "
+                              "world size).", check=at_least(1))
+    # the peak LR as a user writes it; resolved() applies it to `recipe` (and `auto_lr`)
+    lr: str = setting(LR_AUTO, f"Peak learning rate: {LR_BATCH_RULE} (0.1 x global batch / 256), a number "
+                      f"> 0, or {LR_AUTO}: an LR probe's (in the pipeline validate's, the batch rule when it "
+                      "did not run; a lone command probes the train shards first).",
+                      cli_default=LR_BATCH_RULE)
+    arch: str = setting("resnet152", "resnet18|34|50|101|152.")
+    res_schedule: str = setting("160:192", "Progressive resizing START:END in pixels (linear over epochs, "
+                                "multiples of 32); END is the evaluation and serving size.")
+    precision: str = setting("auto", "auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, "
+                             "else fp32/fp16; fp16 needs CUDA).")
+    checkpoint_uri: str = setting("", "Checkpoint dir or s3://bucket/prefix; empty: the run's own (a lone "
+                                  "command: OUT/checkpoints; a pipeline run: s3://<bucket of the shards>/"
+                                  "checkpoints/<run id>). A checkpoint found there is resumed only if this "
+                                  "run wrote it or its configuration and data are identical.")
+    checkpoint_every: int = setting(0, "Also checkpoint every N optimizer steps (0: at epoch ends only).",
+                                    pipeline=False, check=at_least(0))
+    resume: str = setting("auto", "auto (newest checkpoint, if any), never, or a checkpoint path/URI.",
+                          pipeline=False)
+    compile: bool = setting(False, "torch.compile the model.", pipeline=False)
+    workers: int = setting(2, "FFCV decoding threads.", check=at_least(1))
+    max_steps: int = setting(0, "Stop after this many optimizer steps in total, then evaluate (0: all "
+                             "epochs); for a rehearsal of a large run.", check=at_least(0))
+    seed: int = setting(0, "Seed for weights and data order.", pipeline=False)
+    log_every: int = setting(10, "Steps between MLflow step metrics.", pipeline=False, check=at_least(1))
     # >0: repeat the first N batches (a sanity check that the model can learn)
     overfit_batches: int = 0
     keep_checkpoints: int = 3
@@ -40,12 +61,21 @@ class TrainConfig:
     tracking: bool = True            # False: no MLflow run even when a tracking URI is configured
     recipe: Recipe = field(default_factory=Recipe)
     auto_lr: bool = False            # peak LR from an LR probe on the train shards (`--lr auto`)
-    lr_probe_steps: int = LRProbeConfig.first_round_steps  # the probe's first-round steps per candidate
+    lr_probe_steps: int = setting(LRProbeConfig.first_round_steps, "--lr auto's LR probe: steps each "
+                                  "candidate LR trains before the first judgement on held-out loss.",
+                                  pipeline=False)
     lr_source: str = ""              # where recipe.lr came from (LRPlan.source); empty: given or batch rule
-    crop_min_scale: float = 0.08     # RandomResizedCrop keeps this..100 % of the image area
-    flip: bool = True                # random horizontal flip
-    init_weights: str = ""           # state dict (path or s3://) to fine-tune from; empty: random init
-    head_epochs: int = 0             # first epochs train only the classifier head (needs init_weights)
+    crop_min_scale: float = setting(0.08, "RandomResizedCrop's smallest kept share of the image area: "
+                                    "ImageNet's 0.08, up to 1 for no zoom-in (raise it for small objects).",
+                                    check=between(0, 1, low_open=True))
+    flip: bool = setting(True, "Random horizontal flips (off for text, symbols, anything handed).")
+    init_weights: str = setting("", "State dict (path or s3://...) to fine-tune from, e.g. torchvision's "
+                                "ImageNet weights; a head of another class count is replaced.")
+    head_epochs: int = setting(0, "With init_weights: the first epochs train only the classifier head.")
+    warmup_epochs: str = setting("auto", "Linear LR warm-up in epochs (at most a quarter of all steps); "
+                                 "auto: one epoch per decade the peak LR is above the batch rule's.",
+                                 pipeline=False)
+    schedule: str = setting(Recipe.schedule, "LR decay after warm-up: cosine|step.", pipeline=False)
 
     def validate(self) -> None:
         from visionnode.components.common.training.model import depth_from_arch
@@ -55,13 +85,12 @@ class TrainConfig:
             raise ConfigError(f"precision {self.precision!r} is not known",
                               f"use one of {', '.join(PRECISIONS)}")
         self.recipe.validate()
-        if self.epochs < 1 or self.batch_size < 1 or self.workers < 1:
-            raise ConfigError("--epochs, --batch-size and --workers must be at least 1")
-        if not 16 <= self.res_start <= self.res_end:
-            raise ConfigError(f"resolution schedule {self.res_start}:{self.res_end} is invalid",
-                              "use 16 <= START <= END")
-        if self.checkpoint_every < 0 or self.max_steps < 0 or self.overfit_batches < 0 or self.log_every < 1:
-            raise ConfigError("--checkpoint-every, --max-steps and overfit batches must be >= 0")
+        check_ranges(self)
+        parse_res_schedule(self.res_schedule)
+        parse_lr(self.lr)
+        parse_warmup(self.warmup_epochs)
+        if self.overfit_batches < 0:
+            raise ConfigError("overfit batches must be >= 0")
         if self.keep_checkpoints < 1:
             raise ConfigError("keep_checkpoints must be at least 1")
         if self.auto_lr:
@@ -69,15 +98,35 @@ class TrainConfig:
                 raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
                                   "pass one of them")
             LRProbeConfig(first_round_steps=self.lr_probe_steps).checked()
-        if not 0 < self.crop_min_scale <= 1:
-            raise ConfigError(f"--crop-min-scale {self.crop_min_scale} is out of range",
-                              "use a value above 0 and at most 1: ImageNet's 0.08, up to 1 for no zoom-in")
         if not 0 <= self.head_epochs <= self.epochs:
             raise ConfigError(f"--head-epochs {self.head_epochs} is out of range",
                               f"use 0..{self.epochs} (the number of epochs)")
         if self.head_epochs and not self.init_weights:
             raise ConfigError("--head-epochs trains a new head on pre-trained features",
                               "pass --init-weights too, or --head-epochs 0")
+
+    def resolved(self, suggested_lr: float | None = None) -> TrainConfig:
+        """This config with `lr`, `warmup_epochs` and `schedule` (as a user wrote them) applied to `recipe`.
+        A number is the peak LR as given; batch-rule leaves it to the recipe's rule; auto takes
+        `suggested_lr`, an LR probe's suggestion from upstream (validate's in the pipeline; 0: the probe did
+        not run, so the batch rule), or with None (a lone command) has train run its own probe first."""
+        recipe = replace(self.recipe, warmup_epochs=parse_warmup(self.warmup_epochs), schedule=self.schedule)
+        if suggested_lr is None:
+            choice = parse_lr(self.lr)
+            return replace(self, recipe=replace(recipe, lr=choice if isinstance(choice, float) else None),
+                           auto_lr=choice == LR_AUTO)
+        peak_lr, source = resolve_lr(self.lr, suggested_lr)
+        return replace(self, recipe=replace(recipe, lr=peak_lr), lr_source=source)
+
+    @property
+    def res_start(self) -> int:
+        """The first epoch's resolution (progressive resizing)."""
+        return parse_res_schedule(self.res_schedule)[0]
+
+    @property
+    def res_end(self) -> int:
+        """The last epoch's resolution, also the evaluation and serving input size."""
+        return parse_res_schedule(self.res_schedule)[1]
 
     @property
     def resolved_lr_source(self) -> str:
@@ -88,17 +137,9 @@ class TrainConfig:
         return Augmentation(min_scale=self.crop_min_scale, flip=self.flip)
 
     @property
-    def res_schedule(self) -> str:
-        """The `--res-schedule` text for this config's resolutions."""
-        return f"{self.res_start}:{self.res_end}"
-
-    @property
     def checkpoint_location(self) -> str:
         return self.checkpoint_uri or str(Path(self.out_dir) / "checkpoints")
 
     @property
     def model_name(self) -> str:
         return self.registered_model_name or f"visionnode-{self.arch}"
-
-
-DEFAULTS = TrainConfig(shards="", out_dir=Path("."))

@@ -2,18 +2,18 @@
 
 from kfp.dsl import Dataset, Input, Metrics, Output
 
+from visionnode.components.common.adapters.declared import with_setting_inputs
 from visionnode.components.common.adapters.kfp import phase_component
+from visionnode.components.transfer.config import PlaceConfig
 
 
 @phase_component("transfer")
+@with_setting_inputs(PlaceConfig)
 def transfer_op(
     shards: Input[Dataset],
     data_digest: str,
     remote_shards: Output[Dataset],
     metrics: Output[Metrics],
-    destination: str = "",
-    concurrency: int = 16,
-    part_size_mb: int = 16,
 ):
     """Check every shard in the store against its manifest, or copy the shards to another prefix of the store.
 
@@ -27,19 +27,16 @@ def transfer_op(
         remote_shards: Output dir holding the manifest.json train reads (per-shard `uri`, `base_uri`, sha256);
             its metadata["base_uri"] is where the shards are.
         metrics: bytes, seconds, MB/s, retries, objects transferred/skipped.
-        destination: Empty: the shards stay where the shard step put them. s3://bucket/prefix on the same
-            endpoint: copied there server-side (e.g. a bucket replicated near the trainers).
-        concurrency: Parallel requests (objects, and parts of a large copy).
-        part_size_mb: Multipart part size in MiB for a large copy (at least 5).
     """
+    settings = dict(locals())
     from pathlib import Path
 
+    from visionnode.components.common.adapters.declared import build
     from visionnode.components.common.adapters.kfp import record_metrics
     from visionnode.components.transfer.transfer import PlaceConfig, place_shards
 
-    out_dir = Path(remote_shards.path)
-    result = place_shards(PlaceConfig(Path(shards.path), destination, data_digest, concurrency, part_size_mb,
-                                      output_dir=out_dir))
+    result = place_shards(build(PlaceConfig, settings, shards=Path(shards.path),
+                                output_dir=Path(remote_shards.path)))
     remote_shards.metadata["base_uri"] = result.destination
     remote_shards.metadata["manifest_uri"] = result.manifest
     remote_shards.metadata["objects"] = result.objects

@@ -4,19 +4,18 @@ from typing import NamedTuple
 
 from kfp.dsl import Markdown, Metrics, Output
 
+from visionnode.components.common.adapters.declared import with_setting_inputs
 from visionnode.components.common.adapters.kfp import phase_component
+from visionnode.components.validate.config import ValidateConfig
 
 
 @phase_component("validate")
+@with_setting_inputs(ValidateConfig)
 def validate_op(
     data_uri: str,
     data_digest: str,
     report: Output[Markdown],
     metrics: Output[Metrics],
-    subset: int = 256,
-    image_size: int = 64,
-    steps: int = 30,
-    lr_probe_steps: int = 10,
 ) -> NamedTuple("ValidateOutputs", [("suggested_lr", float)]):
     """Smoke-train on a subset of the raw images, check ResNet-152's integrity and profile the input pipeline.
 
@@ -34,11 +33,6 @@ def validate_op(
             combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR probe also suggested_lr,
             lr_probe_top1 (the winner's held-out top-1), lr_probe_seconds, lr_probe_steps,
             lr_probe_heldout_images.
-        subset: Images sampled (seeded) from the train split and over-fitted by the smoke training.
-        image_size: Square input side in pixels for smoke training and the profile.
-        steps: Smoke-training optimizer steps; the loss of the last steps must be >= 25 % below the first.
-        lr_probe_steps: LR probe: steps each candidate LR trains (train's SGD recipe on the smoke subset)
-            before the first judgement on held-out loss; the best third trains 3x as long; 0 skips it.
 
     Returns:
         suggested_lr: the LR probe's peak LR for train (0.0 when skipped);
@@ -46,26 +40,14 @@ def validate_op(
         The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
     """
+    settings = dict(locals())
     from pathlib import Path
 
+    from visionnode.components.common.adapters.declared import build
     from visionnode.components.common.adapters.kfp import record_metrics
-    from visionnode.components.validate.validate import (
-        ValidateConfig,
-        raise_for_gates,
-        run_checks,
-    )
+    from visionnode.components.validate.validate import ValidateConfig, raise_for_gates, run_checks
 
-    report_path = Path(report.path)
-    result = run_checks(
-        ValidateConfig(
-            data=data_uri,
-            subset=subset,
-            image_size=image_size,
-            steps=steps,
-            lr_probe_steps=lr_probe_steps,
-            report=report_path,
-        )
-    )
+    result = run_checks(build(ValidateConfig, settings, data=data_uri, report=Path(report.path)))
     record_metrics(metrics, result.metrics())
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.training.lr_probe import LRProbeConfig
 
@@ -13,55 +14,52 @@ from visionnode.components.common.training.lr_probe import LRProbeConfig
 @dataclass
 class ValidateConfig:
     data: Path | str  # ImageNet-layout dir or s3://bucket/prefix; only the subset is read
-    subset: int = 256  # images decoded for smoke training (random sample, seeded)
-    image_size: int = 64  # square side fed to the model, in pixels
-    steps: int = 30  # smoke-training optimizer steps
-    batch_size: int = 32
-    arch: str = "resnet18"  # smoke-training model: the ResNet family at reduced depth (see module doc)
-    lr: float = 2e-3  # AdamW; measured to fall reliably within 30 steps (module doc)
+    subset: int = setting(256, "Images sampled (seeded) from the train split and over-fitted by the smoke "
+                          "training.", check=at_least(2))
+    image_size: int = setting(64, "Square input side in pixels for smoke training and the profile.",
+                              check=between(32, 512))
+    steps: int = setting(30, "Smoke-training optimizer steps; the mean loss of the last fifth must fall "
+                         "below the first fifth's by the required relative drop.")
+    batch_size: int = setting(32, "Images per step (also for the profile); BatchNorm in train mode needs at "
+                              "least 2.", pipeline=False, check=at_least(2))
+    arch: str = setting("resnet18", "Smoke-training ResNet (the integrity check always uses resnet152).",
+                        pipeline=False)
+    lr: float = setting(2e-3, "AdamW learning rate for smoke training (measured to fall reliably within 30 "
+                        "steps).", pipeline=False)
     window: int = 0  # steps averaged at each end of the loss curve; 0 = steps // 5
-    min_relative_drop: float = 0.25  # last-window mean must be <= (1 - this) x first-window mean
-    split: str = "train"
-    workers: int = 2  # DataLoader worker processes
-    profile_batches: int = 8  # batches timed per profile measurement (after one warm-up batch)
-    profile_arch: str | None = None  # model for the compute/combined profile; None = `arch`
-    # LR probe: first-round steps per candidate LR (train's SGD recipe); 0 skips it
-    lr_probe_steps: int = LRProbeConfig.first_round_steps
-    seed: int = 0
+    min_relative_drop: float = setting(0.25, "Required relative fall of the loss, between 0 and 1.",
+                                       cli="--min-drop", pipeline=False)
+    split: str = setting("train", "Split to sample: train or val.", pipeline=False)
+    workers: int = setting(2, "DataLoader worker processes.", pipeline=False, check=at_least(0))
+    profile_batches: int = setting(8, "Batches timed per profile stage (after one warm-up batch).",
+                                   pipeline=False, check=at_least(1))
+    profile_arch: str | None = setting(None, "Model for the profile (default: --arch).", pipeline=False)
+    lr_probe_steps: int = setting(LRProbeConfig.first_round_steps, "LR probe: steps each candidate LR trains "
+                                  "(train's SGD recipe on the smoke subset) before the first judgement on "
+                                  "held-out loss; the best third trains 3x as long; 0 skips it.")
+    seed: int = setting(0, "Seed for the subset, the model and batch order.", pipeline=False)
     report: Path | None = None  # Markdown report; the loss-curve PNG is written beside it
 
-    def checked(self) -> ValidateConfig:
+    def validate(self) -> ValidateConfig:
         """Raise ConfigError for values that cannot work; returns self for chaining."""
         from visionnode.components.common.training.model import depth_from_arch
 
         depth_from_arch(self.arch)
         depth_from_arch(self.profile_arch or self.arch)
-        if self.subset < 2:
-            raise ConfigError(f"--subset {self.subset} is too small", "use at least 2 images (default 256)")
-        if not 32 <= self.image_size <= 512:
-            raise ConfigError(
-                f"--image-size {self.image_size} is out of range", "use 32..512 pixels (default 64)"
-            )
-        if self.batch_size < 2:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} is too small",
-                "BatchNorm in train mode needs at least 2 images per batch",
-            )
+        check_ranges(self)
         if self.steps < 2 * max(1, self.effective_window):
             raise ConfigError(
                 f"--steps {self.steps} is too few to compare the start and end of the loss curve",
-                "use --steps >= 4 (default 30)",
+                "use --steps >= 4",
             )
         if not 0.0 < self.min_relative_drop < 1.0:
             raise ConfigError(
-                f"min_relative_drop {self.min_relative_drop} is out of range", "use 0 < value < 1"
+                f"--min-drop {self.min_relative_drop} is out of range", "use a value above 0 and below 1"
             )
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ConfigError(f"--lr {self.lr} is invalid", "use a finite, non-negative learning rate")
         if self.lr_probe_steps != 0:
             self.lr_probe().checked()
-        if self.workers < 0 or self.profile_batches < 1:
-            raise ConfigError("workers must be >= 0 and profile_batches >= 1")
         return self
 
     def lr_probe(self) -> LRProbeConfig:
@@ -70,6 +68,3 @@ class ValidateConfig:
     @property
     def effective_window(self) -> int:
         return self.window if self.window > 0 else max(1, self.steps // 5)
-
-
-DEFAULTS = ValidateConfig(data=Path("."))

@@ -68,7 +68,7 @@ __all__ = ["ValidateConfig", "ValidateResult", "check_architecture", "choose_sub
 
 def run_checks(config: ValidateConfig) -> ValidateResult:
     """Run the three checks, write the report (when asked), log to MLflow; never raises on a failed gate."""
-    config.checked()
+    config.validate()
     started = time.perf_counter()
     sample = sample_subset(config.data, config.split, config.subset, config.seed)
     if not sample.records:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from visionnode.components.common.adapters.declared import setting
 from visionnode.components.common.errors import ConfigError, ServiceError, VisionNodeError, one_line
 from visionnode.components.common.numbers import MIB
 from visionnode.components.common.storage.s3 import (
@@ -37,6 +38,17 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 20.0
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden",
                "InvalidToken", "ExpiredToken"}
+
+
+def concurrency_setting() -> Any:
+    """The `concurrency` setting of every transfer (upload, place, fetch)."""
+    return setting(DEFAULT_CONCURRENCY, "Parallel requests (objects, and the parts of large ones, together).")
+
+
+def part_size_setting() -> Any:
+    """The `part_size_mb` setting of every transfer; not a pipeline parameter (the store's copy picks it)."""
+    return setting(DEFAULT_PART_SIZE_MB, "Multipart part size in MiB (at least 5: S3's smallest part).",
+                   cli="--part-size", pipeline=False)
 
 
 def check_transfer_settings(concurrency: int, part_size_mb: int) -> None:

@@ -31,9 +31,10 @@ from visionnode.components.common.storage.s3 import (
 )
 from visionnode.components.common.storage.session import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_PART_SIZE_MB,
     Rewindable,
     S3Session,
+    concurrency_setting,
+    part_size_setting,
     progress_subscriber,
 )
 from visionnode.components.common.tracking import tracked_run
@@ -46,8 +47,8 @@ PARTIAL_MARK = ".partial"
 class FetchConfig:
     source: str                      # s3://bucket/prefix holding manifest.json
     cache_dir: Path
-    concurrency: int = DEFAULT_CONCURRENCY
-    part_size_mb: int = DEFAULT_PART_SIZE_MB
+    concurrency: int = concurrency_setting()
+    part_size_mb: int = part_size_setting()
 
 
 @dataclass
