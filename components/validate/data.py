@@ -114,10 +114,9 @@ IMAGES_PER_SAMPLED_CLASS = 8   # several per class, so the smoke loss can fall b
 
 @dataclass
 class SubsetSample:
-    records: list[ImageRecord]   # the chosen subset, labelled 0..classes_sampled-1 (flat val: by all classes)
-    num_classes: int             # the model head's size: the sampled classes (flat val: every class)
+    records: list[ImageRecord]   # the chosen subset, labelled 0..classes_sampled-1
     classes_in_split: int        # class folders in the split
-    classes_sampled: int
+    classes_sampled: int         # the model head's size (flat val: every class)
     images_listed: int           # files in the sampled classes' folders
     empty_classes: list[str]     # sampled class folders that hold no file
     list_requests: int           # S3 ListObjectsV2 pages (0 for a local directory)
@@ -131,12 +130,12 @@ def sample_subset(root: str | os.PathLike[str], split: str, size: int, seed: int
         layout = open_imagenet(root)
         scan = layout.scan(split)
         classes = layout.classes.num_classes
-        return SubsetSample(choose_subset(scan.records, size, seed), classes, classes, classes,
-                            len(scan.records), scan.empty_classes, layout.listing.list_requests)
+        return SubsetSample(choose_subset(scan.records, size, seed), classes, classes, len(scan.records),
+                            scan.empty_classes, layout.listing.list_requests)
     count = min(len(wnids), max(2, size // IMAGES_PER_SAMPLED_CLASS))
     sampled = class_records(root, split, sorted(random.Random(seed).sample(wnids, count)))
-    return SubsetSample(choose_subset(sampled.records, size, seed), count, len(wnids), count,
-                        len(sampled.records), sampled.empty_classes, requests + sampled.list_requests)
+    return SubsetSample(choose_subset(sampled.records, size, seed), len(wnids), count, len(sampled.records),
+                        sampled.empty_classes, requests + sampled.list_requests)
 
 
 def choose_subset(records: Sequence[ImageRecord], size: int, seed: int) -> list[ImageRecord]:

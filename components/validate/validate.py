@@ -90,7 +90,7 @@ def _checks(config: ValidateConfig, sample: SubsetSample, subset: list[ImageReco
             f"{describe_skipped(skipped, config.data)}",
             "replace or remove the unreadable files; smoke training needs at least 2 images",
         )
-    num_classes = sample.num_classes
+    num_classes = sample.classes_sampled
     with tracked_run("validate", tags={"phase": "validate"}) as tracker:
         tracker.log_params(_params(config, sample))
         smoke = smoke_train(images, labels, num_classes, config, tracker=tracker)

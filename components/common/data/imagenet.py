@@ -171,9 +171,8 @@ def open_imagenet(root: str | os.PathLike[str], listing: DatasetListing | None =
 
 @dataclass
 class ClassSample:
-    """The records of some class folders of a split, labelled 0..n-1 in the order of `wnids`."""
+    """The records of some class folders of a split, labelled 0..n-1 in the order they were named."""
 
-    wnids: list[str]
     records: list[ImageRecord]
     empty_classes: list[str]
     list_requests: int
@@ -195,7 +194,7 @@ def class_records(root: str | os.PathLike[str], split: str, wnids: list[str]) ->
             empty.append(wnid)
         records += [ImageRecord(location_of(listing.root, f.key), label, wnid, f.size, f.version)
                     for f in listing.files]
-    return ClassSample(list(wnids), records, empty, requests)
+    return ClassSample(records, empty, requests)
 
 
 def class_names(listing: DatasetListing, tree: _Tree, wnids: list[str]) -> list[str]:
