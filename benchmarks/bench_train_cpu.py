@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from visionnode.pipeline.cpu_use import STIME, UTIME, stat_cpu_seconds
+
 VISIONNODE = Path(sys.executable).parent / "visionnode"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 SYNTHETIC_RATE = """
 import json, sys, time, torch
@@ -59,8 +60,7 @@ print(json.dumps({"img_per_s": rates[len(rates) // 2], "precision": precision}))
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+    return stat_cpu_seconds((UTIME, STIME), Path(f"/proc/{pid}/stat"))  # every thread of the process
 
 
 def make_shards(work: Path) -> Path:

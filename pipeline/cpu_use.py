@@ -16,15 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-CUTIME_FIELD, CSTIME_FIELD = 16, 17      # proc(5): fields of /proc/<pid>/stat, counted from 1
+UTIME, STIME, CUTIME, CSTIME = 14, 15, 16, 17     # proc(5): fields of /proc/<pid>/stat, counted from 1
 
 
-def waited_children_cpu_seconds(stat: Path = Path("/proc/self/stat")) -> float:
-    """User + system CPU seconds of the children this process has waited for (and of their waited-for
-    descendants)."""
+def stat_cpu_seconds(fields: tuple[int, int], stat: Path = Path("/proc/self/stat")) -> float:
+    """The sum of two clock-tick fields of a /proc/<pid>/stat file, in seconds."""
     # The command name (field 2) is in parentheses and may hold spaces: count the fields after its ")".
     after_name = stat.read_text().rsplit(")", 1)[1].split()
-    return sum(int(after_name[index - 3]) for index in (CUTIME_FIELD, CSTIME_FIELD)) / CLOCK_TICKS
+    return sum(int(after_name[index - 3]) for index in fields) / CLOCK_TICKS
+
+
+def waited_children_cpu_seconds() -> float:
+    """User + system CPU seconds of the children this process has waited for (and of their waited-for
+    descendants)."""
+    return stat_cpu_seconds((CUTIME, CSTIME))
 
 
 @dataclass(frozen=True)
