@@ -100,7 +100,8 @@ def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr
     result: TrainResult = train(TrainConfig(
         shards=str(shards), out_dir=out, epochs=epochs, batch_size=args.batch_size, arch=args.arch,
         res_schedule=f"{args.resolution}:{args.resolution}", precision="auto", resume="never", workers=1,
-        seed=seed, tracking=False, checkpoint_uri=str(out / "checkpoints"), recipe=Recipe(lr=lr),
+        seed=seed, tracking=False, checkpoint_uri=str(out / "checkpoints"),
+        recipe=Recipe(lr=lr or None),  # lr 0: the batch rule
         init_weights=init_weights, crop_min_scale=crop_min_scale, head_epochs=head_epochs))
     return Run(result.top1 or 0.0, result.peak_lr, time.perf_counter() - started)
 
