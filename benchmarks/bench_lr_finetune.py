@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from visionnode.components.common.cpus import keep_torch_threads
 from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.training.recipe import Recipe
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
@@ -80,7 +81,9 @@ def shard_images(data: Path, out: Path) -> Path:
 
 
 def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int) -> tuple[float, float]:
-    """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds)."""
+    """validate's suggestion, as the DAG computes it (its subset, image size, batch and threads: this process
+    imported FFCV, which set torch to one thread; validate's own process does not): (lr, seconds)."""
+    keep_torch_threads()
     config = ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=resolution,
                             batch_size=batch_size, seed=seed)
     layout = open_imagenet(data)
