@@ -59,7 +59,8 @@ class LRProbeConfig:
     def checked(self) -> LRProbeConfig:
         if self.first_round_steps < 4:
             raise ConfigError(f"--lr-probe-steps {self.first_round_steps} is too few for an LR probe",
-                              "use at least 4 (default 8), or 0 to skip the probe")
+                              f"use at least 4 (default {LRProbeConfig.first_round_steps}), or 0 to skip the "
+                              "probe")
         if len(self.candidates) < 2 or min(self.candidates) <= 0:
             raise ConfigError("the LR probe needs at least two positive candidate LRs")
         if not 0 < self.heldout_share < 1:
