@@ -9,7 +9,10 @@ Panel (real `train` on real FFCV shards, 64 px, batch 32, train's default recipe
 - strong: generated, the class shape large on grey (10 classes, 600 train / 300 val);
 - digits: real scans, scikit-learn's bundled handwritten digits (10 classes, 500 train / 300 val);
 - textures: real photographs, crops of scikit-image's bundled texture and photo samples (8 classes,
-  480 train / 192 val; benchmarks/real_datasets.py says how they are cut).
+  480 train / 192 val; benchmarks/real_datasets.py says how they are cut);
+- scenes: real photographs, crops cut the same way from ten other bundled photographs (10 classes, 600 train /
+  240 val), added to test a probe rule fitted on the four above;
+- faces: real photographs, scikit-image's `lfw_subset`: face or not (2 classes, 140 train / 60 val), 20 ep.
 Per dataset and seed: validate's LR probe, as the DAG runs it (the smoke model on validate's subset, that
 seed), then one train run per grid LR and one with the batch rule. The probe picks from the grid's top
 four, so the default's run at that seed is the grid run at its LR (same seed, LR and warm-up: the same
@@ -17,7 +20,7 @@ run). Its cost is
 set against the demo's own train step: one ResNet-152 train run at the demo's size (its epochs, 64 px, 600
 images), timed in the same process (`--skip-cost` leaves it out).
 
-ResNet-18 by default: 4 datasets x 6 runs x 3 seeds = 72 train runs, each a few thousand images; ResNet-152
+ResNet-18 by default: 6 datasets x 6 runs x 3 seeds = 108 train runs, each a few thousand images; ResNet-152
 trains them 8-10x slower on 2 cores (hours). `--arch resnet152 --datasets digits,textures --seeds 1 --lrs
 0.03,0.1,0.3` is the ResNet-152 confirmation on the real datasets around the grid's best. Run:
     .venv/bin/python benchmarks/bench_lr_panel.py
@@ -43,14 +46,15 @@ from bench_lr_finetune import (
     run_train,
     shard_images,
 )
-from real_datasets import write_digits, write_textures
+from real_datasets import write_digits, write_faces, write_scenes, write_textures
 
 from visionnode.components.common.training.recipe import Recipe
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
-DATASETS = ("clutter", "strong", "digits", "textures")
+DATASETS = ("clutter", "strong", "digits", "textures", "scenes", "faces")
 CLUTTER_DATA = replace(DEMO_DATA, clutter=True)
-CLUTTER_EPOCHS = 3
+# epochs where not --epochs: clutter as the demo had it; faces has 140 train images, 4 steps an epoch
+EPOCHS = {"clutter": 3, "faces": 20}
 GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # issue 31's; the probe's candidates are its top four
 BATCH_RULE = 0.0  # this table's key for the batch rule (Recipe.lr None: 0.1 x batch / 256)
 
@@ -77,9 +81,13 @@ def prepare(name: str, root: Path, args: argparse.Namespace) -> tuple[Path, Path
     if name == "digits":
         images = write_digits(root / name, train_per_class=50, val_per_class=30, size=args.resolution)
         val = 300
+    elif name == "faces":
+        images = write_faces(root / name, train_per_class=70, val_per_class=30, size=args.resolution)
+        val = 60
     else:
-        images = write_textures(root / name, train_per_class=60, val_per_class=24)
-        val = 8 * 24
+        write = write_textures if name == "textures" else write_scenes
+        images = write(root / name, train_per_class=60, val_per_class=24)
+        val = (8 if name == "textures" else 10) * 24
     return images, shard_images(images, root / f"{name}-shards"), val
 
 
@@ -101,7 +109,7 @@ class Results:
 
 def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Results) -> DatasetRuns:
     images, shards, val = prepare(name, root, args)
-    epochs = CLUTTER_EPOCHS if name == "clutter" else args.epochs
+    epochs = EPOCHS.get(name, args.epochs)
     runs = DatasetRuns(name, epochs, val)
     for seed in range(args.seeds):
         suggested, seconds = probe_suggestion(images, args.batch_size, args.resolution, seed)
@@ -176,7 +184,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6,
-                        help=f"epochs of every dataset but clutter ({CLUTTER_EPOCHS})")
+                        help=f"epochs of every dataset but {EPOCHS}")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in GRID), help="the grid")
     parser.add_argument("--batch-size", type=int, default=DEMO_PARAMS["train_batch_size"])
