@@ -12,12 +12,12 @@
   (`ihc`, a microscopy slide), coffee beans and cup (`coffee`), cat fur (`chelsea`) and a portrait
   (`astronaut`): photographs, textures and a medical image, another kind of data than scans.
 
-- **scenes** (held out: added after the probe's rule was fitted on the four datasets above, to test it): ten
+- **scenes** (added to test a probe rule fitted on the four datasets above; docs/training.md): ten
   other photographs, cut as textures are: scikit-image's camera man, coins, Hubble deep field, a scanned page,
   a text sign, a rocket, a retina, a cell micrograph and a clock, and scikit-learn's bundled photograph of a
   Chinese temple. A page and a text sign are both print: one pair of classes that only detail tells apart.
-- **faces** (held out too): scikit-image's `lfw_subset`, 100 face crops from Labeled Faces in the Wild and
-  100 non-face patches from the same photographs, 25x25 grey: a binary face detector's training set, upscaled.
+- **faces** (added with scenes): scikit-image's `lfw_subset`, 100 face crops from Labeled Faces in the Wild
+  and 100 non-face patches, 25x25 grey (scikit-image's face-detection example trains on it), upscaled.
 
 All need only the packages (no download at run time): scikit-learn and scikit-image.
 """
@@ -35,7 +35,7 @@ from visionnode.components.local.synth import synthetic_wnid
 # class name -> skimage.data loader
 TEXTURES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "moon": "moon",
             "ihc": "immunohistochemistry", "coffee": "coffee", "chelsea": "chelsea", "astronaut": "astronaut"}
-# held out from the rule's fitting; sklearn's temple photograph is the tenth class (its loader differs)
+# class name -> skimage.data loader; scikit-learn's temple photograph is the tenth class
 SCENES = {"camera": "camera", "coins": "coins", "hubble": "hubble_deep_field", "page": "page", "text": "text",
           "rocket": "rocket", "retina": "retina", "cell": "cell", "clock": "clock"}
 CROP = 64
