@@ -54,23 +54,31 @@ def _write_mapping(root: Path, names: list[str]) -> None:
 
 
 def write_digits(out: Path, train_per_class: int, val_per_class: int, size: int = 64, seed: int = 0) -> Path:
-    """sklearn's digits, a seeded split per class (train first, then val), upscaled to `size` px."""
+    """sklearn's digits (17 grey levels), a seeded split per class, upscaled to `size` px."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    names = [f"digit {d}" for d in range(10)]
+    return write_split_per_class(out, (digits.images * (255 / 16)).astype(np.uint8), digits.target, names,
+                                 train_per_class, val_per_class, size, seed)
+
+
+def write_split_per_class(out: Path, grey: np.ndarray, labels: np.ndarray, names: list[str],
+                          train_per_class: int, val_per_class: int, size: int, seed: int) -> Path:
+    """Small grey images (uint8, N x h x w) split per class with a seeded shuffle (train first, then val),
+    upscaled to `size` px (bicubic)."""
     rng = np.random.default_rng(seed)
     with staged_dir(out) as root:
-        for digit in range(10):
-            chosen = rng.permutation(np.flatnonzero(digits.target == digit))
+        for class_id, name in enumerate(names):
+            chosen = rng.permutation(np.flatnonzero(labels == class_id))
             if len(chosen) < train_per_class + val_per_class:
-                raise ValueError(f"digit {digit} has only {len(chosen)} images")
+                raise ValueError(f"class {name!r} has only {len(chosen)} images")
             for split, picks in (("train", chosen[:train_per_class]),
                                  ("val", chosen[train_per_class:train_per_class + val_per_class])):
                 for index, i in enumerate(picks):
-                    grey = (digits.images[i] * (255 / 16)).astype(np.uint8)
-                    _save(root, split, digit, index, np.asarray(
-                        Image.fromarray(grey).resize((size, size), Image.Resampling.BICUBIC)))
-        _write_mapping(root, [f"digit {d}" for d in range(10)])
+                    _save(root, split, class_id, index, np.asarray(
+                        Image.fromarray(grey[i]).resize((size, size), Image.Resampling.BICUBIC)))
+        _write_mapping(root, names)
     return out
 
 
@@ -121,16 +129,5 @@ def write_faces(out: Path, train_per_class: int, val_per_class: int, size: int =
     from skimage import data
 
     faces = data.lfw_subset()
-    labels = np.repeat([0, 1], len(faces) // 2)
-    rng = np.random.default_rng(seed)
-    with staged_dir(out) as root:
-        for class_id in (0, 1):
-            chosen = rng.permutation(np.flatnonzero(labels == class_id))
-            for split, picks in (("train", chosen[:train_per_class]),
-                                 ("val", chosen[train_per_class:train_per_class + val_per_class])):
-                for index, i in enumerate(picks):
-                    grey = Image.fromarray((faces[i] * 255).astype(np.uint8))
-                    _save(root, split, class_id, index,
-                          np.asarray(grey.resize((size, size), Image.Resampling.BICUBIC)))
-        _write_mapping(root, ["face", "not a face"])
-    return out
+    return write_split_per_class(out, (faces * 255).astype(np.uint8), np.repeat([0, 1], len(faces) // 2),
+                                 ["face", "not a face"], train_per_class, val_per_class, size, seed)
