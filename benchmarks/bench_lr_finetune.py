@@ -38,6 +38,7 @@ from pathlib import Path
 
 from visionnode.components.common.cpus import keep_torch_threads
 from visionnode.components.common.data.imagenet import open_imagenet
+from visionnode.components.common.training.lr_probe import LRProbeResult
 from visionnode.components.common.training.recipe import Recipe
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
@@ -81,16 +82,20 @@ def shard_images(data: Path, out: Path) -> Path:
 
 
 def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int) -> tuple[float, float]:
-    """validate's suggestion, as the DAG computes it (its subset, image size, batch and threads: this process
-    imported FFCV, which set torch to one thread; validate's own process does not): (lr, seconds)."""
-    keep_torch_threads()
-    config = ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=resolution,
-                            batch_size=batch_size, seed=seed)
-    layout = open_imagenet(data)
-    records = choose_subset(layout.scan("train").records, config.subset, seed)
-    images, labels, _ = decode_subset(records, config.image_size, config.batch_size, workers=2)
-    result = lr_probe_on_subset(images, labels, layout.classes.num_classes, config)
+    """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds)."""
+    result = run_validate_probe(ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
+                                               image_size=resolution, batch_size=batch_size, seed=seed))
     return result.suggested_lr, result.seconds
+
+
+def run_validate_probe(config: ValidateConfig) -> LRProbeResult:
+    """validate's LR probe on its subset of `config.data`, with validate's threads: this process imported
+    FFCV, which set torch to one thread; validate's own process does not."""
+    keep_torch_threads()
+    layout = open_imagenet(Path(config.data))
+    records = choose_subset(layout.scan("train").records, config.subset, config.seed)
+    images, labels, _ = decode_subset(records, config.image_size, config.batch_size, workers=2)
+    return lr_probe_on_subset(images, labels, layout.classes.num_classes, config)
 
 
 def probe_lr_for(data: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:

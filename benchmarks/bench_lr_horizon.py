@@ -21,27 +21,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_lr_finetune import cpu_name
-from real_datasets import write_digits, write_faces, write_scenes, write_textures
+from bench_lr_finetune import cpu_name, run_validate_probe
+from bench_lr_panel import DATASETS, write_images
 
-from visionnode.components.common.cpus import keep_torch_threads
-from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.training.lr_probe import LRProbeConfig, LRProbeResult
-from visionnode.components.validate.validate import (
-    ValidateConfig,
-    choose_subset,
-    decode_subset,
-    lr_probe_on_subset,
-)
+from visionnode.components.validate.validate import ValidateConfig
 from visionnode.pipeline.local_run import DEMO_PARAMS
-
-# the panel's sizes (bench_lr_panel.prepare)
-WRITERS = {
-    "digits": lambda out, size: write_digits(out, train_per_class=50, val_per_class=30, size=size),
-    "textures": lambda out, size: write_textures(out, train_per_class=60, val_per_class=24),
-    "scenes": lambda out, size: write_scenes(out, train_per_class=60, val_per_class=24),
-    "faces": lambda out, size: write_faces(out, train_per_class=70, val_per_class=30, size=size),
-}
 
 
 @dataclass
@@ -56,18 +41,14 @@ class OneRoundConfig(ValidateConfig):
 
 
 def probe_at(data: Path, horizon: int, lrs: tuple[float, ...], resolution: int, seed: int) -> LRProbeResult:
-    keep_torch_threads()  # as validate's process has them (importing FFCV set one thread)
-    config = OneRoundConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=resolution,
-                            seed=seed, lr_probe_steps=horizon, horizon=horizon, lrs=lrs)
-    layout = open_imagenet(data)
-    records = choose_subset(layout.scan("train").records, config.subset, seed)
-    images, labels, _ = decode_subset(records, config.image_size, config.batch_size, workers=2)
-    return lr_probe_on_subset(images, labels, layout.classes.num_classes, config)
+    return run_validate_probe(OneRoundConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
+                                             image_size=resolution, seed=seed, lr_probe_steps=horizon,
+                                             horizon=horizon, lrs=lrs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="textures,scenes", help=f"of {', '.join(WRITERS)}")
+    parser.add_argument("--datasets", default="textures,scenes", help=f"of {', '.join(DATASETS)}")
     parser.add_argument("--steps", default="30,90", help="the horizons")
     parser.add_argument("--lrs", default="0.03,0.1,0.3", help="at most 3, so one round judges them all")
     parser.add_argument("--seeds", type=int, default=3)
@@ -75,9 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     lrs = tuple(float(v) for v in args.lrs.split(","))
-    unknown = set(names) - set(WRITERS)
+    unknown = set(names) - set(DATASETS)
     if unknown:
-        parser.error(f"unknown datasets {sorted(unknown)}; choose from {', '.join(WRITERS)}")
+        parser.error(f"unknown datasets {sorted(unknown)}; choose from {', '.join(DATASETS)}")
     if not 2 <= len(lrs) <= 3:
         parser.error("give 2 or 3 LRs: one round of successive halving (eta 3) judges at most 3")
     os.environ.setdefault("VISIONNODE_PROGRESS", "0")
@@ -87,7 +68,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(lrs) + "---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-lr-horizon-") as tmp:
         for name in names:
-            data = WRITERS[name](Path(tmp) / name, args.resolution)
+            data, _ = write_images(name, Path(tmp), args.resolution)
             for seed in range(args.seeds):
                 for steps in (int(v) for v in args.steps.split(",")):
                     result = probe_at(data, steps, lrs, args.resolution, seed)

@@ -49,6 +49,7 @@ from bench_lr_finetune import (
 from real_datasets import write_digits, write_faces, write_scenes, write_textures
 
 from visionnode.components.common.training.recipe import Recipe
+from visionnode.components.local.synth import synthesize_dataset
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
 DATASETS = ("clutter", "strong", "digits", "textures", "scenes", "faces")
@@ -72,22 +73,23 @@ class DatasetRuns:
         return statistics.median(r.top1 for r in self.by_lr[lr])
 
 
-def prepare(name: str, root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
-    """(images, shards, val images) of one panel dataset."""
+def write_images(name: str, root: Path, resolution: int) -> tuple[Path, int]:
+    """(ImageNet-layout images, val images) of one panel dataset."""
     if name in ("clutter", "strong"):
         data = CLUTTER_DATA if name == "clutter" else replace(STRONG_DATA, val_per_class=30)
-        images, shards = make_shards(root, name, data)
-        return images, shards, data.classes * data.val_per_class
+        synthesize_dataset(root / name, data)
+        return root / name, data.classes * data.val_per_class
     if name == "digits":
-        images = write_digits(root / name, train_per_class=50, val_per_class=30, size=args.resolution)
-        val = 300
-    elif name == "faces":
-        images = write_faces(root / name, train_per_class=70, val_per_class=30, size=args.resolution)
-        val = 60
-    else:
-        write = write_textures if name == "textures" else write_scenes
-        images = write(root / name, train_per_class=60, val_per_class=24)
-        val = (8 if name == "textures" else 10) * 24
+        return write_digits(root / name, train_per_class=50, val_per_class=30, size=resolution), 300
+    if name == "faces":
+        return write_faces(root / name, train_per_class=70, val_per_class=30, size=resolution), 60
+    write = write_textures if name == "textures" else write_scenes
+    return write(root / name, train_per_class=60, val_per_class=24), (8 if name == "textures" else 10) * 24
+
+
+def prepare(name: str, root: Path, args: argparse.Namespace) -> tuple[Path, Path, int]:
+    """(images, shards, val images) of one panel dataset."""
+    images, val = write_images(name, root, args.resolution)
     return images, shard_images(images, root / f"{name}-shards"), val
 
 
