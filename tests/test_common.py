@@ -3,6 +3,7 @@ the LR probe and the accuracy statistics."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -30,7 +31,8 @@ from visionnode.components.common.training.lr_probe import (
     mini_schedule_factor,
     probe_lr,
     promise_note,
-    ranked,
+    suggestion,
+    with_paired_gaps,
 )
 from visionnode.components.common.training.model import RESNET152_PARAMETERS, build_resnet, count_parameters
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
@@ -195,6 +197,24 @@ def test_resnet152_has_the_reference_parameter_count() -> None:
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1000)
 
 
+def test_a_narrow_resnet_is_torchvisions_with_fewer_channels() -> None:
+    from torchvision import models
+
+    from visionnode.components.common.training.model import NarrowResNet
+
+    torch.manual_seed(0)
+    reference = models.resnet18(num_classes=10, zero_init_residual=True).state_dict()
+    torch.manual_seed(0)
+    same = NarrowResNet((2, 2, 2, 2), 10, 64, zero_init_residual=True).state_dict()
+    assert same.keys() == reference.keys() and all(torch.equal(same[k], reference[k]) for k in same)
+    narrow = build_resnet(18, 10, width=32)
+    assert [narrow.layer1[0].conv1.out_channels, narrow.layer4[1].conv2.out_channels] == [32, 256]
+    assert not narrow.layer2[0].bn2.weight.any()  # residual branches start at identity
+    assert narrow(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="narrow only ResNet-18 or -34"):
+        build_resnet(50, 10, width=32)
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     with pytest.raises(RuntimeError):
@@ -247,17 +267,13 @@ def test_tracked_runs_nest_under_the_pipeline_parent_and_the_caller(stack,
     assert pipeline_parent.data.tags["visionnode.pipeline_run_id"] == "run-under-test"
 
 
-# -- the LR probe (successive halving on held-out loss) ---------------------------------------------------
+# -- the LR probe (a short sweep judged on held-out loss) ------------------------------------------------
 
 
-def test_lr_probe_rounds_keep_the_best_third_three_times_as_long() -> None:
+def test_lr_probe_trains_three_candidates_sixty_steps_each_by_default() -> None:
     config = LRProbeConfig()
-    assert config.candidates == (0.01, 0.03, 0.1, 0.3) and config.first_round_steps == 10
-    assert config.rounds() == [(4, 10), (2, 30), (1, 90)]
-    assert config.total_steps == 4 * 10 + 2 * 30 and config.max_steps == 30
-    five = LRProbeConfig(first_round_steps=8, candidates=(1, 2, 3, 4, 5))
-    assert five.rounds() == [(5, 8), (2, 24), (1, 72)] and five.total_steps == 5 * 8 + 2 * 24
-    assert LRProbeConfig(first_round_steps=4, candidates=(0.1, 0.2, 0.3)).rounds() == [(3, 4), (1, 12)]
+    assert config.candidates == (0.03, 0.1, 0.3) and config.steps == 60 and config.total_steps == 180
+    assert LRProbeConfig(steps=4, candidates=(1, 2, 3, 4, 5)).total_steps == 20
 
 
 def test_lr_probe_mini_schedule_warms_up_a_quarter_then_decays_to_zero() -> None:
@@ -274,37 +290,72 @@ def _blobs(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(count, 8, generator=generator) + 3.0 * (2 * labels.float() - 1).unsqueeze(1), labels
 
 
-def test_lr_probe_drops_a_too_small_and_a_diverging_lr_and_keeps_the_one_that_learns() -> None:
+def _blob_probe(heldout_labels_permuted: bool):
     from visionnode.components.common.training.recipe import Recipe
 
     batches = [_blobs(seed, 32) for seed in range(12)]
-    heldout = [_blobs(100, 64)]
+    images, labels = _blobs(100, 64)
+    if heldout_labels_permuted:  # the held-out labels say nothing about the images: no LR can be told apart
+        labels = labels[torch.randperm(64, generator=torch.Generator().manual_seed(1))]
+
     def fresh_model() -> torch.nn.Module:
         torch.manual_seed(0)
         return torch.nn.Linear(8, 2)
 
-    result = probe_lr(fresh_model, batches, heldout, Recipe(),
-                      LRProbeConfig(first_round_steps=4, candidates=(1e-6, 0.05, 1e6)))
-    assert result.suggested_lr == 0.05 and result.rounds == [[1e-6, 0.05, 1e6]]
+    return probe_lr(fresh_model, batches, [(images, labels)], Recipe(),
+                    LRProbeConfig(steps=4, candidates=(1e-6, 0.05, 1e6)))
+
+
+def test_lr_probe_keeps_the_lr_that_learns_over_a_too_small_and_a_diverging_one() -> None:
+    result = _blob_probe(heldout_labels_permuted=False)
+    assert result.suggested_lr == 0.05
     by_lr = {j.lr: j for j in result.judgements}
     assert by_lr[0.05].heldout_top1 > 95 and by_lr[0.05].heldout_loss < by_lr[1e-6].heldout_loss
     assert not math.isfinite(by_lr[1e6].heldout_loss) or by_lr[1e6].heldout_loss > by_lr[0.05].heldout_loss
     assert result.promised_top1 == by_lr[0.05].heldout_top1 and result.heldout_images == 64
     assert result.steps_run == 3 * 4 and result.train_images == 12 * 32
+    assert result.chance_loss == pytest.approx(math.log(2))  # two balanced classes
+    assert result.metrics()["suggested_lr"] == 0.05 and "LR probe: 0.05 of" in result.summary_line()
 
 
-def test_candidates_the_held_out_images_cannot_tell_apart_rank_largest_lr_first() -> None:
-    judged = [Judgement(0.01, 10, 2.00, 0.10, 20.0), Judgement(0.03, 10, 2.08, 0.10, 18.0),
-              Judgement(0.1, 10, 2.09, 0.10, 19.0), Judgement(0.3, 10, 2.50, 0.10, 10.0)]
-    # 0.03 and 0.1 lie within one standard error (0.10) of the best loss 2.00: a tie, broken upwards
-    assert [j.lr for j in ranked(judged)] == [0.1, 0.03, 0.01, 0.3]
-    judged[2] = Judgement(0.1, 10, 2.11, 0.10, 19.0)  # just outside: ranked by loss behind the best
-    assert [j.lr for j in ranked(judged)] == [0.03, 0.01, 0.1, 0.3]
+def test_lr_probe_suggests_nothing_when_no_candidate_beats_chance_on_held_out_images() -> None:
+    result = _blob_probe(heldout_labels_permuted=True)
+    assert result.suggested_lr is None and result.metrics()["suggested_lr"] == 0.0
+    assert "no suggestion" in result.summary_line() and "batch rule stays" in result.summary_line()
+
+
+@pytest.mark.parametrize("chance, suggested", [(2.21, 0.1), (2.19, None)])
+def test_the_winner_counts_only_two_standard_errors_below_chance(chance: float,
+                                                                 suggested: float | None) -> None:
+    judged = [Judgement(0.03, 60, 2.05, 0.05, 20.0), Judgement(0.1, 60, 2.00, 0.10, 22.0),
+              Judgement(0.3, 60, 2.40, 0.10, 10.0)]
+    # the lowest loss, 2.00 +- 0.10, is 2 SE below 2.21 but not below 2.19
+    assert suggestion(judged, chance) == suggested
+
+
+def test_candidates_the_held_out_images_cannot_tell_apart_go_to_the_smallest_lr() -> None:
+    judged = [Judgement(0.03, 60, 1.05, 0.1, 60.0, gap_se=0.06), Judgement(0.1, 60, 1.00, 0.1, 62.0),
+              Judgement(0.3, 60, 1.02, 0.1, 61.0, gap_se=0.03)]
+    assert suggestion(judged, 2.3) == 0.03  # 0.05 above the lowest, paired SE 0.06: a tie; the smallest LR
+    judged[0] = dataclasses.replace(judged[0], gap_se=0.04)  # 0.05 > 0.04: told apart
+    assert suggestion(judged, 2.3) == 0.1  # 0.3 (0.02 above, SE 0.03) ties, but 0.1 is smaller
+    judged[2] = dataclasses.replace(judged[2], gap_se=0.01)
+    assert suggestion(judged, 2.3) == 0.1
+
+
+def test_paired_gaps_tell_apart_what_each_losss_own_error_cannot() -> None:
+    spread = torch.linspace(0.1, 3.0, 64, dtype=torch.float64)  # per-image losses that vary a lot
+    worse = Judgement(0.3, 60, float((spread + 0.1).mean()), 0.1, 50.0)
+    best = Judgement(0.1, 60, float(spread.mean()), 0.1, 55.0)
+    noise = 0.01 * torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gapped = with_paired_gaps([(best, spread), (worse, spread + 0.1 + noise)])
+    assert gapped[0].gap_se == 0.0 and 0 < gapped[1].gap_se < 0.01  # 0.1 worse on every image: not a tie
+    assert gapped[1].heldout_loss - gapped[0].heldout_loss > gapped[1].gap_se
 
 
 def test_lr_probe_config_refuses_too_few_steps_or_candidates() -> None:
     with pytest.raises(ConfigError, match="too few"):
-        LRProbeConfig(first_round_steps=3).checked()
+        LRProbeConfig(steps=3).checked()
     with pytest.raises(ConfigError, match="two positive"):
         LRProbeConfig(candidates=(0.1,)).checked()
 

@@ -151,7 +151,7 @@ def test_train_takes_validates_suggested_lr_and_the_new_training_parameters(spec
     assert params["train_crop_min_scale"]["defaultValue"] == 0.08
     assert params["train_flip"]["defaultValue"] is True and params["train_init_weights"]["defaultValue"] == ""
     assert params["train_head_epochs"]["defaultValue"] == 0
-    assert params["validate_lr_probe_steps"]["defaultValue"] == 10
+    assert params["validate_lr_probe_steps"]["defaultValue"] == 60
     quantize_outputs = spec["components"]["comp-quantize-op"]["outputDefinitions"]["artifacts"]
     assert quantize_outputs["gate_report"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
@@ -496,10 +496,15 @@ def test_local_run_of_the_whole_dag_on_tiny_data_in_a_pipe(stack, synth_dataset:
     triton = triton_http_client(deployed["http_url"])
     assert triton.is_model_ready(deployed["model_name"], str(version))
     assert not triton.is_model_ready(deployed["candidate_name"])
-    # lr auto (the default): train ran with the LR validate's probe suggested, its plan in the summary
-    assert summary["suggested_lr"] in (0.003, 0.01, 0.03, 0.1, 0.3)
-    assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
-    assert f"peak LR {summary['suggested_lr']:.3g} (probe;" in summary["train_lr_plan"]
+    # lr auto (the default): train ran with the LR validate's probe suggested, or with the batch rule where
+    # the probe saw no signal (suggested_lr 0; its 12 held-out images here can seldom tell), the plan in the
+    # summary
+    if summary["suggested_lr"]:
+        assert summary["suggested_lr"] in (0.03, 0.1, 0.3)
+        assert summary["train_peak_lr"] == pytest.approx(summary["suggested_lr"])
+        assert f"peak LR {summary['suggested_lr']:.3g} (probe;" in summary["train_lr_plan"]
+    else:
+        assert f"peak LR {summary['train_peak_lr']:.3g} (batch rule;" in summary["train_lr_plan"]
     # how good the result is: top-1's interval over the val images; the gate's verdict (the Markdown
     # artifact's metadata, which the KFP UI shows)
     val_images = summary["steps"]["train"]["val_images"]

@@ -446,6 +446,10 @@ def test_lr_words_and_the_pipeline_rule_a_given_lr_wins() -> None:
     assert resolve_lr("auto", suggested_lr=0.3) == (0.3, "probe")  # validate's suggestion
     assert resolve_lr("auto", suggested_lr=0.0) == (None, "batch rule")  # the probe did not run
     assert resolve_lr("batch-rule", suggested_lr=0.3) == (None, "batch rule")  # asked for: the probe ignored
+    # validate's probe trains a ResNet-18: a bottleneck ResNet takes a third of its suggestion, ResNet-34 not
+    assert resolve_lr("auto", suggested_lr=0.3, depth=152) == (pytest.approx(0.1),
+                                                               "probe on resnet18, a third for resnet152")
+    assert resolve_lr("auto", suggested_lr=0.3, depth=34) == (0.3, "probe")
     assert Recipe(lr=None).peak_lr(64) == 0.025 and Recipe(lr=0.05).peak_lr(64) == 0.05
     with pytest.raises(ConfigError, match="not a positive number"):
         Recipe(lr=0.0).validate()
@@ -458,7 +462,8 @@ def test_train_cli_names_the_lr_words_on_a_bad_lr(tiny_shards: Path, tmp_path: P
     assert "learning rate '0' is invalid" in result.output and "batch-rule" in result.output
 
 
-def test_lr_auto_trains_with_the_probes_suggestion(tiny_shards: Path, tmp_path: Path) -> None:
+def test_lr_auto_keeps_the_batch_rule_when_its_probe_sees_no_signal(tiny_shards: Path,
+                                                                     tmp_path: Path) -> None:
     summary = tmp_path / "auto.json"
     result = CliRunner().invoke(app, [
         "train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"), "--arch", "resnet18",
@@ -468,11 +473,12 @@ def test_lr_auto_trains_with_the_probes_suggestion(tiny_shards: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     done = json.loads(summary.read_text())
     probe = done["lr_probe"]
-    assert probe["suggested_lr"] in probe["candidates"] and probe["steps_run"] == 4 * 4 + 2 * 12
-    assert probe["heldout_images"] == 16  # two held-out batches of 8
-    assert done["peak_lr"] == probe["suggested_lr"] and done["lr_plan"]["source"] == "probe"
+    assert probe["steps_run"] == 3 * 4 and probe["heldout_images"] == 16  # two held-out batches of 8
+    # 4 steps judged on 16 held-out images tell nothing: no suggestion, the batch rule
+    assert probe["suggested_lr"] is None and "LR probe: no suggestion" in result.output
+    assert done["lr_plan"]["source"] == "batch rule" and done["peak_lr"] == Recipe().batch_rule_lr(8)
     saved = load_checkpoint(done["checkpoint"])
-    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(probe["suggested_lr"])
+    assert saved["scheduler"]["base_lrs"][0] == pytest.approx(done["peak_lr"])
     assert (tmp_path / "m" / "lr_probe.png").read_bytes().startswith(b"\x89PNG")
     assert "LR probe:" in result.output and "LR plan: peak LR" in result.output
 

@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 from visionnode.components.common.data.imagenet import open_imagenet
 from visionnode.components.common.errors import QualityGateError
+from visionnode.components.common.training.lr_probe import Judgement, LRProbeResult
 from visionnode.components.common.training.model import RESNET152_PARAMETERS
 from visionnode.components.validate.profile import _rate as measured_rate
+from visionnode.components.validate.report import render_lr_probe
 from visionnode.components.validate.validate import (
     ValidateConfig,
     ValidateResult,
@@ -104,26 +106,30 @@ def test_loss_curve_verdicts_name_a_cause(losses: list[float], trend: str, words
 
 def test_lr_probe_in_validate_outputs_a_suggestion_plot_and_metrics(validated: ValidateResult) -> None:
     probe = validated.lr_probe
-    assert probe is not None and probe.suggested_lr in probe.candidates and probe.seconds > 0
-    assert [len(r) for r in probe.rounds] == [4, 2] and probe.suggested_lr in probe.rounds[1]
+    assert probe is not None and probe.candidates == [0.03, 0.1, 0.3] and probe.seconds > 0
     # 96 images: a quarter held out, judged un-augmented; the rest train every candidate on the same batches
-    assert probe.heldout_images == 24 and probe.steps_run == 4 * 4 + 2 * 12
-    final = [j for j in probe.judgements if j.steps == 12]
-    best = min(final, key=lambda j: j.heldout_loss)
-    # the lowest held-out loss wins, or a larger LR the held-out images cannot tell from it
-    assert probe.suggested_lr == best.lr or (
-        probe.suggested_lr > best.lr
-        and next(j for j in final if j.lr == probe.suggested_lr).heldout_loss
-        <= best.heldout_loss + best.heldout_loss_se)
+    assert probe.heldout_images == 24 and probe.steps_run == 3 * 4 and len(probe.judgements) == 3
     metrics = validated.metrics()
-    assert metrics["suggested_lr"] == probe.suggested_lr and metrics["lr_probe_top1"] == probe.promised_top1
-    assert metrics["lr_probe_seconds"] == probe.seconds
+    assert metrics["suggested_lr"] == (probe.suggested_lr or 0.0)  # 0: no suggestion, train's batch rule
+    assert metrics["lr_probe_top1"] == probe.promised_top1 and metrics["lr_probe_seconds"] == probe.seconds
+    assert metrics["lr_probe_chance_loss"] == pytest.approx(probe.chance_loss)
     plot = Path(validated.lr_probe_plot)
     assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == Path(validated.report).parent
     report = Path(validated.report).read_text()
-    assert "## 4. Learning-rate probe" in report
-    assert f"Suggested LR: {probe.suggested_lr:g}" in report
-    assert report.count("](data:image/png;base64,") == 2
+    assert "## 4. Learning-rate probe" in report and report.count("](data:image/png;base64,") == 2
+    assert "held-out loss ± SE" in report and f"{probe.judgements[0].heldout_loss:.3f}" in report
+
+
+@pytest.mark.parametrize("suggested, words", [(0.1, "**Suggested LR: 0.1**"), (None, "**No suggestion:**")])
+def test_the_lr_probe_report_names_the_suggestion_or_why_there_is_none(suggested: float | None,
+                                                                        words: str) -> None:
+    judged = [Judgement(lr, 60, loss, 0.1, 30.0) for lr, loss in ((0.03, 2.2), (0.1, 1.9), (0.3, 2.4))]
+    probe = LRProbeResult(candidates=[0.03, 0.1, 0.3], judgements=judged, suggested_lr=suggested,
+                          promised_top1=30.0, chance_loss=2.3, heldout_images=64, train_images=192,
+                          steps_run=180, seconds=9.0)
+    text = "\n".join(render_lr_probe(probe, b"png"))
+    assert words in text and "| 0.1 | 60 | 1.900 ± 0.100 | 30.0 |" in text
+    assert ("batch rule" in text) is (suggested is None)
 
 
 def test_architecture_check_passes_on_real_resnet152(validated: ValidateResult) -> None:

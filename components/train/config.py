@@ -61,8 +61,8 @@ class TrainConfig:
     tracking: bool = True            # False: no MLflow run even when a tracking URI is configured
     recipe: Recipe = field(default_factory=Recipe)
     auto_lr: bool = False            # peak LR from an LR probe on the train shards (`--lr auto`)
-    lr_probe_steps: int = setting(LRProbeConfig.first_round_steps, "--lr auto's LR probe: steps each "
-                                  "candidate LR trains before the first judgement on held-out loss.",
+    lr_probe_steps: int = setting(LRProbeConfig.steps, "--lr auto's LR probe: steps each candidate peak "
+                                  "LR trains before it is judged on held-out loss.",
                                   pipeline=False)
     lr_source: str = ""              # where recipe.lr came from (LRPlan.source); empty: given or batch rule
     crop_min_scale: float = setting(0.08, "RandomResizedCrop's smallest kept share of the image area: "
@@ -97,7 +97,7 @@ class TrainConfig:
             if self.recipe.lr is not None:
                 raise ConfigError(f"--lr auto and a given LR {self.recipe.lr:g} exclude each other",
                                   "pass one of them")
-            LRProbeConfig(first_round_steps=self.lr_probe_steps).checked()
+            LRProbeConfig(steps=self.lr_probe_steps).checked()
         if not 0 <= self.head_epochs <= self.epochs:
             raise ConfigError(f"--head-epochs {self.head_epochs} is out of range",
                               f"use 0..{self.epochs} (the number of epochs)")
@@ -108,14 +108,17 @@ class TrainConfig:
     def resolved(self, suggested_lr: float | None = None) -> TrainConfig:
         """This config with `lr`, `warmup_epochs` and `schedule` (as a user wrote them) applied to `recipe`.
         A number is the peak LR as given; batch-rule leaves it to the recipe's rule; auto takes
-        `suggested_lr`, an LR probe's suggestion from upstream (validate's in the pipeline; 0: the probe did
-        not run, so the batch rule), or with None (a lone command) has train run its own probe first."""
+        `suggested_lr`, an LR probe's suggestion from upstream (validate's in the pipeline, made on a
+        ResNet-18: a third of it for ResNet-50 and deeper; 0: no suggestion, so the batch rule), or with None
+        (a lone command) has train run its own probe first."""
         recipe = replace(self.recipe, warmup_epochs=parse_warmup(self.warmup_epochs), schedule=self.schedule)
         if suggested_lr is None:
             choice = parse_lr(self.lr)
             return replace(self, recipe=replace(recipe, lr=choice if isinstance(choice, float) else None),
                            auto_lr=choice == LR_AUTO)
-        peak_lr, source = resolve_lr(self.lr, suggested_lr)
+        from visionnode.components.common.training.model import depth_from_arch
+
+        peak_lr, source = resolve_lr(self.lr, suggested_lr, depth_from_arch(self.arch))
         return replace(self, recipe=replace(recipe, lr=peak_lr), lr_source=source)
 
     @property

@@ -204,7 +204,8 @@ def _train(config: TrainConfig, ctx: DistContext, stop: StopSignal) -> TrainResu
     lr_probe = None
     if config.auto_lr and not source:  # a resumed run keeps the LR its checkpoint's scheduler holds
         lr_probe = probe_on_shards(model, train_data, config, ctx, precision)
-        config = replace(config, recipe=replace(config.recipe, lr=lr_probe.suggested_lr), lr_source="probe")
+        config = replace(config, recipe=replace(config.recipe, lr=lr_probe.suggested_lr),
+                         lr_source="probe" if lr_probe.suggested_lr is not None else "batch rule")
     optimizer = build_optimizer(model, config.recipe, global_batch)
     val_data = val_loader(val_files, config.batch_size, config.res_end, config.workers,
                           distributed=ctx.distributed)
@@ -318,12 +319,12 @@ def probe_on_shards(model: nn.Module, train_data: Any, config: TrainConfig, ctx:
         raise ConfigError("--lr auto runs its LR probe in one process",
                           "run `visionnode validate` (its suggested_lr) or `train --lr auto` on one process, "
                           "then pass that --lr to the distributed run")
-    probe = LRProbeConfig(first_round_steps=config.lr_probe_steps)
+    probe = LRProbeConfig(steps=config.lr_probe_steps)
     heldout_batches = PROBE_HELDOUT_BATCHES
     stream = itertools.chain.from_iterable(itertools.repeat(train_data))  # as many epochs as it needs
     batches = [(images.to(ctx.device).contiguous(memory_format=torch.channels_last),
                 labels.to(ctx.device).long().view(-1))
-               for images, labels in itertools.islice(stream, heldout_batches + probe.max_steps)]
+               for images, labels in itertools.islice(stream, heldout_batches + probe.steps)]
     with progress_bar(probe.total_steps, f"LR probe {config.arch}", unit="step") as advance:
         result = probe_lr(lambda: copy.deepcopy(model), batches[heldout_batches:], batches[:heldout_batches],
                           config.recipe, probe, precision=lambda: autocast(precision, ctx.device),

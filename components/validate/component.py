@@ -32,11 +32,11 @@ def validate_op(
             resnet152_parameters, gradient_problems, data_images_per_s, compute_images_per_s,
             combined_images_per_s, bottleneck_ratio, wall_seconds; with the LR probe also suggested_lr,
             lr_probe_top1 (the winner's held-out top-1), lr_probe_seconds, lr_probe_steps,
-            lr_probe_heldout_images.
+            lr_probe_chance_loss, lr_probe_heldout_images.
 
     Returns:
-        suggested_lr: the LR probe's peak LR for train (0.0 when skipped);
-            train takes it when its `lr` is auto.
+        suggested_lr: the LR probe's peak LR for train (0.0 when skipped, or when no candidate learnt
+            enough to be ranked); train takes it when its `lr` is auto.
         The step fails (QualityGateError) when the loss does not
         fall or the architecture check fails — after the report and metrics are written.
     """
@@ -52,4 +52,4 @@ def validate_op(
     report.metadata.update({"passed": result.passed, "bottleneck": result.profile.bottleneck})
     raise_for_gates(result)
     outputs = NamedTuple("ValidateOutputs", [("suggested_lr", float)])
-    return outputs(result.lr_probe.suggested_lr if result.lr_probe is not None else 0.0)
+    return outputs(result.lr_probe.metrics()["suggested_lr"] if result.lr_probe is not None else 0.0)

@@ -34,9 +34,9 @@ class ValidateConfig:
     profile_batches: int = setting(8, "Batches timed per profile stage (after one warm-up batch).",
                                    pipeline=False, check=at_least(1))
     profile_arch: str | None = setting(None, "Model for the profile (default: --arch).", pipeline=False)
-    lr_probe_steps: int = setting(LRProbeConfig.first_round_steps, "LR probe: steps each candidate LR trains "
-                                  "(train's SGD recipe on the smoke subset) before the first judgement on "
-                                  "held-out loss; the best third trains 3x as long; 0 skips it.")
+    lr_probe_steps: int = setting(LRProbeConfig.steps, "LR probe: steps each candidate peak LR trains "
+                                  "(train's SGD recipe on the smoke subset) before it is judged on held-out "
+                                  "loss; 0 skips it.")
     seed: int = setting(0, "Seed for the subset, the model and batch order.", pipeline=False)
     report: Path | None = None  # Markdown report; the loss-curve PNG is written beside it
 
@@ -63,7 +63,7 @@ class ValidateConfig:
         return self
 
     def lr_probe(self) -> LRProbeConfig:
-        return LRProbeConfig(first_round_steps=self.lr_probe_steps)
+        return LRProbeConfig(steps=self.lr_probe_steps)
 
     @property
     def effective_window(self) -> int:

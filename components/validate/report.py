@@ -6,7 +6,7 @@ import base64
 import math
 from typing import TYPE_CHECKING, Any
 
-from visionnode.components.common.training.lr_probe import LRProbeResult
+from visionnode.components.common.training.lr_probe import SIGNAL_STANDARD_ERRORS, LRProbeResult
 from visionnode.components.validate.smoke import SmokeTrainResult
 
 if TYPE_CHECKING:
@@ -135,30 +135,35 @@ def render_report(result: ValidateResult, plot_png: bytes, lr_probe_png: bytes |
 
 def render_lr_probe(probe: LRProbeResult, png: bytes) -> list[str]:
     data_uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    rows = [f"| {j.lr:g} | {j.steps} | {j.heldout_loss:.3f} | {j.heldout_top1:.1f} |"
-            for j in probe.judgements]
+    rows = [f"| {j.lr:g} | {j.steps} | {j.heldout_loss:.3f} ± {j.heldout_loss_se:.3f} | "
+            f"{j.heldout_top1:.1f} |" for j in probe.judgements]
     return [
         "## 4. Learning-rate probe",
         "",
         (
             f"Candidates {', '.join(f'{c:g}' for c in probe.candidates)} each trained train's recipe on "
-            f"{probe.train_images:,} augmented images; the best third by loss on {probe.heldout_images} "
-            f"held-out images trained on (successive halving), {probe.steps_run} steps in "
-            f"{probe.seconds:.1f} s."
+            f"{probe.train_images:,} augmented images and was judged by its loss on {probe.heldout_images} "
+            f"held-out images, {probe.steps_run} steps in {probe.seconds:.1f} s."
         ),
         "",
-        "| LR | steps | held-out loss | held-out top-1 % |",
+        "| LR | steps | held-out loss ± SE | held-out top-1 % |",
         "|---|---|---|---|",
         *rows,
         "",
-        (
-            f"**Suggested LR: {probe.suggested_lr:g}** (held-out top-1 {probe.promised_top1:.1f} %) — train "
-            f"uses it when its `lr` is auto (`visionnode train --lr auto` runs the same probe on the shards)."
-        ),
+        _probe_verdict(probe),
         "",
         f"![LR probe]({data_uri})",
         "",
     ]
+
+
+def _probe_verdict(probe: LRProbeResult) -> str:
+    if probe.suggested_lr is None:
+        return (f"**No suggestion:** even the lowest held-out loss is not {SIGNAL_STANDARD_ERRORS:g} "
+                f"standard errors below chance ({probe.chance_loss:.3f}, the held-out labels' entropy): the "
+                "candidates learnt too little to be ranked, so train keeps the batch rule.")
+    return (f"**Suggested LR: {probe.suggested_lr:g}** (held-out top-1 {probe.promised_top1:.1f} %) — train "
+            "uses it when its `lr` is auto (`visionnode train --lr auto` runs the same probe on the shards).")
 
 
 def _pct(value: float) -> str:

@@ -14,8 +14,12 @@ from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker
 from visionnode.components.common.training.lr_probe import LRProbeResult, probe_lr
-from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.common.training.model import BASIC_BLOCK_LAYERS, build_resnet, depth_from_arch
 from visionnode.components.validate.config import ValidateConfig
+
+# The LR probe's model: half of ResNet-18's channels costs a third of its time per step on 2 cores, and chose
+# the same LRs on issue 31's panel (docs/training.md).
+PROBE_WIDTH = 32
 
 
 @dataclass
@@ -168,10 +172,11 @@ def lr_probe_on_subset(
     num_classes: int,
     config: ValidateConfig,
     tracker: Tracker | None = None,
+    width: int = PROBE_WIDTH,
 ) -> LRProbeResult:
     """The LR probe (common/training/lr_probe.py) with train's recipe on fresh smoke models over the in-memory
     subset: a seeded quarter of it held out (un-augmented), the rest random-resized-cropped and flipped as
-    train's loader does."""
+    train's loader does. A ResNet-18 or -34 smoke model is probed at `width` (other depths at 64)."""
     from torchvision.transforms import v2 as T
 
     from visionnode.components.common.training.recipe import Recipe
@@ -187,7 +192,7 @@ def lr_probe_on_subset(
     augment = T.Compose([T.RandomResizedCrop(config.image_size, antialias=True), T.RandomHorizontalFlip()])
     torch.manual_seed(config.seed)
     batches = []
-    for index in fixed_batches(len(train_index), config.batch_size, probe.max_steps, config.seed):
+    for index in fixed_batches(len(train_index), config.batch_size, probe.steps, config.seed):
         chosen = train_index[index]
         augmented = torch.stack([augment(image) for image in images[chosen]])
         batches.append((augmented.contiguous(memory_format=torch.channels_last), labels[chosen]))
@@ -196,10 +201,11 @@ def lr_probe_on_subset(
         for part in heldout_index.split(config.batch_size)
     ]
     depth = depth_from_arch(config.arch)
+    model_width = width if depth in BASIC_BLOCK_LAYERS else 64
 
     def fresh_model() -> nn.Module:
         torch.manual_seed(config.seed)  # every candidate starts from the same weights
-        return build_resnet(depth, num_classes).to(memory_format=torch.channels_last)
+        return build_resnet(depth, num_classes, width=model_width).to(memory_format=torch.channels_last)
 
     with progress_bar(probe.total_steps, f"LR probe {config.arch}", unit="step") as advance:
         result = probe_lr(fresh_model, batches, heldout, Recipe(), probe, advance=advance)

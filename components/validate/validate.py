@@ -18,14 +18,15 @@ Three checks, run before any expensive step of the pipeline:
    backward pass every parameter tensor has a finite, non-zero gradient; any that does not is named.
 3. Pipeline profile: images/s of read+decode+augment alone (DataLoader with workers), of the train step alone
    (synthetic tensors of the same shape) and of both together, with a verdict naming the bottleneck.
-4. Learning-rate probe (common/training/lr_probe.py): candidate peak LRs (0.003-0.3, half a decade apart)
-   each train fresh copies of the smoke model with train's own recipe (SGD + Nesterov, label smoothing) on
-   three quarters of the in-memory subset, augmented as train's loader does; successive halving on the loss
-   of the held-out quarter keeps the best third for a 3x longer round until one is left. Its LR is
-   validate's `suggested_lr` output, which train uses when its own LR is 0 ("auto"); the winner's held-out
-   top-1 (`lr_probe_top1`) is what the data promised. Not a gate. Why on the small smoke model, not
-   ResNet-152: its 72 steps cost ~13 s instead of ~70 s on 2 cores; the panel in benchmarks/bench_lr_panel.py
-   checks that the choice holds for the trained model. The LR is found at validate's batch and image size.
+4. Learning-rate probe (common/training/lr_probe.py): candidate peak LRs (0.03, 0.1, 0.3) each train a
+   fresh half-width copy of the smoke model (ResNet-18 with 32-256 channels) with train's own recipe (SGD +
+   Nesterov, label smoothing) for 60 steps on three quarters of the in-memory subset, augmented as train's
+   loader does; the lowest loss on the held-out quarter wins, unless it is not clearly below chance (then no
+   suggestion). Its LR is validate's `suggested_lr` output (0: none), which train uses when its `lr` is auto
+   (else the batch rule); the winner's held-out top-1 (`lr_probe_top1`) is what the data promised. Not a
+   gate. Why a half-width ResNet-18: it costs a third of the full-width one's time per step on 2 cores, and
+   on the panel in benchmarks/bench_lr_panel.py its choice held for the full-width model trained over
+   epochs. The LR is found at validate's batch and image size.
 """
 
 from __future__ import annotations

@@ -1,30 +1,43 @@
-"""The LR probe: a short successive-halving sweep of candidate peak LRs, judged on held-out loss.
+"""The LR probe: a short sweep of candidate peak LRs, each trained a little and judged on held-out loss.
 
 Each candidate trains a copy of the same initial model on the same batches with train's optimiser (SGD +
-Nesterov, label smoothing) and a run of its own in miniature: linear warm-up over the first quarter of its
-steps, then cosine decay to 0, as train's schedule does over epochs. After `first_round_steps` steps every
-candidate's loss on held-out images is measured; the best third (successive halving with eta = 3, Jamieson &
-Talwalkar 2016; Hyperband's inner loop) runs again from the same start, 3x as long, and is judged again,
-until one is left. That candidate's LR is the suggestion. Candidates the held-out images cannot tell apart
-(within one standard error of the best loss) rank largest LR first (`ranked`). Judging each at the end of
-its own decayed schedule matters: judged mid-flight at its peak (the first version of this probe), a high LR
-is caught while it still shakes the weights; and without the tie rule the probe picked 0.03 on the digits
-(its 24-step losses 2.13 against 2.22) where 0.1 trains better over epochs (66 % against 49 %).
+Nesterov, label smoothing) for `steps` steps, a run of its own in miniature: linear warm-up over the first
+quarter, then cosine decay to 0, as train's schedule does over epochs. Then each candidate's cross-entropy on
+held-out images is measured. The suggestion is the smallest LR whose held-out loss the images cannot tell
+from the lowest: within one standard error of the per-image loss gap (a paired comparison, since every
+candidate answers the same images; the one-standard-error rule of Breiman et al. 1984, tilted to the safer
+LR). Judging each at the end of its own decayed schedule matters: judged mid-flight at its peak, a high LR
+is caught while it still shakes the weights.
 
-Why not the LR range test it replaces (fastai's `lr_find`): its few dozen steps at ever higher LRs measure
-where an untrained network with fresh BatchNorm statistics stops diverging, not which LR trains best over
-several epochs. On real images (sklearn's digits, issue 31) its suggestion (0.006) trained to 62 % where 0.1
-reached 96 %. The probe instead trains each candidate a little and asks the question train cares about: on
-images it has not seen, which LR has the lowest loss?
+Why one round of 60 steps, not successive halving (Jamieson & Talwalkar 2016) over shorter rounds, nor the LR
+range test (fastai's `lr_find`): both judge too early. A high LR looks worst in the first steps and best
+after enough of them (the short-horizon bias, Wu et al. 2018). On the textures of issue 31's panel, 0.3 was
+the grid's best over 6 epochs; after 10 steps its held-out loss was the worst (2.81 against 1.61), so
+successive halving dropped it in its first round, and after 90 steps it was the lowest at every seed. The
+range test measures where an untrained network stops diverging: on sklearn's digits its suggestion (0.006)
+trained to 62 % where 0.1 reached 96 %. The candidates are the top three of issue 31's grid; below them the
+batch rule (0.0125 at batch 32) is the fallback.
+
+Why ties go to the smaller LR: validate probes with a half-width ResNet-18 (a third of the time per step),
+and the narrower network prefers larger LRs than the one it stands in for (on the panel after 90 steps, one
+candidate higher on digits, scenes and faces). Where the held-out images cannot tell two candidates apart,
+the smaller is the one the full-width model is likelier to prefer.
+
+No signal, no suggestion: when even the lowest held-out loss is not two standard errors below chance (the
+entropy of the held-out labels, the loss of a model that learnt only how often each class occurs), the
+candidates' ranking is noise and the probe suggests nothing (train keeps the batch rule). On the panel's
+generated clutter data every candidate stayed at chance after 60 steps, and the lowest loss fell on 0.3,
+the grid's worst LR there.
 
 Held-out loss is measured with BatchNorm in batch-statistics mode (train mode, no gradient): after a few
 dozen steps the running statistics still lag the weights, and an eval-mode loss would judge that lag, not the
-LR. The winner's held-out top-1 is reported as `promised_top1`: what a small model reached after a few
-dozen steps on a subset, a floor that a full training run should clear (train notes when it does not).
+LR. The lowest-loss candidate's held-out top-1 is reported as `promised_top1`: what a small model reached
+after a few dozen steps on a subset, a floor that a full training run should clear (train notes when it
+does not).
 
 The caller owns model and data: `probe_lr` takes a model factory (a fresh model, or copies of the one about to
-be trained), a list of train batches and a list of held-out batches, so validate (its smoke model on the
-in-memory subset) and train (`--lr auto`: the real model on shard batches) share one procedure.
+be trained), a list of train batches and a list of held-out batches, so validate (a half-width ResNet-18 on
+its in-memory subset) and train (`--lr auto`: the real model on shard batches) share one procedure.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from visionnode.components.common.errors import ConfigError
@@ -44,47 +57,32 @@ if TYPE_CHECKING:  # importable without torch: the CLIs build their defaults fro
 
     from visionnode.components.common.training.recipe import Recipe
 
-# Half a decade apart, from the batch rule's LR at batch 32 (0.0125) to where SGD on a fresh ResNet starts to
-# diverge: the top four of issue 31's grid (0.003, its fifth, sits 4x below the batch rule).
-CANDIDATE_LRS = (0.01, 0.03, 0.1, 0.3)
-ETA = 3  # successive halving keeps the best 1/ETA of the candidates and trains them ETA x as long
+# Half a decade apart, the top three of issue 31's grid: from where the batch rule (0.0125 at batch 32, the
+# fallback) leaves off to where SGD on a fresh ResNet starts to diverge.
+CANDIDATE_LRS = (0.03, 0.1, 0.3)
+SIGNAL_STANDARD_ERRORS = 2.0  # how far below chance the winner's held-out loss must be to count
 
 
 @dataclass
 class LRProbeConfig:
-    first_round_steps: int = 10          # steps every candidate trains before the first judgement
+    steps: int = 60                      # steps each candidate trains before it is judged
     candidates: tuple[float, ...] = CANDIDATE_LRS
     heldout_share: float = 0.25          # of the probe's images, kept aside for judging
 
     def checked(self) -> LRProbeConfig:
-        if self.first_round_steps < 4:
-            raise ConfigError(f"--lr-probe-steps {self.first_round_steps} is too few for an LR probe",
-                              f"use at least 4 (default {LRProbeConfig.first_round_steps}), or 0 to skip the "
-                              "probe")
+        if self.steps < 4:
+            raise ConfigError(f"--lr-probe-steps {self.steps} is too few for an LR probe",
+                              f"use at least 4 (default {LRProbeConfig.steps}), or 0 to skip the probe")
         if len(self.candidates) < 2 or min(self.candidates) <= 0:
             raise ConfigError("the LR probe needs at least two positive candidate LRs")
         if not 0 < self.heldout_share < 1:
             raise ConfigError(f"held-out share {self.heldout_share} is out of range", "use 0 < share < 1")
         return self
 
-    def rounds(self) -> list[tuple[int, int]]:
-        """(candidates trained, total steps each has trained when judged) per round."""
-        out, alive, steps = [], len(self.candidates), self.first_round_steps
-        while True:
-            out.append((alive, steps))
-            if alive == 1:
-                return out
-            alive, steps = max(1, math.ceil(alive / ETA)), steps * ETA
-
     @property
     def total_steps(self) -> int:
         """Optimizer steps the whole probe runs (its cost: each is one train step of the probe model)."""
-        return sum(alive * steps for alive, steps in self.rounds()[:-1])
-
-    @property
-    def max_steps(self) -> int:
-        """Steps the longest-trained candidate runs: how many train batches the probe needs."""
-        return self.rounds()[-2][1] if len(self.rounds()) > 1 else self.first_round_steps
+        return self.steps * len(self.candidates)
 
 
 @dataclass
@@ -94,31 +92,41 @@ class Judgement:
     heldout_loss: float          # mean cross-entropy (no label smoothing) on the held-out images
     heldout_loss_se: float       # its standard error (per-image losses' standard deviation / sqrt(images))
     heldout_top1: float          # percent
+    gap_se: float = 0.0          # standard error of its loss minus the lowest's, image by image (paired)
 
 
 @dataclass
 class LRProbeResult:
     candidates: list[float]
-    judgements: list[Judgement]  # every candidate at every round it reached, in order
-    suggested_lr: float
-    promised_top1: float         # the winner's held-out top-1 at its last judgement (percent)
+    judgements: list[Judgement]  # one per candidate, in order
+    suggested_lr: float | None   # None: no signal (module doc), train keeps the batch rule
+    promised_top1: float         # the lowest-loss candidate's held-out top-1 (percent)
+    chance_loss: float           # the held-out labels' entropy
     heldout_images: int
     train_images: int
     steps_run: int
     seconds: float
-    rounds: list[list[float]] = field(default_factory=list)  # the LRs alive in each round
 
     def metrics(self) -> dict[str, float]:
-        return {"suggested_lr": self.suggested_lr, "lr_probe_seconds": self.seconds,
+        return {"suggested_lr": self.suggested_lr or 0.0, "lr_probe_seconds": self.seconds,
                 "lr_probe_steps": float(self.steps_run), "lr_probe_top1": self.promised_top1,
+                "lr_probe_chance_loss": self.chance_loss,
                 "lr_probe_heldout_images": float(self.heldout_images)}
 
     def summary_line(self) -> str:
-        last = [j for j in self.judgements if j.steps == self.judgements[-1].steps]
-        ranked = ", ".join(f"{j.lr:g}: {j.heldout_loss:.3f}" for j in sorted(last, key=lambda j: j.lr))
-        return (f"LR probe: {self.suggested_lr:g} of {', '.join(f'{c:g}' for c in self.candidates)} "
-                f"(held-out loss after {last[0].steps} steps: {ranked}; {self.steps_run} steps, "
-                f"{self.seconds:.1f} s)")
+        losses = ", ".join(f"{j.lr:g}: {j.heldout_loss:.3f}" for j in self.judgements)
+        judged = (f"held-out loss after {self.judgements[0].steps} steps: {losses}; chance "
+                  f"{self.chance_loss:.3f}; {self.steps_run} steps, {self.seconds:.1f} s")
+        if self.suggested_lr is None:
+            best = lowest(self.judgements)
+            return (f"LR probe: no suggestion ({judged}): the lowest loss, {best.heldout_loss:.3f} ± "
+                    f"{best.heldout_loss_se:.3f}, is not {SIGNAL_STANDARD_ERRORS:g} standard errors "
+                    "below chance, so the ranking is noise and the batch rule stays")
+        return f"LR probe: {self.suggested_lr:g} of {', '.join(f'{c:g}' for c in self.candidates)} ({judged})"
+
+
+def lowest(judgements: list[Judgement]) -> Judgement:
+    return min(judgements, key=lambda j: j.heldout_loss)
 
 
 def mini_schedule_factor(step: int, steps: int) -> float:
@@ -159,8 +167,8 @@ def train_candidate(lr: float, model: nn.Module, steps: int, batches: Batches, r
 
 
 def judge(lr: float, steps: int, model: nn.Module, heldout: Batches,
-          precision: Callable[[], AbstractContextManager]) -> Judgement:
-    """Held-out loss and top-1 with batch statistics (module doc)."""
+          precision: Callable[[], AbstractContextManager]) -> tuple[Judgement, torch.Tensor]:
+    """Held-out loss and top-1 with batch statistics (module doc), and the per-image losses."""
     import torch
 
     model.train()
@@ -172,55 +180,68 @@ def judge(lr: float, steps: int, model: nn.Module, heldout: Batches,
             losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
             hits += int((logits.argmax(dim=1) == labels).sum())
     per_image = torch.cat(losses).double()
+    top1 = 100.0 * hits / len(per_image)
     if not bool(torch.isfinite(per_image).all()):
-        return Judgement(lr, steps, math.inf, math.inf, 100.0 * hits / len(per_image))
-    standard_error = float(per_image.std()) / math.sqrt(len(per_image)) if len(per_image) > 1 else 0.0
-    return Judgement(lr, steps, float(per_image.mean()), standard_error, 100.0 * hits / len(per_image))
+        return Judgement(lr, steps, math.inf, math.inf, top1), per_image
+    return Judgement(lr, steps, float(per_image.mean()), standard_error(per_image), top1), per_image
 
 
-def ranked(judged: list[Judgement]) -> list[Judgement]:
-    """Best first: the candidates whose held-out loss is within one standard error of the lowest, the
-    largest LR first, then the rest by loss.
+def standard_error(values: torch.Tensor) -> float:
+    return float(values.std()) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
-    The one-standard-error rule (Breiman et al. 1984; Hastie et al., "Elements of Statistical Learning" 7.10)
-    picks among candidates the data cannot tell apart; here it breaks such ties towards the larger LR, since
-    a few dozen steps under-rate large LRs (the short-horizon bias, Wu et al. 2018): on sklearn's digits,
-    every candidate's held-out loss after 8 steps was within 0.06 of chance (2.30), while at 6 epochs 0.1
-    trained to 66 % and 0.03 to 49 %."""
-    best = min(judged, key=lambda j: j.heldout_loss)
-    tied = sorted((j for j in judged if j.heldout_loss <= best.heldout_loss + best.heldout_loss_se),
-                  key=lambda j: -j.lr)
-    return tied + sorted((j for j in judged if j not in tied), key=lambda j: j.heldout_loss)
+
+def with_paired_gaps(scored: list[tuple[Judgement, torch.Tensor]]) -> list[Judgement]:
+    """The judgements with `gap_se` set: the standard error of each one's per-image loss minus the lowest
+    one's, on the same held-out images (a paired comparison: far tighter than either loss's own error)."""
+    best_losses = min(scored, key=lambda pair: pair[0].heldout_loss)[1]
+    return [replace(judgement, gap_se=standard_error(losses - best_losses)
+                    if math.isfinite(judgement.heldout_loss) else math.inf)
+            for judgement, losses in scored]
+
+
+def label_entropy(heldout: Batches) -> float:
+    """Cross-entropy of predicting the held-out labels' own frequencies: chance for the probe."""
+    import torch
+
+    labels = torch.cat([labels for _, labels in heldout])
+    shares = torch.bincount(labels).double() / len(labels)
+    shares = shares[shares > 0]
+    return float(-(shares * shares.log()).sum())
+
+
+def suggestion(judgements: list[Judgement], chance_loss: float) -> float | None:
+    """The smallest LR whose held-out loss is within one paired standard error of the lowest, or None when
+    the lowest is not clearly below chance (module doc)."""
+    best = lowest(judgements)
+    if best.heldout_loss + SIGNAL_STANDARD_ERRORS * best.heldout_loss_se >= chance_loss:
+        return None
+    return min(j.lr for j in judgements if j.heldout_loss - best.heldout_loss <= j.gap_se)
 
 
 def probe_lr(make_model: Callable[[], nn.Module], batches: Batches,
              heldout: Batches, recipe: Recipe, config: LRProbeConfig,
              precision: Callable[[], AbstractContextManager] = nullcontext,
              advance: Callable[[int], None] = lambda n: None) -> LRProbeResult:
-    """Successive halving over `config.candidates` (module doc). `batches` are used in order (cycled)."""
+    """Every candidate trained `config.steps` steps and judged (module doc). `batches` are used in order
+    (cycled)."""
     config.checked()
     if not batches or not heldout:
         raise ConfigError("the LR probe needs train and held-out images", "give it a larger subset")
     started = time.perf_counter()
-    alive = list(config.candidates)
-    judgements: list[Judgement] = []
-    rounds: list[list[float]] = []
-    schedule = config.rounds()
-    for index, (_, steps) in enumerate(schedule[:-1]):  # the last round's single survivor is the winner
-        rounds.append(list(alive))
-        scored = []
-        for lr in alive:
-            model = train_candidate(lr, make_model(), steps, batches, recipe, precision, advance)
-            scored.append(judge(lr, steps, model, heldout, precision))
-            del model
-        judgements += scored
-        alive = [j.lr for j in ranked(scored)[: schedule[index + 1][0]]]
-    final = next(j for j in reversed(judgements) if j.lr == alive[0])
+    scored = []
+    for lr in config.candidates:
+        model = train_candidate(lr, make_model(), config.steps, batches, recipe, precision, advance)
+        scored.append(judge(lr, config.steps, model, heldout, precision))
+        del model
+    judgements = with_paired_gaps(scored)
+    chance = label_entropy(heldout)
     return LRProbeResult(
-        candidates=list(config.candidates), judgements=judgements, suggested_lr=alive[0],
-        promised_top1=final.heldout_top1, heldout_images=sum(len(y) for _, y in heldout),
-        train_images=sum(len(y) for _, y in batches), steps_run=sum(j.steps for j in judgements),
-        seconds=time.perf_counter() - started, rounds=rounds)
+        candidates=list(config.candidates), judgements=judgements,
+        suggested_lr=suggestion(judgements, chance), promised_top1=lowest(judgements).heldout_top1,
+        chance_loss=chance,
+        heldout_images=sum(len(y) for _, y in heldout), train_images=sum(len(y) for _, y in batches),
+        steps_run=config.total_steps,
+        seconds=time.perf_counter() - started)
 
 
 def lr_probe_figure(result: LRProbeResult, title: str) -> Any:
@@ -228,13 +249,16 @@ def lr_probe_figure(result: LRProbeResult, title: str) -> Any:
 
     figure = Figure(figsize=(6.4, 3.6))
     axes = figure.add_subplot()
-    for steps in sorted({j.steps for j in result.judgements}):
-        points = sorted((j.lr, j.heldout_loss) for j in result.judgements
-                        if j.steps == steps and math.isfinite(j.heldout_loss))
-        if points:
-            axes.plot(*zip(*points), marker="o", label=f"after {steps} steps")
-    axes.axvline(result.suggested_lr, color="tab:red", linestyle="--",
-                 label=f"chosen {result.suggested_lr:g}")
+    judged = [j for j in result.judgements if math.isfinite(j.heldout_loss)]
+    if judged:
+        axes.errorbar([j.lr for j in judged], [j.heldout_loss for j in judged],
+                      yerr=[SIGNAL_STANDARD_ERRORS * j.heldout_loss_se for j in judged], marker="o",
+                      capsize=3,
+                      label=f"after {result.judgements[0].steps} steps (± {SIGNAL_STANDARD_ERRORS:g} SE)")
+    axes.axhline(result.chance_loss, color="tab:gray", linestyle=":", label="chance (label entropy)")
+    if result.suggested_lr is not None:
+        axes.axvline(result.suggested_lr, color="tab:red", linestyle="--",
+                     label=f"chosen {result.suggested_lr:g}")
     axes.set_xscale("log")
     axes.set_xlabel("peak learning rate")
     axes.set_ylabel("held-out cross-entropy")
