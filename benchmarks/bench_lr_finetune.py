@@ -44,6 +44,7 @@ from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
 from visionnode.components.train.config import TrainConfig
 from visionnode.components.train.train import TrainResult, train
+from visionnode.components.validate.smoke import PROBE_WIDTH
 from visionnode.components.validate.validate import (
     ValidateConfig,
     choose_subset,
@@ -82,20 +83,21 @@ def shard_images(data: Path, out: Path) -> Path:
 
 
 def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int) -> tuple[float, float]:
-    """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds)."""
+    """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds); lr 0
+    when the probe suggests nothing (train's batch rule)."""
     result = run_validate_probe(ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
                                                image_size=resolution, batch_size=batch_size, seed=seed))
-    return result.suggested_lr, result.seconds
+    return result.suggested_lr or 0.0, result.seconds
 
 
-def run_validate_probe(config: ValidateConfig) -> LRProbeResult:
-    """validate's LR probe on its subset of `config.data`, with validate's threads: this process imported
-    FFCV, which set torch to one thread; validate's own process does not."""
+def run_validate_probe(config: ValidateConfig, width: int = PROBE_WIDTH) -> LRProbeResult:
+    """validate's LR probe on its subset of `config.data` (its probe model at `width`), with validate's
+    threads: this process imported FFCV, which set torch to one thread; validate's own process does not."""
     keep_torch_threads()
     layout = open_imagenet(Path(config.data))
     records = choose_subset(layout.scan("train").records, config.subset, config.seed)
     images, labels, _ = decode_subset(records, config.image_size, config.batch_size, workers=2)
-    return lr_probe_on_subset(images, labels, layout.classes.num_classes, config)
+    return lr_probe_on_subset(images, labels, layout.classes.num_classes, config, width=width)
 
 
 def probe_lr_for(data: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:

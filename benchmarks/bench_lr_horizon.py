@@ -1,16 +1,14 @@
-"""How the LR probe's ranking changes with its horizon: held-out loss of each LR after N steps, per dataset.
+"""The LR probe's choice by horizon and by its model's width: held-out loss per LR after N steps.
 
-The probe (components/common/training/lr_probe.py) judges its last two candidates after 30 steps. On the LR
-panel (bench_lr_panel.py) its choice was one grid step too low on textures, where runs of 56-112 steps did
-best at 0.3. This benchmark trains each of a few LRs by the probe's own procedure (validate's subset, image
-size, batch, held-out quarter, train's recipe with the probe's one-cycle over N steps) for each horizon N and
-prints each LR's held-out loss with its standard error, the lowest per horizon and the seconds each horizon
-cost: what a longer final round would choose, and what it would cost.
-
-It is validate's `lr_probe_on_subset` with one round only: a probe of `len(--lrs)` candidates whose first
-round is N steps long and keeps one (3 candidates, eta 3), so every LR is trained and judged after N steps.
-Run (textures and scenes, 3 seeds, 30 and 90 steps: about 6 minutes on 2 cores):
-    .venv/bin/python benchmarks/bench_lr_horizon.py --datasets textures,scenes --steps 30,90
+The probe (components/common/training/lr_probe.py) trains each candidate LR 60 steps on validate's subset
+with a half-width ResNet-18 and keeps the lowest held-out loss, unless it is not two standard errors below
+chance. This benchmark runs that probe (validate's subset, image size, batch, held-out quarter, train's recipe
+with the probe's one-cycle over N steps) for each horizon N and prints each LR's held-out loss with its
+standard error, chance (the held-out labels' entropy), the probe's choice ("-": none, the batch rule) and
+the seconds each probe cost. `--width 64` runs the full-width ResNet-18 instead: what the half-width one
+stands in for.
+Run (textures and scenes, 3 seeds, 60 and 90 steps: about 3 minutes on 2 cores, 9 at `--width 64`):
+    .venv/bin/python benchmarks/bench_lr_horizon.py --datasets textures,scenes --steps 60,90
 """
 
 from __future__ import annotations
@@ -24,60 +22,59 @@ from pathlib import Path
 from bench_lr_finetune import cpu_name, run_validate_probe
 from bench_lr_panel import DATASETS, write_images
 
-from visionnode.components.common.training.lr_probe import LRProbeConfig, LRProbeResult
+from visionnode.components.common.training.lr_probe import CANDIDATE_LRS, LRProbeConfig, LRProbeResult
+from visionnode.components.validate.smoke import PROBE_WIDTH
 from visionnode.components.validate.validate import ValidateConfig
 from visionnode.pipeline.local_run import DEMO_PARAMS
 
 
 @dataclass
-class OneRoundConfig(ValidateConfig):
-    """validate's settings with a one-round probe: every LR of `lrs` trained and judged after `horizon`."""
+class SweepConfig(ValidateConfig):
+    """validate's settings with the probe's candidates set to `lrs`."""
 
-    horizon: int = 30
-    lrs: tuple[float, ...] = (0.03, 0.1, 0.3)
+    lrs: tuple[float, ...] = CANDIDATE_LRS
 
     def lr_probe(self) -> LRProbeConfig:
-        return LRProbeConfig(first_round_steps=self.horizon, candidates=self.lrs)
+        return LRProbeConfig(steps=self.lr_probe_steps, candidates=self.lrs)
 
 
-def probe_at(data: Path, horizon: int, lrs: tuple[float, ...], resolution: int, seed: int) -> LRProbeResult:
-    return run_validate_probe(OneRoundConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
-                                             image_size=resolution, seed=seed, lr_probe_steps=horizon,
-                                             horizon=horizon, lrs=lrs))
+def probe_at(data: Path, horizon: int, lrs: tuple[float, ...], args: argparse.Namespace,
+             seed: int) -> LRProbeResult:
+    return run_validate_probe(SweepConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
+                                          image_size=args.resolution, seed=seed, lr_probe_steps=horizon,
+                                          lrs=lrs), width=args.width)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="textures,scenes", help=f"of {', '.join(DATASETS)}")
-    parser.add_argument("--steps", default="30,90", help="the horizons")
-    parser.add_argument("--lrs", default="0.03,0.1,0.3", help="at most 3, so one round judges them all")
+    parser.add_argument("--steps", default="60", help="the horizons")
+    parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in CANDIDATE_LRS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--width", type=int, default=PROBE_WIDTH, help="the probe ResNet-18's first stage")
     args = parser.parse_args()
     names = [n for n in args.datasets.split(",") if n]
     lrs = tuple(float(v) for v in args.lrs.split(","))
     unknown = set(names) - set(DATASETS)
     if unknown:
         parser.error(f"unknown datasets {sorted(unknown)}; choose from {', '.join(DATASETS)}")
-    if not 2 <= len(lrs) <= 3:
-        parser.error("give 2 or 3 LRs: one round of successive halving (eta 3) judges at most 3")
     os.environ.setdefault("VISIONNODE_PROGRESS", "0")
-    print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; "
-          f"{args.resolution} px; LRs {lrs}", flush=True)
-    print("| dataset | seed | steps | " + " | ".join(f"{lr:g}" for lr in lrs) + " | lowest | seconds |")
-    print("|---|---|---|" + "---|" * len(lrs) + "---|---|")
+    print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; {args.resolution} px; "
+          f"ResNet-18 of width {args.width}; LRs {lrs}", flush=True)
+    print("| dataset | seed | steps | " + " | ".join(f"{lr:g}" for lr in lrs)
+          + " | chance | chosen | seconds |")
+    print("|---|---|---|" + "---|" * len(lrs) + "---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-lr-horizon-") as tmp:
         for name in names:
             data, _ = write_images(name, Path(tmp), args.resolution)
             for seed in range(args.seeds):
                 for steps in (int(v) for v in args.steps.split(",")):
-                    result = probe_at(data, steps, lrs, args.resolution, seed)
-                    losses = {j.lr: j for j in result.judgements}
-                    lowest = min(losses.values(), key=lambda j: j.heldout_loss)
-                    cells = [f"{losses[lr].heldout_loss:.3f} ± {losses[lr].heldout_loss_se:.3f}"
-                             for lr in lrs]
+                    result = probe_at(data, steps, lrs, args, seed)
+                    cells = [f"{j.heldout_loss:.3f} ± {j.heldout_loss_se:.3f}" for j in result.judgements]
+                    chosen = "-" if result.suggested_lr is None else f"{result.suggested_lr:g}"
                     print(f"| {name} | {seed} | {steps} | " + " | ".join(cells)
-                          + f" | {lowest.lr:g} | {result.seconds:.1f} |", flush=True)
+                          + f" | {result.chance_loss:.3f} | {chosen} | {result.seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ Panel (real `train` on real FFCV shards, 64 px, batch 32, train's default recipe
 - scenes: real photographs, crops cut the same way from ten other bundled photographs (10 classes, 600 train /
   240 val), added to test a probe rule fitted on the four above;
 - faces: real photographs, scikit-image's `lfw_subset`: face or not (2 classes, 140 train / 60 val), 20 ep.
-Per dataset and seed: validate's LR probe, as the DAG runs it (the smoke model on validate's subset, that
-seed), then one train run per grid LR and one with the batch rule. The probe picks from the grid's top
-four, so the default's run at that seed is the grid run at its LR (same seed, LR and warm-up: the same
-run). Its cost is
-set against the demo's own train step: one ResNet-152 train run at the demo's size (its epochs, 64 px, 600
-images), timed in the same process (`--skip-cost` leaves it out).
+Per dataset and seed: validate's LR probe, as the DAG runs it (its half-width probe model on validate's
+subset, that seed), then one train run per grid LR and one with the batch rule. The probe picks from the
+grid's top three or suggests nothing (the batch rule, "BR" in the table), so the default's run at that seed
+is the grid's or the batch rule's run (same seed, LR and warm-up: the same run). Its cost is set against the
+demo's own train step: one ResNet-152 train run at the demo's size (its epochs, 64 px, 600 images), timed
+in the same process (`--skip-cost` leaves it out).
 
 ResNet-18 by default: 6 datasets x 6 runs x 3 seeds = 108 train runs, each a few thousand images; ResNet-152
 trains them 8-10x slower on 2 cores (hours). `--arch resnet152 --datasets digits,textures --seeds 1 --lrs
@@ -46,17 +46,17 @@ from bench_lr_finetune import (
     run_train,
     shard_images,
 )
-from real_datasets import write_digits, write_faces, write_scenes, write_textures
+from real_datasets import write_colour, write_digits, write_faces, write_scenes, write_textures
 
 from visionnode.components.common.training.recipe import Recipe
 from visionnode.components.local.synth import synthesize_dataset
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
-DATASETS = ("clutter", "strong", "digits", "textures", "scenes", "faces")
+DATASETS = ("clutter", "strong", "digits", "textures", "scenes", "faces", "colour")
 CLUTTER_DATA = replace(DEMO_DATA, clutter=True)
 # epochs where not --epochs: clutter as the demo had it; faces has 140 train images, 4 steps an epoch
 EPOCHS = {"clutter": 3, "faces": 20}
-GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # issue 31's; the probe's candidates are its top four
+GRID = (0.003, 0.01, 0.03, 0.1, 0.3)  # issue 31's; the probe's candidates are its top three
 BATCH_RULE = 0.0  # this table's key for the batch rule (Recipe.lr None: 0.1 x batch / 256)
 
 
@@ -83,7 +83,7 @@ def write_images(name: str, root: Path, resolution: int) -> tuple[Path, int]:
         return write_digits(root / name, train_per_class=50, val_per_class=30, size=resolution), 300
     if name == "faces":
         return write_faces(root / name, train_per_class=70, val_per_class=30, size=resolution), 60
-    write = write_textures if name == "textures" else write_scenes
+    write = {"textures": write_textures, "scenes": write_scenes, "colour": write_colour}[name]
     return write(root / name, train_per_class=60, val_per_class=24), (8 if name == "textures" else 10) * 24
 
 
@@ -127,28 +127,34 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
                 f"{args.arch}/{name}/{epochs}/{suggested:g}/{seed}", shards, root / f"{name}-probe-{seed}",
                 args, epochs, suggested, seed))
         runs.default.append(runs.by_lr[suggested][-1])
-        print(f"  {name} seed {seed}: the probe chose {suggested:g} in {seconds:.1f} s -> "
+        print(f"  {name} seed {seed}: the probe chose {lr_label(suggested)} in {seconds:.1f} s -> "
               f"{runs.default[-1].top1:.1f} %", flush=True)
     return runs
 
 
-def demo_train_seconds(root: Path, args: argparse.Namespace, lr: float) -> float:
-    """Wall clock of the demo's train step (ResNet-152, the demo's epochs, 64 px, 600 images) at `lr`."""
-    _, shards = make_shards(root, "cost-demo", DEMO_DATA)
-    cost_args = replace_namespace(args, arch=DEMO_PARAMS["train_arch"])
-    return run_train(shards, root / "cost-demo-train", cost_args, DEMO_PARAMS["train_epochs"], lr, 0).wall_s
+def demo_train(root: Path, args: argparse.Namespace, lr: float) -> Run:
+    """The demo's train step (ResNet-152, the demo's epochs, 64 px, 600 images, seed 0) at `lr`."""
+    shards = root / "cost-demo-shards"  # make_shards' folder
+    if not shards.is_dir():
+        _, shards = make_shards(root, "cost-demo", DEMO_DATA)
+    demo_args = replace_namespace(args, arch=DEMO_PARAMS["train_arch"])
+    return run_train(shards, root / f"cost-demo-train-{lr:g}", demo_args, DEMO_PARAMS["train_epochs"], lr, 0)
 
 
 def cost_line(panel: list[DatasetRuns], root: Path, args: argparse.Namespace) -> str:
     """The probe's seconds against the demo's ResNet-152 train step, timed here, at the probe's demo LR."""
     demo = next((runs for runs in panel if runs.name == "clutter"), None)  # the demo's size
     lr = demo.probe[0][0] if demo else 0.1
-    train_s = demo_train_seconds(root, args, lr)
+    train_s = demo_train(root, args, lr).wall_s
     probes = [s for runs in ([demo] if demo else panel) for _, s in runs.probe]
     share = 100 * statistics.median(probes) / train_s
     epochs, probe_s = DEMO_PARAMS["train_epochs"], statistics.median(probes)
-    return (f"; the demo's ResNet-152 train step ({epochs} epochs, 600 images, lr {lr:g}) took "
+    return (f"; the demo's ResNet-152 train step ({epochs} epochs, 600 images, lr {lr_label(lr)}) took "
             f"{train_s:.0f} s, the probe {probe_s:.1f} s: {share:.1f} % of it (target < 15 %)")
+
+
+def lr_label(lr: float) -> str:
+    return "BR" if lr == BATCH_RULE else f"{lr:g}"
 
 
 def replace_namespace(args: argparse.Namespace, **changes: object) -> argparse.Namespace:
@@ -169,7 +175,7 @@ def table(panel: list[DatasetRuns], lrs: list[float]) -> list[str]:
         cells = [f"{runs.name} ({runs.epochs} ep, {runs.val_images})",
                  *[_cell(runs.by_lr[lr]) for lr in lrs],
                  _cell(runs.by_lr[BATCH_RULE]) if BATCH_RULE in runs.by_lr else "-",
-                 f"{runs.median(best_lr):.1f} ({best_lr:g})", "/".join(f"{lr:g}" for lr, _ in runs.probe),
+                 f"{runs.median(best_lr):.1f} ({best_lr:g})", "/".join(lr_label(lr) for lr, _ in runs.probe),
                  _cell(runs.default), f"{gap_best:+.1f}", f"{gap_rule:+.1f}", met]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -194,6 +200,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="JSON file of finished runs: reused, and extended")
     parser.add_argument("--skip-batch-rule", action="store_true", help="no batch-rule runs (a confirmation)")
     parser.add_argument("--skip-cost", action="store_true", help="skip timing the demo train step")
+    parser.add_argument("--demo-lrs", default="", help="also train the demo's ResNet-152 step at these LRs "
+                        "(0: the batch rule) and print its top-1: which LR the deeper network wants")
     args = parser.parse_args()
     args.lrs = [float(v) for v in args.lrs.split(",")]
     names = [n for n in args.datasets.split(",") if n]
@@ -212,10 +220,14 @@ def main() -> None:
         panel = [run_dataset(name, root, args, results) for name in names]
         probe_seconds = [s for runs in panel for _, s in runs.probe]
         cost = "" if args.skip_cost else cost_line(panel, root, args)
+        demo_runs = {float(lr): demo_train(root, args, float(lr)) for lr in args.demo_lrs.split(",") if lr}
     print()
     print("\n".join(table(panel, args.lrs)))
     print(f"\nLR probe: median {statistics.median(probe_seconds):.1f} s "
           f"(min {min(probe_seconds):.1f}, max {max(probe_seconds):.1f}) per dataset and seed{cost}")
+    for lr, run in demo_runs.items():
+        print(f"the demo's ResNet-152 train step at {lr_label(lr)}: top-1 {run.top1:.1f} % "
+              f"({run.wall_s:.0f} s)")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           f"whole panel {time.perf_counter() - started:.0f} s")
 

@@ -18,8 +18,12 @@
   Chinese temple. A page and a text sign are both print: one pair of classes that only detail tells apart.
 - **faces** (added with scenes): scikit-image's `lfw_subset`, 100 face crops from Labeled Faces in the Wild
   and 100 non-face patches, 25x25 grey (scikit-image's face-detection example trains on it), upscaled.
+- **colour** (added to test the probe rule fitted on the six above): ten colour photographs cut as textures
+  are, but kept in colour: matplotlib's Grace Hopper portrait, scikit-image's motorcycle, scikit-learn's
+  flower, and seven photographs the grey sets also use (cat, coffee, astronaut, rocket, retina, tissue slide,
+  Hubble deep field). Colour photographs are the kind most users bring.
 
-All need only the packages (no download at run time): scikit-learn and scikit-image.
+All need only the packages (no download at run time): scikit-learn, scikit-image and matplotlib.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ TEXTURES = {"brick": "brick", "grass": "grass", "gravel": "gravel", "moon": "moo
 # class name -> skimage.data loader; scikit-learn's temple photograph is the tenth class
 SCENES = {"camera": "camera", "coins": "coins", "hubble": "hubble_deep_field", "page": "page", "text": "text",
           "rocket": "rocket", "retina": "retina", "cell": "cell", "clock": "clock"}
+# class name -> skimage.data loader, besides three photographs from elsewhere (write_colour)
+COLOUR = {"chelsea": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket",
+          "retina": "retina", "ihc": "immunohistochemistry", "hubble": "hubble_deep_field"}
 CROP = 64
 
 
@@ -99,21 +106,34 @@ def write_scenes(out: Path, train_per_class: int, val_per_class: int, seed: int 
                        val_per_class, seed)
 
 
+def write_colour(out: Path, train_per_class: int, val_per_class: int, seed: int = 0) -> Path:
+    from matplotlib.cbook import get_sample_data
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    photos = {"hopper": np.asarray(Image.open(get_sample_data("grace_hopper.jpg"))),
+              "motorcycle": data.stereo_motorcycle()[0], "flower": load_sample_image("flower.jpg"),
+              **{name: getattr(data, loader)() for name, loader in COLOUR.items()}}
+    return write_crops(out, photos, train_per_class, val_per_class, seed, colour=True)
+
+
 def write_crops(out: Path, photos: dict[str, np.ndarray], train_per_class: int, val_per_class: int,
-                seed: int) -> Path:
-    """Random CROP x CROP grey crops: train from the top 3/4 of each photograph, val from the bottom 1/4 (the
-    left and right parts of a photograph whose bottom quarter is lower than a crop)."""
+                seed: int, colour: bool = False) -> Path:
+    """Random CROP x CROP crops, grey unless `colour`: train from the top 3/4 of each photograph, val from the
+    bottom 1/4 (the left and right parts of a photograph whose bottom quarter is lower than a crop)."""
     from skimage.color import rgb2gray
 
     rng = np.random.default_rng(seed)
     with staged_dir(out) as root:
         for class_id, photo in enumerate(photos.values()):
-            grey = rgb2gray(photo) if photo.ndim == 3 else photo / 255.0
-            grey = (grey * 255).astype(np.uint8)
-            if grey.shape[0] // 4 < CROP:
-                grey = grey.T
-            split_row = grey.shape[0] * 3 // 4
-            regions = {"train": grey[:split_row], "val": grey[split_row:]}
+            if colour:
+                pixels = photo[..., :3]
+            else:
+                pixels = ((rgb2gray(photo) if photo.ndim == 3 else photo / 255.0) * 255).astype(np.uint8)
+            if pixels.shape[0] // 4 < CROP:
+                pixels = pixels.swapaxes(0, 1)
+            split_row = pixels.shape[0] * 3 // 4
+            regions = {"train": pixels[:split_row], "val": pixels[split_row:]}
             for split, count in (("train", train_per_class), ("val", val_per_class)):
                 region = regions[split]
                 for index in range(count):
