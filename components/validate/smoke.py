@@ -17,8 +17,8 @@ from visionnode.components.common.training.lr_probe import LRProbeResult, probe_
 from visionnode.components.common.training.model import BASIC_BLOCK_LAYERS, build_resnet, depth_from_arch
 from visionnode.components.validate.config import ValidateConfig
 
-# The LR probe's model: half of ResNet-18's channels costs a third of its time per step on 2 cores, and chose
-# the same LRs on issue 31's panel (docs/training.md).
+# The LR probe's model: half of ResNet-18's channels costs a third of its time per step on 2 cores. It prefers
+# larger LRs than the full width; the probe's tie rule leans the other way (lr_probe.py, docs/training.md).
 PROBE_WIDTH = 32
 
 
