@@ -324,7 +324,7 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
         a.path for folder in ("plots", "report") for a in client.list_artifacts(result.mlflow_run_id, folder)
     }
     assert artifacts == {"plots/report_loss.png", "plots/report_lr_probe.png", "report/report.md"}
-    assert run.data.metrics["suggested_lr"] == result.lr_probe.suggested_lr
+    assert run.data.metrics["suggested_lr"] == (result.lr_probe.suggested_lr or 0.0)  # 0: no suggestion
     logged = json.loads(
         Path(
             client.download_artifacts(result.mlflow_run_id, "validate_result.json", str(tmp_path))
