@@ -157,9 +157,10 @@ def parse_lr(text: str) -> str | float:
     return value
 
 
-# validate's LR probe trains a ResNet-18 (lr_probe.py). A bottleneck ResNet trained on few images wanted about
-# a third of the LR the probe chose: ResNet-152 on the demo's data reached 85 % at 0.1 and 74 % at the probe's
-# 0.3, and at the next LR down on the digits and the textures too (one seed each; docs/training.md).
+# validate's LR probe trains a ResNet-18 (lr_probe.py). A bottleneck ResNet trained on few images wanted a
+# lower LR than the probe chose: ResNet-152 on the demo's data reached 85 % at 0.1 and 74 % at the probe's
+# 0.3, and did better at the next LR down on the textures. On the digits even a third was too high (22 % at
+# 0.1, 54 % at 0.03; one seed each, docs/training.md).
 PROBE_DEPTH = 18
 DEEPER_MODEL_LR_SHARE = 1 / 3
 
