@@ -12,7 +12,9 @@ Panel (real `train` on real FFCV shards, 64 px, batch 32, train's default recipe
   480 train / 192 val; benchmarks/real_datasets.py says how they are cut);
 - scenes: real photographs, crops cut the same way from ten other bundled photographs (10 classes, 600 train /
   240 val), added to test a probe rule fitted on the four above;
-- faces: real photographs, scikit-image's `lfw_subset`: face or not (2 classes, 140 train / 60 val), 20 ep.
+- faces: real photographs, scikit-image's `lfw_subset`: face or not (2 classes, 140 train / 60 val), 20 ep.;
+- colour: real colour photographs, crops of ten bundled photographs kept in colour (10 classes, 600 train /
+  240 val), added to test the probe rule chosen on the six above.
 Per dataset and seed: validate's LR probe, as the DAG runs it (its half-width probe model on validate's
 subset, that seed), then one train run per grid LR and one with the batch rule. The probe picks from the
 grid's top three or suggests nothing (the batch rule, "BR" in the table), so the default's run at that seed
@@ -20,9 +22,10 @@ is the grid's or the batch rule's run (same seed, LR and warm-up: the same run).
 demo's own train step: one ResNet-152 train run at the demo's size (its epochs, 64 px, 600 images), timed
 in the same process (`--skip-cost` leaves it out).
 
-ResNet-18 by default: 6 datasets x 6 runs x 3 seeds = 108 train runs, each a few thousand images; ResNet-152
+ResNet-18 by default: 7 datasets x 6 runs x 3 seeds = 126 train runs, each a few thousand images; ResNet-152
 trains them 8-10x slower on 2 cores (hours). `--arch resnet152 --datasets digits,textures --seeds 1 --lrs
-0.03,0.1,0.3` is the ResNet-152 confirmation on the real datasets around the grid's best. Run:
+0.03,0.1,0.3` is the ResNet-152 check on the real datasets around the grid's best; `--demo-lrs` trains the
+demo's ResNet-152 step at given LRs. Run:
     .venv/bin/python benchmarks/bench_lr_panel.py
 """
 
