@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,7 +52,8 @@ from bench_lr_finetune import (
 )
 from real_datasets import write_colour, write_digits, write_faces, write_scenes, write_textures
 
-from visionnode.components.common.training.recipe import Recipe
+from visionnode.components.common.training.model import depth_from_arch
+from visionnode.components.common.training.recipe import LR_AUTO, Recipe, resolve_lr
 from visionnode.components.local.synth import synthesize_dataset
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS
 
@@ -71,6 +73,7 @@ class DatasetRuns:
     by_lr: dict[float, list[Run]] = field(default_factory=dict)  # BATCH_RULE for the batch rule
     probe: list[tuple[float, float]] = field(default_factory=list)  # (suggested LR, seconds) per seed
     default: list[Run] = field(default_factory=list)
+    trained: list[float] = field(default_factory=list)  # the LR train took per seed (pipeline_lr)
 
     def median(self, lr: float) -> float:
         return statistics.median(r.top1 for r in self.by_lr[lr])
@@ -104,9 +107,10 @@ class Results:
         self.path = path
         self.done: dict[str, dict] = json.loads(path.read_text()) if path and path.is_file() else {}
 
-    def train(self, key: str, *train_args: object) -> Run:
+    def train(self, key: str, shards: Path, out: Path, *train_args: object) -> Run:
         if key not in self.done:
-            self.done[key] = vars(run_train(*train_args))
+            self.done[key] = vars(run_train(shards, out, *train_args))
+            shutil.rmtree(out)  # its checkpoints: a ResNet-152 panel would otherwise fill the disk
             if self.path:
                 self.path.write_text(json.dumps(self.done, indent=1))
         return Run(**self.done[key])
@@ -125,14 +129,21 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
             runs.by_lr.setdefault(lr, []).append(run)
             print(f"  {name} seed {seed} lr {'batch rule' if lr == BATCH_RULE else f'{lr:g}'}: "
                   f"{run.top1:.1f} % ({run.wall_s:.0f} s)", flush=True)
-        if suggested not in args.lrs:  # only when --lrs leaves the probe's choice out
-            runs.by_lr.setdefault(suggested, []).append(results.train(
-                f"{args.arch}/{name}/{epochs}/{suggested:g}/{seed}", shards, root / f"{name}-probe-{seed}",
-                args, epochs, suggested, seed))
-        runs.default.append(runs.by_lr[suggested][-1])
-        print(f"  {name} seed {seed}: the probe chose {lr_label(suggested)} in {seconds:.1f} s -> "
-              f"{runs.default[-1].top1:.1f} %", flush=True)
+        trained = pipeline_lr(suggested, args.arch)
+        # the grid's run when train took a grid LR (same key), a run of its own off the grid (a third of 0.1)
+        runs.default.append(results.train(f"{args.arch}/{name}/{epochs}/{trained:g}/{seed}", shards,
+                                          root / f"{name}-probe-{seed}", args, epochs, trained, seed))
+        runs.trained.append(trained)
+        print(f"  {name} seed {seed}: the probe chose {lr_label(suggested)} in {seconds:.1f} s, train took "
+              f"{lr_label(trained)} -> {runs.default[-1].top1:.1f} %", flush=True)
     return runs
+
+
+def pipeline_lr(suggested: float, arch: str) -> float:
+    """The LR the pipeline's train takes from validate's suggestion for `arch` (resolve_lr: a third of it for
+    ResNet-50 and deeper); BATCH_RULE when there is none."""
+    lr, _ = resolve_lr(LR_AUTO, suggested, depth_from_arch(arch))
+    return BATCH_RULE if lr is None else round(lr, 6)
 
 
 def demo_train(root: Path, args: argparse.Namespace, lr: float) -> Run:
@@ -167,7 +178,8 @@ def replace_namespace(args: argparse.Namespace, **changes: object) -> argparse.N
 def table(panel: list[DatasetRuns], lrs: list[float]) -> list[str]:
     batch_rule_lr = Recipe().batch_rule_lr(DEMO_PARAMS["train_batch_size"])
     head = ["dataset (epochs, val images)", *[f"{lr:g}" for lr in lrs], f"batch rule {batch_rule_lr:g}",
-            "grid best", "default: probe's LRs", "default top-1", "to grid best", "to batch rule", "target"]
+            "grid best", "probe's LRs", "train's LRs", "default top-1", "to grid best", "to batch rule",
+            "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for runs in panel:
         best_lr = max(lrs, key=runs.median)
@@ -179,6 +191,7 @@ def table(panel: list[DatasetRuns], lrs: list[float]) -> list[str]:
                  *[_cell(runs.by_lr[lr]) for lr in lrs],
                  _cell(runs.by_lr[BATCH_RULE]) if BATCH_RULE in runs.by_lr else "-",
                  f"{runs.median(best_lr):.1f} ({best_lr:g})", "/".join(lr_label(lr) for lr, _ in runs.probe),
+                 "/".join(lr_label(lr) for lr in runs.trained),
                  _cell(runs.default), f"{gap_best:+.1f}", f"{gap_rule:+.1f}", met]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
