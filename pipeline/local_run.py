@@ -61,7 +61,7 @@ DEMO_PARAMS: dict[str, Any] = {
     "validate_subset": 256, "validate_image_size": 64, "validate_steps": 24,
     "shard_images_per_shard": 256, "shard_max_resolution": 96, "shard_jpeg_quality": 90,
     # One FFCV worker: on 2 cores, two decoding threads fight torch's two compute threads (2.4x slower steps).
-    "train_arch": "resnet152", "train_epochs": 5, "train_batch_size": 32, "train_res_schedule": "64:64",
+    "train_arch": "resnet152", "train_epochs": 6, "train_batch_size": 32, "train_res_schedule": "64:64",
     "train_precision": "auto", "train_workers": 1,
     "quantize_calibration_images": 100, "quantize_max_accuracy_drop": 2.0,
     "benchmark_concurrency": "1,4,8", "benchmark_duration_s": 4.0,
