@@ -131,7 +131,7 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
             print(f"  {name} seed {seed} lr {'batch rule' if lr == BATCH_RULE else f'{lr:g}'}: "
                   f"{run.top1:.1f} % ({run.wall_s:.0f} s)", flush=True)
         trained = pipeline_lr(suggested, args.arch)
-        # the grid's run when train took a grid LR (same key), a run of its own off the grid (a third of 0.1)
+        # the grid's run when train took a grid LR (same key), else a run of its own (an LR --lrs leaves out)
         runs.default.append(results.train(f"{args.arch}/{name}/{epochs}/{trained:g}/{seed}", shards,
                                           root / f"{name}-probe-{seed}", args, epochs, trained, seed))
         runs.trained.append(trained)
@@ -141,8 +141,8 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
 
 
 def pipeline_lr(suggested: float, arch: str) -> float:
-    """The LR the pipeline's train takes from validate's suggestion for `arch` (resolve_lr: a third of it for
-    ResNet-50 and deeper); BATCH_RULE when there is none."""
+    """The LR the pipeline's train takes from validate's suggestion for `arch` (resolve_lr's rule), rounded so
+    that it meets the grid's run keys; BATCH_RULE when there is none."""
     lr, _ = resolve_lr(LR_AUTO, suggested, depth_from_arch(arch))
     return BATCH_RULE if lr is None else round(lr, 6)
 
