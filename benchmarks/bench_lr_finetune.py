@@ -113,6 +113,9 @@ def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr
         seed=seed, tracking=False, checkpoint_uri=str(out / "checkpoints"),
         recipe=Recipe(lr=lr or None),  # lr 0: the batch rule
         init_weights=init_weights, crop_min_scale=crop_min_scale, head_epochs=head_epochs))
+    if result.status == "preempted":  # train saved a checkpoint on SIGTERM: no top-1 to record as a result
+        raise SystemExit(f"stopped by SIGTERM: the run at LR {lr:g}, seed {seed}, after {result.steps} steps "
+                         "(bench_lr_panel's --results keeps the runs that finished)")
     return Run(result.top1 or 0.0, result.peak_lr, time.perf_counter() - started)
 
 
