@@ -109,7 +109,7 @@ class TrainConfig:
         """This config with `lr`, `warmup_epochs` and `schedule` (as a user wrote them) applied to `recipe`.
         A number is the peak LR as given; batch-rule leaves it to the recipe's rule; auto takes
         `suggested_lr`, an LR probe's suggestion from upstream (validate's in the pipeline, made on a
-        ResNet-18: a third of it, at most 0.03, for ResNet-50 and deeper; 0: no suggestion, so the batch
+        ResNet-18: at most 0.03 for ResNet-50 and deeper; 0: no suggestion, so the batch
         rule), or with None (a lone command) has train run its own probe first."""
         recipe = replace(self.recipe, warmup_epochs=parse_warmup(self.warmup_epochs), schedule=self.schedule)
         if suggested_lr is None:
