@@ -25,8 +25,8 @@ in the same process (`--skip-cost` leaves it out).
 ResNet-18 by default: 7 datasets x 6 runs x 3 seeds = 126 train runs, each a few thousand images; ResNet-152
 trains them 4-5x slower on 2 cores, about 3 minutes a run. `--arch resnet152 --seeds 1 --lrs 0.01,0.03,0.1`
 is the ResNet-152 check (about 50 minutes): there the default is the LR the pipeline's train takes from the
-probe's choice (`resolve_lr`: at most 0.03), trained as a run of its own when it is off the
-grid. `--demo-lrs` trains the demo's ResNet-152 step at given LRs. Run:
+probe's choice (`resolve_lr`: at most 0.03), trained as a run of its own when it is off the grid.
+`--demo-lrs` trains the demo's ResNet-152 step at given LRs. Run:
     .venv/bin/python benchmarks/bench_lr_panel.py
 """
 
@@ -141,10 +141,10 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
 
 
 def pipeline_lr(suggested: float, arch: str) -> float:
-    """The LR the pipeline's train takes from validate's suggestion for `arch` (resolve_lr's rule), rounded so
-    that it meets the grid's run keys; BATCH_RULE when there is none."""
+    """The LR the pipeline's train takes from validate's suggestion for `arch` (resolve_lr's rule); BATCH_RULE
+    when there is none."""
     lr, _ = resolve_lr(LR_AUTO, suggested, depth_from_arch(arch))
-    return BATCH_RULE if lr is None else round(lr, 6)
+    return BATCH_RULE if lr is None else lr
 
 
 def demo_train(root: Path, args: argparse.Namespace, lr: float) -> Run:
