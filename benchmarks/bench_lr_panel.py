@@ -23,9 +23,10 @@ demo's own train step: one ResNet-152 train run at the demo's size (its epochs, 
 in the same process (`--skip-cost` leaves it out).
 
 ResNet-18 by default: 7 datasets x 6 runs x 3 seeds = 126 train runs, each a few thousand images; ResNet-152
-trains them 4-5x slower on 2 cores, about 3 minutes a run. `--arch resnet152 --seeds 1 --lrs 0.01,0.03,0.1`
-is the ResNet-152 check (about 50 minutes): there the default is the LR the pipeline's train takes from the
-probe's choice (`resolve_lr`: at most 0.03), trained as a run of its own when it is off the grid.
+trains them 4-5x slower on 2 cores, 2-3 minutes a run. `--arch resnet152 --lrs 0.01,0.03,0.1 --datasets
+clutter,digits,strong,colour,textures,faces` is the ResNet-152 check (3 seeds, about 3 hours): there the
+default is the LR the pipeline's train takes from the probe's choice (`resolve_lr`: at most 0.03), trained as
+a run of its own when it is off the grid.
 `--demo-lrs` trains the demo's ResNet-152 step at given LRs. Run:
     .venv/bin/python benchmarks/bench_lr_panel.py
 """
