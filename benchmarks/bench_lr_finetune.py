@@ -38,7 +38,7 @@ from pathlib import Path
 
 from visionnode.components.common.cpus import keep_torch_threads
 from visionnode.components.common.data.imagenet import open_imagenet
-from visionnode.components.common.training.lr_probe import LRProbeResult
+from visionnode.components.common.training.lr_probe import CANDIDATE_LRS, LRProbeConfig, LRProbeResult
 from visionnode.components.common.training.recipe import Recipe
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
 from visionnode.components.shard.shard import ShardConfig, shard_dataset
@@ -82,11 +82,23 @@ def shard_images(data: Path, out: Path) -> Path:
                                      readback=False)).out
 
 
-def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int) -> tuple[float, float]:
+@dataclass
+class SweepConfig(ValidateConfig):
+    """validate's settings with the probe's candidates set to `lrs`."""
+
+    lrs: tuple[float, ...] = CANDIDATE_LRS
+
+    def lr_probe(self) -> LRProbeConfig:
+        return LRProbeConfig(steps=self.lr_probe_steps, candidates=self.lrs)
+
+
+def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int, arch: str = "resnet18",
+                     lrs: tuple[float, ...] = CANDIDATE_LRS) -> tuple[float, float]:
     """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds); lr 0
-    when the probe suggests nothing (train's batch rule)."""
-    result = run_validate_probe(ValidateConfig(data=data, subset=DEMO_PARAMS["validate_subset"],
-                                               image_size=resolution, batch_size=batch_size, seed=seed))
+    when the probe suggests nothing (train's batch rule). Another `arch` or `lrs`: the same probe on that
+    model (a ResNet-18 or -34 at validate's half width, any deeper one at full width) over those LRs."""
+    result = run_validate_probe(SweepConfig(data=data, arch=arch, subset=DEMO_PARAMS["validate_subset"],
+                                            image_size=resolution, batch_size=batch_size, seed=seed, lrs=lrs))
     return result.suggested_lr or 0.0, result.seconds
 
 

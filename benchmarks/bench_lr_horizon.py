@@ -16,26 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench_lr_finetune import cpu_name, run_validate_probe
+from bench_lr_finetune import SweepConfig, cpu_name, run_validate_probe
 from bench_lr_panel import DATASETS, write_images
 
-from visionnode.components.common.training.lr_probe import CANDIDATE_LRS, LRProbeConfig, LRProbeResult
+from visionnode.components.common.training.lr_probe import CANDIDATE_LRS, LRProbeResult
 from visionnode.components.validate.smoke import PROBE_WIDTH
-from visionnode.components.validate.validate import ValidateConfig
 from visionnode.pipeline.local_run import DEMO_PARAMS
-
-
-@dataclass
-class SweepConfig(ValidateConfig):
-    """validate's settings with the probe's candidates set to `lrs`."""
-
-    lrs: tuple[float, ...] = CANDIDATE_LRS
-
-    def lr_probe(self) -> LRProbeConfig:
-        return LRProbeConfig(steps=self.lr_probe_steps, candidates=self.lrs)
 
 
 def probe_at(data: Path, horizon: int, lrs: tuple[float, ...], args: argparse.Namespace,

@@ -27,6 +27,10 @@ trains them 4-5x slower on 2 cores, 2-3 minutes a run. `--arch resnet152 --lrs 0
 clutter,digits,strong,colour,textures,faces` is the ResNet-152 check (3 seeds, about 3 hours): there the
 default is the LR the pipeline's train takes from the probe's choice (`resolve_lr`: at most 0.03), trained as
 a run of its own when it is off the grid.
+`--probe-arch resnet152 --probe-lrs 0.01,0.03,0.1` tries another method: validate's probe run on that model
+(full width: a ResNet-152 probe takes about 4 minutes on 2 cores) over those LRs, its choice taken as the
+default as it is. Its probes are kept in --results with their seconds, so a second run reuses them; with a
+fresh results file and without --skip-cost, its cost is timed against the demo's train step in one run.
 `--demo-lrs` trains the demo's ResNet-152 step at given LRs. Run:
     .venv/bin/python benchmarks/bench_lr_panel.py
 """
@@ -54,6 +58,7 @@ from bench_lr_finetune import (
 )
 from real_datasets import write_colour, write_digits, write_faces, write_scenes, write_textures
 
+from visionnode.components.common.training.lr_probe import CANDIDATE_LRS
 from visionnode.components.common.training.model import depth_from_arch
 from visionnode.components.common.training.recipe import LR_AUTO, Recipe, resolve_lr
 from visionnode.components.local.synth import synthesize_dataset
@@ -109,12 +114,24 @@ class Results:
         self.path = path
         self.done: dict[str, dict] = json.loads(path.read_text()) if path and path.is_file() else {}
 
+    def probe(self, key: str, images: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:
+        """`--probe-arch`'s (suggested LR, seconds), run once: a ResNet-152 probe takes minutes."""
+        if key not in self.done:
+            self.done[key] = probe_suggestion(images, args.batch_size, args.resolution, seed, args.probe_arch,
+                                              args.probe_lrs)
+            self._save()
+        suggested, seconds = self.done[key]
+        return suggested, seconds
+
+    def _save(self) -> None:
+        if self.path:
+            self.path.write_text(json.dumps(self.done, indent=1))
+
     def train(self, key: str, shards: Path, out: Path, *train_args: object) -> Run:
         if key not in self.done:
             self.done[key] = vars(run_train(shards, out, *train_args))
             shutil.rmtree(out)  # its checkpoints: a ResNet-152 panel would otherwise fill the disk
-            if self.path:
-                self.path.write_text(json.dumps(self.done, indent=1))
+            self._save()
         return Run(**self.done[key])
 
 
@@ -123,7 +140,7 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
     epochs = EPOCHS.get(name, args.epochs)
     runs = DatasetRuns(name, epochs, val)
     for seed in range(args.seeds):
-        suggested, seconds = probe_suggestion(images, args.batch_size, args.resolution, seed)
+        suggested, seconds = probe_for(name, images, args, seed, results)
         runs.probe.append((suggested, seconds))
         for lr in [*args.lrs] + ([] if args.skip_batch_rule else [BATCH_RULE]):
             run = results.train(f"{args.arch}/{name}/{epochs}/{lr:g}/{seed}", shards,
@@ -131,7 +148,7 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
             runs.by_lr.setdefault(lr, []).append(run)
             print(f"  {name} seed {seed} lr {'batch rule' if lr == BATCH_RULE else f'{lr:g}'}: "
                   f"{run.top1:.1f} % ({run.wall_s:.0f} s)", flush=True)
-        trained = pipeline_lr(suggested, args.arch)
+        trained = suggested if args.probe_arch else pipeline_lr(suggested, args.arch)
         # the grid's run when train took a grid LR (same key), else a run of its own (an LR --lrs leaves out)
         runs.default.append(results.train(f"{args.arch}/{name}/{epochs}/{trained:g}/{seed}", shards,
                                           root / f"{name}-probe-{seed}", args, epochs, trained, seed))
@@ -139,6 +156,15 @@ def run_dataset(name: str, root: Path, args: argparse.Namespace, results: Result
         print(f"  {name} seed {seed}: the probe chose {lr_label(suggested)} in {seconds:.1f} s, train took "
               f"{lr_label(trained)} -> {runs.default[-1].top1:.1f} %", flush=True)
     return runs
+
+
+def probe_for(name: str, images: Path, args: argparse.Namespace, seed: int,
+              results: Results) -> tuple[float, float]:
+    """(suggested LR, seconds): validate's probe as the DAG runs it, or --probe-arch's (kept in --results)."""
+    if not args.probe_arch:
+        return probe_suggestion(images, args.batch_size, args.resolution, seed)
+    lrs = ",".join(f"{lr:g}" for lr in args.probe_lrs)
+    return results.probe(f"probe/{args.probe_arch}/{lrs}/{name}/{seed}", images, args, seed)
 
 
 def pipeline_lr(suggested: float, arch: str) -> float:
@@ -230,10 +256,16 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="JSON file of finished runs: reused, and extended")
     parser.add_argument("--skip-batch-rule", action="store_true", help="no batch-rule runs (a confirmation)")
     parser.add_argument("--skip-cost", action="store_true", help="skip timing the demo train step")
+    parser.add_argument("--probe-arch", default="", help="a candidate method: validate's probe on this model "
+                        "(a deeper one at full width) over --probe-lrs, its choice taken as it is, no cap; "
+                        "default: the DAG's probe (a half-width resnet18) and train's rule")
+    parser.add_argument("--probe-lrs", default=",".join(f"{lr:g}" for lr in CANDIDATE_LRS),
+                        help="--probe-arch's candidate LRs")
     parser.add_argument("--demo-lrs", default="", help="also train the demo's ResNet-152 step at these LRs "
                         "(0: the batch rule) and print its top-1: which LR the deeper network wants")
     args = parser.parse_args()
     args.lrs = [float(v) for v in args.lrs.split(",")]
+    args.probe_lrs = tuple(float(v) for v in args.probe_lrs.split(","))
     names = [n for n in args.datasets.split(",") if n]
     unknown = set(names) - set(DATASETS)
     if unknown:

@@ -162,7 +162,8 @@ def parse_lr(text: str) -> str | float:
 # (the probe chose 0.3), 74 % on the demo's data at 0.3. So the probe's choice is capped at 0.03: its
 # candidates are 0.03, 0.1 and 0.3, so a signal means 0.03 for these models. That met issue 31's target on
 # three of six datasets and missed it by 2-3 points on the other three (docs/training.md); no cap fits all
-# six, since the probe chose 0.3 where ResNet-152 did best at 0.01, 0.03 and 0.1.
+# six, since the probe chose 0.3 where ResNet-152 did best at 0.01, 0.03 and 0.1. The probe run on ResNet-152
+# itself did no better and costs more than the demo's whole train step.
 PROBE_DEPTH = 18
 DEEPER_MODEL_LR_CAP = 0.03
 
