@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bench_lr_finetune import (
     STRONG_DATA,
@@ -112,7 +113,8 @@ class Results:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.done: dict[str, dict] = json.loads(path.read_text()) if path and path.is_file() else {}
+        # a train run's Run fields, or a probe's [suggested LR, seconds]
+        self.done: dict[str, Any] = json.loads(path.read_text()) if path and path.is_file() else {}
 
     def probe(self, key: str, images: Path, args: argparse.Namespace, seed: int) -> tuple[float, float]:
         """`--probe-arch`'s (suggested LR, seconds), run once: a ResNet-152 probe takes minutes."""
