@@ -92,13 +92,15 @@ class SweepConfig(ValidateConfig):
         return LRProbeConfig(steps=self.lr_probe_steps, candidates=self.lrs)
 
 
-def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int, arch: str = "resnet18",
+def probe_suggestion(data: Path, batch_size: int, resolution: int, seed: int, arch: str = "",
                      lrs: tuple[float, ...] = CANDIDATE_LRS) -> tuple[float, float]:
     """validate's suggestion, as the DAG computes it (its subset, image size and batch): (lr, seconds); lr 0
-    when the probe suggests nothing (train's batch rule). Another `arch` or `lrs`: the same probe on that
-    model (a ResNet-18 or -34 at validate's half width, any deeper one at full width) over those LRs."""
-    result = run_validate_probe(SweepConfig(data=data, arch=arch, subset=DEMO_PARAMS["validate_subset"],
-                                            image_size=resolution, batch_size=batch_size, seed=seed, lrs=lrs))
+    when the probe suggests nothing (train's batch rule). An `arch` (empty: validate's default) or other
+    `lrs`: the same probe on that model (a ResNet-18 or -34 at validate's half width, any deeper one at full
+    width) over those LRs."""
+    config = SweepConfig(data=data, subset=DEMO_PARAMS["validate_subset"], image_size=resolution,
+                         batch_size=batch_size, seed=seed, lrs=lrs)
+    result = run_validate_probe(replace(config, arch=arch) if arch else config)
     return result.suggested_lr or 0.0, result.seconds
 
 
