@@ -278,6 +278,8 @@ MISTAKES = {
                         "train: --epochs"),
     "unknown-arch": (["pipeline", "run", "--local", "--data", "{data}", "-p", "train_arch=resnet99"],
                      "resnet99"),
+    "unknown-precision": (["pipeline", "run", "--local", "--data", "{data}", "-p", "train_precision=fp8"],
+                          "train: --precision 'fp8' is not known"),
     # data that cannot be read: the error names the first files and why
     "unreadable-images-shard": (["shard", "--data", "{unreadable}", "--out", "{tmp}/shards"], "n01/img"),
     "unreadable-images-validate": (["validate", "--data", "{unreadable}"], "n01/img"),

@@ -24,9 +24,11 @@ from typer.testing import CliRunner
 
 from visionnode.components.common.adapters.declared import (
     at_least,
+    between,
     build,
     check_ranges,
     declared,
+    one_of,
     setting,
     with_setting_inputs,
     with_setting_options,
@@ -140,6 +142,9 @@ class ToyConfig:
                                                                                    text.split(",")])
     note: str = setting("", "Only on the command line.", pipeline=False)
     hidden: int = setting(3, "Only in the pipeline.", cli=False)
+    mode: str = setting("fast", "How to go.", check=one_of("fast", "slow"))
+    share: float = setting(0.5, "A share.", pipeline=False,
+                           check=between(0, 1, low_open=True, high_open=True))
 
 
 def toy_command(data: Annotated[str, typer.Option("--data", help="The data.")],
@@ -174,29 +179,31 @@ def toy_app() -> typer.Typer:
 def test_a_setting_declared_once_is_a_cli_option_with_its_type_default_and_help() -> None:
     commands = typer.main.get_command(toy_app()).commands  # type: ignore[attr-defined]
     options = {p.name: p for p in commands["toy"].params}
-    assert set(options) == {"data", "steps", "pace", "levels", "note"}  # hidden: cli=False
-    assert options["steps"].default == 7 and options["steps"].help == "Steps to take."
+    assert set(options) == {"data", "steps", "pace", "levels", "note", "mode", "share"}  # hidden: cli=False
+    assert options["steps"].default == 7 and options["steps"].help == "Steps to take. Must be at least 1."
     assert options["pace"].opts == ["--speed"] and options["levels"].default == "1,2"
     assert "steps" not in {p.name for p in commands["other"].params}  # skip=, and commands do not share
     done = CliRunner().invoke(toy_app(), ["toy", "--data", "d", "--steps", "9", "--levels", "4,5"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output) == {"data": "d", "steps": 9, "pace": 0.5, "levels": [4, 5], "note": "",
-                                       "hidden": 3}
+                                       "hidden": 3, "mode": "fast", "share": 0.5}
 
 
 def test_a_setting_declared_once_is_a_component_input_and_a_pipeline_parameter(tmp_path: Path) -> None:
     component = dsl.component(with_setting_inputs(ToyConfig)(toy_op), base_image="python:3.11")
     inputs = component.component_spec.inputs
-    assert set(inputs) == {"data", "steps", "pace", "levels", "hidden"}  # note: pipeline=False
-    assert (inputs["steps"].default, inputs["steps"].description) == (7, "Steps to take.")
+    assert set(inputs) == {"data", "steps", "pace", "levels", "hidden", "mode"}  # note, share: pipeline=False
+    assert (inputs["steps"].default, inputs["steps"].description) == (7, "Steps to take. Must be at least 1.")
     assert (inputs["levels"].type, inputs["levels"].default) == ("String", "1,2")
     # the inputs are in the source KFP ships into the task, which runs as written
     source = inspect.getsource(component.python_func)
-    assert "    steps: int = 7,\n" in source and "        steps: Steps to take.\n" in source
+    assert "    steps: int = 7,\n" in source
+    assert "        steps: Steps to take. Must be at least 1.\n" in source
     namespace: dict[str, Any] = {}
     exec("from kfp.dsl import *\n" + source, namespace)
     ran = json.loads(namespace["toy_op"](data="d", metrics=None, steps=2, levels="3"))
-    assert ran == {"data": "d", "steps": 2, "pace": 0.5, "levels": [3], "note": "", "hidden": 3}
+    assert ran == {"data": "d", "steps": 2, "pace": 0.5, "levels": [3], "note": "", "hidden": 3,
+                   "mode": "fast", "share": 0.5}
 
     def dag(data_uri: str, params: dict[str, Any]) -> None:
         """A toy pipeline."""
@@ -206,14 +213,40 @@ def test_a_setting_declared_once_is_a_component_input_and_a_pipeline_parameter(t
         with_parameter_descriptions(with_declared_parameters(dag, {"toy": ToyConfig})))
     compiler.Compiler().compile(pipeline, str(tmp_path / "toy.yaml"))
     root = load_compiled(tmp_path / "toy.yaml")["root"]["inputDefinitions"]["parameters"]
-    assert set(root) == {"data_uri", "toy_steps", "toy_pace", "toy_levels", "toy_hidden"}
-    assert root["toy_steps"]["defaultValue"] == 7 and root["toy_steps"]["description"] == "Steps to take."
+    assert set(root) == {"data_uri", "toy_steps", "toy_pace", "toy_levels", "toy_hidden", "toy_mode"}
+    assert root["toy_steps"]["defaultValue"] == 7
+    assert root["toy_steps"]["description"] == "Steps to take. Must be at least 1."
     assert root["data_uri"]["description"] == "The data."
 
 
 def test_a_value_out_of_its_declared_range_names_the_option_and_the_range() -> None:
     with pytest.raises(ConfigError, match=r"^--steps 0 is out of range \(use at least 1; default 7\)$"):
         check_ranges(ToyConfig(data="", steps=0))
+
+
+@pytest.mark.parametrize("share, valid", [(1e-9, True), (0.999, True), (0.0, False), (1.0, False),
+                                          (float("nan"), False), (float("inf"), False)])
+def test_a_declared_range_holds_at_its_open_bounds_and_refuses_what_is_no_number(share: float,
+                                                                                 valid: bool) -> None:
+    config = ToyConfig(data="", share=share)
+    if valid:
+        check_ranges(config)
+    else:
+        with pytest.raises(ConfigError, match=r"--share .* is out of range \(use above 0 and below 1;"):
+            check_ranges(config)
+
+
+def test_a_declared_choice_is_offered_by_the_cli_and_refused_elsewhere_when_unknown() -> None:
+    chose = CliRunner().invoke(toy_app(), ["toy", "--data", "d", "--mode", "slow"])
+    assert chose.exit_code == 0 and json.loads(chose.output)["mode"] == "slow", chose.output
+    refused = CliRunner().invoke(toy_app(), ["toy", "--data", "d", "--mode", "medium"])
+    said = " ".join(refused.output.replace("│", " ").split())  # as read, without the box's line breaks
+    assert refused.exit_code == 2 and "'medium' is not one of 'fast', 'slow'" in said
+    helped = CliRunner().invoke(toy_app(), ["toy", "--help"], env={"COLUMNS": "200"})
+    assert "fast|slow" in helped.output
+    check_ranges(ToyConfig(data="", mode="slow"))
+    with pytest.raises(ConfigError, match=r"^--mode 'medium' is not known \(use one of fast, slow; default "):
+        check_ranges(ToyConfig(data="", mode="medium"))
 
 
 def test_every_phase_command_has_its_own_options() -> None:

@@ -122,7 +122,7 @@ def test_precision_resolution() -> None:
     assert resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_precision("fp16", cpu)
-    with pytest.raises(ConfigError, match="precision 'fp8' is not known"):
+    with pytest.raises(ConfigError, match="--precision 'fp8' is not known"):
         TrainConfig(shards="unused", out_dir=Path("unused"), precision="fp8").validate()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionnode.components.common.adapters.declared import above, at_least, check_ranges, setting
+from visionnode.components.common.adapters.declared import above, at_least, check_ranges, one_of, setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.numbers import parse_int_list
 from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME
@@ -28,7 +28,7 @@ def parse_levels(text: str) -> list[int]:
 @dataclass
 class BenchmarkConfig:
     model: str = setting(DEFAULT_MODEL_NAME, "Triton model name (the uint8 tensor model).", pipeline=False)
-    protocol: str = setting("grpc", "grpc or http.")
+    protocol: str = setting("grpc", "Request protocol.", check=one_of(*PROTOCOLS))
     triton_url: str = setting("", "HOST:PORT for --protocol (default: settings).", pipeline=False)
     triton_http: str = setting("", "Triton's HTTP HOST:PORT for model metadata (default: settings; with a "
                                "gRPC --triton-url alone, the port below it).", pipeline=False)
@@ -70,8 +70,6 @@ class BenchmarkConfig:
         return Slo(self.target_qps, self.target_p99_ms)
 
     def validate(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol '{self.protocol}'", "use grpc or http")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ConfigError(f"concurrency levels {self.concurrency} must be positive integers",
                               "e.g. 1,2,4,8,16")

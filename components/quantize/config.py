@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionnode.components.common.adapters.declared import at_least, check_ranges, setting
+from visionnode.components.common.adapters.declared import above, at_least, check_ranges, one_of, setting
 from visionnode.components.common.errors import ConfigError
 
 PRESETS = ("mixed", "performance")
@@ -25,7 +25,8 @@ class QuantizeConfig:
     eval_images: int | None = setting(None, "Val images for the accuracy report (default: all).",
                                       pipeline=False, check=at_least(1))
     batch_size: int = 32              # evaluation batch
-    preset: str = setting("mixed", "NNCF preset: mixed (accuracy) or performance.", pipeline=False)
+    preset: str = setting("mixed", "NNCF preset: mixed favours accuracy, performance speed.", pipeline=False,
+                          check=one_of(*PRESETS))
     fast_bias_correction: bool = setting(True, "NNCF's fast bias correction; the full one costs ~2.5 min "
                                          "more on ResNet-152.", pipeline=False)
     full_int8: bool = setting(False, "Also quantize the residual Adds, the stem and the shortcut "
@@ -36,12 +37,11 @@ class QuantizeConfig:
     threads: int = setting(2, "CPU threads for every engine in the measurements.", pipeline=False,
                            check=at_least(1))
     perf_batch: int = 8
-    perf_seconds: float = setting(3.0, "Seconds per timing measurement (per engine).", pipeline=False)
+    perf_seconds: float = setting(3.0, "Seconds per timing measurement (per engine).", pipeline=False,
+                                  check=above(0))
     cache_dir: Path | None = setting(None, "Where remote shards are fetched to.", pipeline=False)
 
     def validate(self) -> None:
         check_ranges(self)
         if self.batch_size < 1 or self.perf_batch < 1:
             raise ConfigError("batch sizes must be positive")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset '{self.preset}'", f"use one of {', '.join(PRESETS)}")

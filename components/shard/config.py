@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, one_of, setting
 from visionnode.components.common.artifacts import data_digest_setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.storage.s3 import is_s3_uri, parse_s3_uri
@@ -22,7 +22,7 @@ FORMAT_VERSION = 2          # bump when the bytes written for the same settings 
 class ShardConfig:
     data: Path | str                  # ImageNet-layout dir or s3://bucket/prefix, read where it lies
     out: Path | str                   # local dir, or s3://bucket/prefix: straight into the store
-    split: str = setting("both", f"Split(s) to shard: {', '.join(SPLIT_CHOICES)}.", pipeline=False)
+    split: str = setting("both", "Split(s) to shard.", pipeline=False, check=one_of(*SPLIT_CHOICES))
     images_per_shard: int = setting(5000, "Images per .beton file (the last one of a split holds the rest).",
                                     check=at_least(1))
     max_resolution: int = setting(256, "Longer image side after resizing, in pixels (images are never "
@@ -41,9 +41,6 @@ class ShardConfig:
                               pipeline="shard_store_uri", cli=False)
 
     def validate(self) -> None:
-        if self.split not in SPLIT_CHOICES:
-            raise ConfigError(f"--split {self.split!r} is not valid",
-                              f"use one of {', '.join(SPLIT_CHOICES)}")
         check_ranges(self)
         for name, value in (("data", self.data), ("out", self.out)):
             if is_s3_uri(os.fspath(value)) and not parse_s3_uri(os.fspath(value)).key.strip("/"):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, one_of, setting
 from visionnode.components.common.data.ffcv_io import Augmentation
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.training.lr_probe import LRProbeConfig
 from visionnode.components.common.training.recipe import (
     LR_AUTO,
     LR_BATCH_RULE,
+    SCHEDULES,
     Recipe,
     parse_lr,
     parse_res_schedule,
@@ -37,8 +38,8 @@ class TrainConfig:
     arch: str = setting("resnet152", "resnet18|34|50|101|152.")
     res_schedule: str = setting("160:192", "Progressive resizing START:END in pixels (linear over epochs, "
                                 "multiples of 32); END is the evaluation and serving size.")
-    precision: str = setting("auto", "auto|fp32|bf16|fp16 (auto: bf16 where the CPU/GPU runs it natively, "
-                             "else fp32/fp16; fp16 needs CUDA).")
+    precision: str = setting("auto", "Arithmetic precision; auto: bf16 where the CPU/GPU runs it natively, "
+                             "else fp32/fp16 (fp16 needs CUDA).", check=one_of(*PRECISIONS))
     checkpoint_uri: str = setting("", "Checkpoint dir or s3://bucket/prefix; empty: the run's own (a lone "
                                   "command: OUT/checkpoints; a pipeline run: s3://<bucket of the shards>/"
                                   "checkpoints/<run id>). A checkpoint found there is resumed only if this "
@@ -75,15 +76,13 @@ class TrainConfig:
     warmup_epochs: str = setting("auto", "Linear LR warm-up in epochs (at most a quarter of all steps); "
                                  "auto: one epoch per decade the peak LR is above the batch rule's.",
                                  pipeline=False)
-    schedule: str = setting(Recipe.schedule, "LR decay after warm-up: cosine|step.", pipeline=False)
+    schedule: str = setting(Recipe.schedule, "LR decay after warm-up.", pipeline=False,
+                            check=one_of(*SCHEDULES))
 
     def validate(self) -> None:
         from visionnode.components.common.training.model import depth_from_arch
 
         depth_from_arch(self.arch)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not known",
-                              f"use one of {', '.join(PRECISIONS)}")
         self.recipe.validate()
         check_ranges(self)
         parse_res_schedule(self.res_schedule)

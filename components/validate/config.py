@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
+from visionnode.components.common.adapters.declared import at_least, between, check_ranges, one_of, setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.training.lr_probe import LRProbeConfig
 
@@ -25,11 +24,11 @@ class ValidateConfig:
     arch: str = setting("resnet18", "Smoke-training ResNet (the integrity check always uses resnet152).",
                         pipeline=False)
     lr: float = setting(2e-3, "AdamW learning rate for smoke training (measured to fall reliably within 30 "
-                        "steps).", pipeline=False)
+                        "steps).", pipeline=False, check=at_least(0))
     window: int = 0  # steps averaged at each end of the loss curve; 0 = steps // 5
-    min_relative_drop: float = setting(0.25, "Required relative fall of the loss, between 0 and 1.",
-                                       cli="--min-drop", pipeline=False)
-    split: str = setting("train", "Split to sample: train or val.", pipeline=False)
+    min_relative_drop: float = setting(0.25, "Required relative fall of the loss.", cli="--min-drop",
+                                       pipeline=False, check=between(0, 1, low_open=True, high_open=True))
+    split: str = setting("train", "Split to sample.", pipeline=False, check=one_of("train", "val"))
     workers: int = setting(2, "DataLoader worker processes.", pipeline=False, check=at_least(0))
     profile_batches: int = setting(8, "Batches timed per profile stage (after one warm-up batch).",
                                    pipeline=False, check=at_least(1))
@@ -52,12 +51,6 @@ class ValidateConfig:
                 f"--steps {self.steps} is too few to compare the start and end of the loss curve",
                 "use --steps >= 4",
             )
-        if not 0.0 < self.min_relative_drop < 1.0:
-            raise ConfigError(
-                f"--min-drop {self.min_relative_drop} is out of range", "use a value above 0 and below 1"
-            )
-        if self.lr < 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"--lr {self.lr} is invalid", "use a finite, non-negative learning rate")
         if self.lr_probe_steps != 0:
             self.lr_probe().checked()
         return self

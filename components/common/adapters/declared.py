@@ -3,7 +3,8 @@ derive from that declaration.
 
     jpeg_quality: int = setting(90, "JPEG quality of the stored images.", check=between(1, 100))
 
-states the name, type, default, help text and range of a setting in one place:
+states the name, type, default, help text and range of a setting in one place (`check=one_of("grpc",
+"http")` for a few names; the CLI offers those as choices, and help texts and docs end with the range):
 
 - `with_setting_options(Config)` gives a typer command one `--jpeg-quality` option per setting (type,
   default and help from the declaration) and hands the values to the command as one `settings` dict;
@@ -31,6 +32,7 @@ import inspect
 import itertools
 import json
 import linecache
+import math
 import textwrap
 import typing
 from collections.abc import Callable, Iterable
@@ -47,26 +49,30 @@ _generated = itertools.count()
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-    """A setting's valid values, as a test and as the words an error message gives."""
+    """A setting's valid numbers (never NaN or infinite), as a test and as the words an error gives."""
 
     low: float | None
     high: float | None
     low_open: bool = False
+    high_open: bool = False
 
     def __call__(self, value: Any) -> bool:
         if value is None:
             return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     @property
     def text(self) -> str:
         if self.high is None:
             return f"{'above' if self.low_open else 'at least'} {self.low:g}"
-        if self.low_open:
-            return f"above {self.low:g} and at most {self.high:g}"
-        return f"{self.low:g}..{self.high:g}"
+        if not (self.low_open or self.high_open):
+            return f"{self.low:g}..{self.high:g}"
+        return (f"{'above' if self.low_open else 'at least'} {self.low:g} and "
+                f"{'below' if self.high_open else 'at most'} {self.high:g}")
 
 
 def at_least(low: float) -> Range:
@@ -77,8 +83,26 @@ def above(low: float) -> Range:
     return Range(low, None, low_open=True)
 
 
-def between(low: float, high: float, *, low_open: bool = False) -> Range:
-    return Range(low, high, low_open)
+def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Range:
+    return Range(low, high, low_open, high_open)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A setting whose valid values are a few names; the CLI offers them as its choices."""
+
+    options: tuple[str, ...]
+
+    def __call__(self, value: Any) -> bool:
+        return value is None or value in self.options
+
+    @property
+    def text(self) -> str:
+        return "one of " + ", ".join(self.options)
+
+
+def one_of(*options: str) -> Choice:
+    return Choice(options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +117,7 @@ class Setting:
     cli: bool | str
     cli_default: Any
     parse: Callable[[Any], Any] | None
-    check: Range | None
+    check: Range | Choice | None
     argument: bool
 
     @property
@@ -109,13 +133,19 @@ class Setting:
             return None
         return self.pipeline if isinstance(self.pipeline, str) else f"{phase}_{self.name}"
 
+    @property
+    def documented(self) -> str:
+        """The help text with the valid values, as the CLI's help and the component's docs show it."""
+        return f"{self.help} Must be {self.check.text}." if self.check is not None else self.help
+
     def value(self, raw: Any) -> Any:
         """The config's value for what a user wrote."""
         return self.parse(raw) if self.parse is not None else raw
 
 
 def setting(default: Any, help: str, *, pipeline: bool | str = True, cli: bool | str = True,
-            cli_default: Any = _SAME, parse: Callable[[Any], Any] | None = None, check: Range | None = None,
+            cli_default: Any = _SAME, parse: Callable[[Any], Any] | None = None,
+            check: Range | Choice | None = None,
             argument: bool = False) -> Any:
     """A dataclass field that is a user's setting; see the module doc. The field's default is
     `parse(default)`; a list or dict default is copied for every instance."""
@@ -157,7 +187,9 @@ def check_ranges(obj: Any) -> None:
     for name, spec in declared(type(obj)).items():
         value = getattr(obj, name)
         if spec.check is not None and not spec.check(value):
-            raise ConfigError(f"{spec.option} {value} is out of range",
+            choice = isinstance(spec.check, Choice)
+            problem = f"{value!r} is not known" if choice else f"{value} is out of range"
+            raise ConfigError(f"{spec.option} {problem}",
                               f"use {spec.check.text}; default {spec.default}")
 
 
@@ -184,11 +216,13 @@ def with_setting_options(*configs: type, skip: Iterable[str] = ()) -> Callable[[
         generated = []
         for spec in settings.values():
             decls = (spec.cli,) if isinstance(spec.cli, str) else ()
-            info = (typer.Argument(help=spec.help) if spec.argument
-                    else typer.Option(*decls, help=spec.help))
+            choice = isinstance(spec.check, Choice)  # typer lists a Literal's values itself
+            text = spec.help if choice else spec.documented
+            info = typer.Argument(help=text) if spec.argument else typer.Option(*decls, help=text)
+            kind = typing.Literal[spec.check.options] if choice else spec.kind  # type: ignore[union-attr]
             generated.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY,
                                                default=copy.deepcopy(spec.cli_default),
-                                               annotation=typing.Annotated[spec.kind, info]))
+                                               annotation=typing.Annotated[kind, info]))
         required = [p for p in own if p.default is inspect.Parameter.empty]
         optional = [p for p in own if p.default is not inspect.Parameter.empty]
         parameters = [*required, *generated, *optional]
@@ -266,7 +300,7 @@ def splice_inputs(source: str, name: str, settings: Iterable[Setting]) -> str:
     copies = sorted(described & {spec.name for spec in settings})
     if copies:
         raise TypeError(f"{name}'s docstring describes declared settings by hand: {copies}")
-    doc_lines = [textwrap.fill(f"{spec.name}: {spec.help}", _DOC_WIDTH, initial_indent=entry,
+    doc_lines = [textwrap.fill(f"{spec.name}: {spec.documented}", _DOC_WIDTH, initial_indent=entry,
                                subsequent_indent=entry + "    ") + "\n" for spec in settings]
     lines[end:end] = doc_lines
     # then the inputs, after the function's last parameter
