@@ -33,7 +33,13 @@ from typing import Any
 from visionnode.components.common.cpus import usable_cpus
 from visionnode.components.common.errors import ConfigError, DataError, VisionNodeError
 from visionnode.components.common.run_summary import summarize
-from visionnode.components.common.settings import Endpoints, resolve_s3_credentials, service_env, state_dir
+from visionnode.components.common.settings import (
+    Endpoints,
+    named_in_environment,
+    resolve_s3_credentials,
+    service_env,
+    state_dir,
+)
 from visionnode.components.common.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, tracked_run
 from visionnode.components.local import containers
 from visionnode.components.local.synth import SynthConfig, synthesize_dataset
@@ -42,9 +48,6 @@ from visionnode.pipeline.local_dag import DagRun, run_dag, source_digest, step_m
 from visionnode.pipeline.params import check_params
 from visionnode.pipeline.pipeline import PIPELINE_NAME
 
-# A service named by one of these variables is external: the local run does not start an embedded one.
-EXTERNAL_ENV = {"s3": ("VISIONNODE_S3_ENDPOINT",), "mlflow": ("MLFLOW_TRACKING_URI", "VISIONNODE_MLFLOW_URI"),
-                "triton": ("VISIONNODE_TRITON_HTTP",)}
 TASK_ORDER = ("fingerprint", *containers.PHASES)  # the DAG's steps (fingerprint runs in transfer's image)
 DECISION_STEPS = ("promote", "reject")  # one of them runs, as benchmark decided (dsl.If / dsl.Else)
 FINAL_STEP = "finish"                   # the exit handler: after every other step, failed or not
@@ -146,9 +149,10 @@ def _start_stack(triton_container: bool) -> Endpoints:
     """Start (or keep) the embedded services, except those the environment points at an external endpoint."""
     from visionnode.components.local.stack.stack import LocalStack, StackConfig
 
-    external = {name: any(os.environ.get(var) for var in env_vars) for name, env_vars in EXTERNAL_ENV.items()}
-    stack = LocalStack(StackConfig(with_s3=not external["s3"], with_mlflow=not external["mlflow"],
-                                   with_triton=not external["triton"], triton_container=triton_container))
+    stack = LocalStack(StackConfig(with_s3=not named_in_environment("s3_endpoint"),
+                                   with_mlflow=not named_in_environment("mlflow_uri"),
+                                   with_triton=not named_in_environment("triton_http"),
+                                   triton_container=triton_container))
     stack.up()
     return stack.endpoints
 

@@ -23,6 +23,12 @@ from visionnode.components.common.data.imagenet import WNID_PATTERN, open_imagen
 from visionnode.components.common.data.images import UnreadableImage, load_rgb, load_rgb_array
 from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.jsonio import atomic_path, read_json, write_json
+from visionnode.components.common.settings import (
+    ENDPOINT_ENV,
+    named_in_environment,
+    resolve_endpoints,
+    service_env,
+)
 from visionnode.components.common.stats import mcnemar_exact_p, paired_drop_lower_bound, wilson_interval
 from visionnode.components.common.tracking import tracked_run
 from visionnode.components.common.training.lr_probe import (
@@ -233,6 +239,22 @@ def test_tracking_is_a_noop_without_uri(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with tracked_run("noop") as tracker:
         tracker.log_metrics({"loss": 1.0})
         assert not tracker.enabled and tracker.run_url is None
+
+
+def test_an_endpoint_named_by_any_of_its_variables_is_external_and_handed_on_under_all_of_them(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for names in ENDPOINT_ENV.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VISIONNODE_STATE_DIR", str(tmp_path))  # no stack.json
+    assert not named_in_environment("mlflow_uri")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert named_in_environment("mlflow_uri") and not named_in_environment("s3_endpoint")
+    endpoints = resolve_endpoints()
+    assert endpoints.mlflow_uri == "http://127.0.0.1:1"
+    handed = service_env(endpoints, None)
+    assert handed == {"VISIONNODE_MLFLOW_URI": "http://127.0.0.1:1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:1",
+                      "AWS_DEFAULT_REGION": endpoints.s3_region}
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:

@@ -1,10 +1,9 @@
 """Where the services are and how to authenticate: one resolution order for every phase.
 
 Order, highest first:
-1. environment variables (`VISIONNODE_S3_ENDPOINT`, `VISIONNODE_MLFLOW_URI` or `MLFLOW_TRACKING_URI`,
-   `VISIONNODE_TRITON_HTTP`, `VISIONNODE_TRITON_GRPC`, `VISIONNODE_TRITON_METRICS`,
-   `VISIONNODE_TRITON_REPOSITORY`) — point any of them at
-   an external MinIO / MLflow / Triton and the embedded one is never used;
+1. environment variables (`ENDPOINT_ENV`: `VISIONNODE_S3_ENDPOINT`, `MLFLOW_TRACKING_URI`,
+   `VISIONNODE_TRITON_HTTP`, ...): point any of them at an external MinIO / MLflow / Triton and the embedded
+   one is never used;
 2. the endpoints file `stack.json` that `visionnode stack up` writes into the state dir;
 3. nothing: tracking is off, and phases that need S3 or Triton say how to provide one.
 
@@ -26,7 +25,8 @@ ENDPOINTS_FILE = "stack.json"
 CREDENTIALS_FILE = "credentials.json"
 DEFAULT_REGION = "us-east-1"
 
-_ENV_BY_FIELD = {
+# Each endpoint's environment variables, in the order they are read; a phase is handed all of them.
+ENDPOINT_ENV = {
     "s3_endpoint": ("VISIONNODE_S3_ENDPOINT",),
     "mlflow_uri": ("VISIONNODE_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
     "triton_http": ("VISIONNODE_TRITON_HTTP",),
@@ -73,16 +73,16 @@ class Endpoints:
 
 def service_env(endpoints: Endpoints, credentials: "S3Credentials | None") -> dict[str, str]:
     """The variables a phase reads its services from (what a container or a subprocess is given)."""
-    values = {
-        "VISIONNODE_S3_ENDPOINT": endpoints.s3_endpoint, "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
-        "VISIONNODE_TRITON_HTTP": endpoints.triton_http, "VISIONNODE_TRITON_GRPC": endpoints.triton_grpc,
-        "VISIONNODE_TRITON_METRICS": endpoints.triton_metrics,
-        "VISIONNODE_TRITON_REPOSITORY": endpoints.triton_repository,
-        "AWS_DEFAULT_REGION": endpoints.s3_region,
-    }
+    values = {name: getattr(endpoints, field) for field, names in ENDPOINT_ENV.items() for name in names}
+    values["AWS_DEFAULT_REGION"] = endpoints.s3_region
     if credentials:
         values.update(credentials.as_env())
     return {k: v for k, v in values.items() if v}
+
+
+def named_in_environment(field: str) -> bool:
+    """Whether the environment points this endpoint (an `Endpoints` field) at a service: an external one."""
+    return any(os.environ.get(name) for name in ENDPOINT_ENV[field])
 
 
 def save_endpoints(endpoints: Endpoints, directory: Path | None = None) -> Path:
@@ -101,7 +101,7 @@ def resolve_endpoints(directory: Path | None = None) -> Endpoints:
         except json.JSONDecodeError:
             raise ConfigError(f"{path} is corrupt", "run `visionnode stack down` then `stack up`") from None
     values = dict(Endpoints.from_dict(from_file).to_dict())
-    for name, env_names in _ENV_BY_FIELD.items():
+    for name, env_names in ENDPOINT_ENV.items():
         for env_name in env_names:
             if os.environ.get(env_name):
                 values[name] = os.environ[env_name]
