@@ -385,6 +385,16 @@ def test_cli_up_refuses_one_port_for_two_listeners(tmp_path: Path, same: str, ot
     assert not list((tmp_path / "run").glob("*.pid"))  # nothing was started
 
 
+def test_cli_up_refuses_a_port_outside_1_to_65535_and_starts_nothing(tmp_path: Path) -> None:
+    args = free_port_args(*PORT_FLAGS)
+    args[args.index("--s3-port") + 1] = "70000"
+    result = runner.invoke(app, ["stack", "up", "--state-dir", str(tmp_path), *args])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    refusal = "error: --s3-port 70000 is out of range (use 1..65535; default 8333)"
+    assert result.exit_code == 2 and lines == [refusal], result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_free_ports_are_distinct_and_outside_the_avoided_ones() -> None:
     """800 picks at once; picked one by one (each socket closed before the next bind), 800 held 34 repeats."""
     first = free_ports(800)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -15,6 +15,7 @@ from visionnode.components.common.adapters.cli import (
     user_errors,
     write_summary,
 )
+from visionnode.components.common.adapters.declared import build, check_ranges, with_setting_options
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.jsonio import atomic_path, to_jsonable
 from visionnode.components.common.settings import resolve_endpoints, resolve_s3_credentials, service_env
@@ -39,42 +40,11 @@ JsonPath = Annotated[Optional[Path],
 
 @stack_app.command("up")
 @user_errors
-def up_command(
-    state_dir: StateDir = None,
-    s3_port: Annotated[int,
-                       typer.Option(help="S3 API port (SeaweedFS's internal ports are picked free).")] = 8333,
-    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
-    triton_http_port: Annotated[int, typer.Option(help="Triton HTTP port.")] = 8000,
-    triton_grpc_port: Annotated[int, typer.Option(help="Triton gRPC port.")] = 8001,
-    triton_metrics_port: Annotated[int, typer.Option(help="Triton metrics port.")] = 8002,
-    s3: Annotated[bool, typer.Option("--s3/--no-s3", help="Run the embedded S3; --no-s3 uses "
-                                     "VISIONNODE_S3_ENDPOINT + AWS_* instead.")] = True,
-    mlflow: Annotated[bool, typer.Option(
-        "--mlflow/--no-mlflow",
-        help="Run the embedded MLflow server; --no-mlflow uses VISIONNODE_MLFLOW_URI / MLFLOW_TRACKING_URI.")
-    ] = True,
-    triton: Annotated[bool, typer.Option("--triton/--no-triton", help="Run the embedded Triton; "
-                                         "--no-triton uses VISIONNODE_TRITON_HTTP/GRPC/METRICS.")] = True,
-    triton_repository: Annotated[Optional[str], typer.Option(
-        help="Triton's model repository: a local dir or s3://host:port/bucket/prefix (default: "
-             "s3://<S3 host:port>/visionnode/triton-models, or STATE_DIR/triton/models without S3).")] = None,
-    triton_container: Annotated[bool, typer.Option(
-        "--triton-container", help="Run Triton from the visionnode/triton-openvino image (host network, uid "
-                                   "10001, read-only root; build it with `make images`).")] = False,
-    timeout: Annotated[float,
-                       typer.Option(help="Seconds to wait for each service to become healthy.")] = 120.0,
-    s3_min_free_mb: Annotated[int, typer.Option(
-        help="Free disk space (MiB) below which S3 turns read-only; it does not start with less than twice "
-             "this free.")] = StackConfig.s3_min_free_mb,
-    json_path: JsonPath = None,
-) -> None:
+@with_setting_options(StackConfig)
+def up_command(settings: dict[str, Any], state_dir: StateDir = None, json_path: JsonPath = None) -> None:
     """Start the services that are not running yet (idempotent) and write STATE_DIR/stack.json."""
-    config = StackConfig(state_dir=state_dir or default_state_dir(), s3_port=s3_port, mlflow_port=mlflow_port,
-                         triton_http_port=triton_http_port, triton_grpc_port=triton_grpc_port,
-                         triton_metrics_port=triton_metrics_port, with_s3=s3, with_mlflow=mlflow,
-                         with_triton=triton, triton_repository=triton_repository,
-                         triton_container=triton_container, startup_timeout_s=timeout,
-                         s3_min_free_mb=s3_min_free_mb)
+    config = build(StackConfig, settings, state_dir=state_dir or default_state_dir())
+    check_ranges(config)
     stack = LocalStack(config)
     _show(stack.up(), "stack up", json_path)
     endpoints = stack.endpoints

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from visionnode.components.common.adapters.declared import above, at_least, between, setting
 from visionnode.components.common.errors import ServiceError
 from visionnode.components.common.jsonio import atomic_write_text
 from visionnode.components.common.settings import (
@@ -44,6 +45,7 @@ from visionnode.components.local.stack.triton import (
 )
 
 SERVICE_ORDER = ("s3", "mlflow", "triton")
+PORTS = between(1, 65535)
 # What a service container gets of the environment: the S3 credentials and region, nothing else.
 CONTAINER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 
@@ -51,22 +53,27 @@ CONTAINER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
 @dataclass
 class StackConfig:
     state_dir: Path = field(default_factory=default_state_dir)
-    s3_port: int = 8333
-    mlflow_port: int = 5000
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
-    with_s3: bool = True
-    with_mlflow: bool = True
-    with_triton: bool = True
-    # None: the embedded S3 (s3://127.0.0.1:<port>/visionnode/triton-models), or state_dir/triton/models
-    # when there is no S3 at all. Otherwise a local dir or a Triton-style s3:// URI.
-    triton_repository: str | None = None
-    # Triton from the visionnode/triton-openvino image (docker/build.sh) instead of the pytriton binary here.
-    triton_container: bool = False
-    startup_timeout_s: float = 120.0
-    # Below this free space the S3 volume server turns read-only; S3 does not start with less than twice it.
-    s3_min_free_mb: int = 256
+    s3_port: int = setting(8333, "S3 API port (SeaweedFS's internal ports are picked free).", check=PORTS)
+    mlflow_port: int = setting(5000, "MLflow server port.", check=PORTS)
+    triton_http_port: int = setting(8000, "Triton HTTP port.", check=PORTS)
+    triton_grpc_port: int = setting(8001, "Triton gRPC port.", check=PORTS)
+    triton_metrics_port: int = setting(8002, "Triton metrics port.", check=PORTS)
+    with_s3: bool = setting(True, "Run the embedded S3; --no-s3 uses VISIONNODE_S3_ENDPOINT + AWS_* instead.",
+                            cli="--s3/--no-s3")
+    with_mlflow: bool = setting(True, "Run the embedded MLflow server; --no-mlflow uses "
+                                "VISIONNODE_MLFLOW_URI / MLFLOW_TRACKING_URI.", cli="--mlflow/--no-mlflow")
+    with_triton: bool = setting(True, "Run the embedded Triton; --no-triton uses VISIONNODE_TRITON_HTTP/GRPC/"
+                                "METRICS.", cli="--triton/--no-triton")
+    triton_repository: str | None = setting(None, "Triton's model repository: a local dir or s3://host:port/"
+                                            "bucket/prefix (default: s3://<S3 host:port>/visionnode/"
+                                            "triton-models, or STATE_DIR/triton/models without S3).")
+    triton_container: bool = setting(False, "Run Triton from the visionnode/triton-openvino image (host "
+                                     "network, uid 10001, read-only root; build it with `make images`).",
+                                     cli="--triton-container")
+    startup_timeout_s: float = setting(120.0, "Seconds to wait for each service to become healthy.",
+                                       cli="--timeout", check=above(0))
+    s3_min_free_mb: int = setting(256, "Free disk space (MiB) below which S3 turns read-only; it does not "
+                                  "start with less than twice this free.", check=at_least(1))
     # Servers get SIGTERM when the starting process dies (for test sessions; the CLI leaves them running).
     die_with_parent: bool = False
 
