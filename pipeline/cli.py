@@ -1,26 +1,26 @@
 """The `visionnode` command: one sub-command per phase plus `stack`, `data` and `pipeline`.
 
-Each module listed in COMMAND_MODULES exposes `register(app)`, which adds its thin Typer adapters.
+Each module in COMMANDS exposes `register(app)`, which adds its thin Typer adapters.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-COMMAND_MODULES = (
-    "visionnode.components.local.data_cli",
-    "visionnode.components.local.stack.cli",
-    "visionnode.components.validate.cli",
-    "visionnode.components.shard.cli",
-    "visionnode.components.transfer.cli",
-    "visionnode.components.train.cli",
-    "visionnode.components.quantize.cli",
-    "visionnode.components.deploy.cli",
-    "visionnode.components.benchmark.cli",
-    "visionnode.pipeline.commands",
-)
+from visionnode.components.benchmark import cli as benchmark_cli
+from visionnode.components.deploy import cli as deploy_cli
+from visionnode.components.local import data_cli
+from visionnode.components.local.stack import cli as stack_cli
+from visionnode.components.quantize import cli as quantize_cli
+from visionnode.components.shard import cli as shard_cli
+from visionnode.components.train import cli as train_cli
+from visionnode.components.transfer import cli as transfer_cli
+from visionnode.components.validate import cli as validate_cli
+from visionnode.pipeline import commands as pipeline_commands
+
+# the local tooling, the phases in DAG order, the pipeline
+COMMANDS = (data_cli, stack_cli, validate_cli, shard_cli, transfer_cli, train_cli, quantize_cli, deploy_cli,
+            benchmark_cli, pipeline_commands)
 
 app = typer.Typer(
     name="visionnode",
@@ -48,8 +48,8 @@ def _options(
     """VisionNode-152: ResNet-152 on ImageNet-1K as a Kubeflow pipeline or locally."""
 
 
-for module_name in COMMAND_MODULES:
-    importlib.import_module(module_name).register(app)
+for commands in COMMANDS:
+    commands.register(app)
 
 
 def main() -> None:
