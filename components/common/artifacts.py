@@ -137,10 +137,8 @@ class ShardManifest:
             raise DataError(f"no shard manifest at {path}",
                             "run `visionnode shard --data DATASET --out DIR` first and pass that DIR (or its "
                             "s3:// copy from `visionnode transfer upload`)")
-        data = read_json(path)
-        if data.get("format") != SHARDS_FORMAT:
-            raise DataError(f"{path} is not a VisionNode shard manifest (format={data.get('format')!r})",
-                            "point at the output directory of `visionnode shard`")
+        data = _read_format(path, SHARDS_FORMAT, "shard manifest", "point at the output directory of "
+                            "`visionnode shard`")
         return cls(
             classes=ClassIndex(**data["classes"]),
             shards=[ShardInfo.from_dict(s) for s in data["shards"]],
@@ -180,10 +178,7 @@ class ModelMetadata:
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelMetadata":
-        path = Path(directory) / MODEL_METADATA_FILE
-        data = read_json(path)
-        if data.get("format") != MODEL_FORMAT:
-            raise DataError(f"{path} is not a VisionNode model (format={data.get('format')!r})",
+        data = _read_format(Path(directory) / MODEL_METADATA_FILE, MODEL_FORMAT, "model",
                             "point --model at the output directory of `visionnode train`")
         return cls(
             arch=data["arch"], num_classes=data["num_classes"], classes=ClassIndex(**data["classes"]),
@@ -221,10 +216,7 @@ class InferenceMetadata:
 
     @classmethod
     def load(cls, directory: str | Path) -> "InferenceMetadata":
-        path = Path(directory) / MODEL_METADATA_FILE
-        data = read_json(path)
-        if data.get("format") != INFERENCE_FORMAT:
-            raise DataError(f"{path} is not a VisionNode inference model (format={data.get('format')!r})",
+        data = _read_format(Path(directory) / MODEL_METADATA_FILE, INFERENCE_FORMAT, "inference model",
                             "point --model at the output directory of `visionnode quantize`")
         return cls(
             arch=data["arch"], precision=data["precision"], input=TensorSpec(**data["input"]),
@@ -247,3 +239,11 @@ def check_shard_source(source: str) -> None:
         ShardManifest.load(source)
     else:
         parse_s3_uri(source)
+
+
+def _read_format(path: Path, expected: str, what: str, hint: str) -> dict[str, Any]:
+    """The JSON document at `path`, refused unless it declares the `expected` format."""
+    data = read_json(path)
+    if data.get("format") != expected:
+        raise DataError(f"{path} is not a VisionNode {what} (format={data.get('format')!r})", hint)
+    return data
