@@ -216,10 +216,10 @@ def with_setting_options(*configs: type, skip: Iterable[str] = ()) -> Callable[[
         generated = []
         for spec in settings.values():
             decls = (spec.cli,) if isinstance(spec.cli, str) else ()
-            choice = isinstance(spec.check, Choice)  # typer lists a Literal's values itself
-            text = spec.help if choice else spec.documented
+            choices = spec.check.options if isinstance(spec.check, Choice) else None
+            text = spec.help if choices else spec.documented  # typer lists a Literal's values itself
             info = typer.Argument(help=text) if spec.argument else typer.Option(*decls, help=text)
-            kind = typing.Literal[spec.check.options] if choice else spec.kind  # type: ignore[union-attr]
+            kind = typing.Literal[choices] if choices else spec.kind
             generated.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY,
                                                default=copy.deepcopy(spec.cli_default),
                                                annotation=typing.Annotated[kind, info]))
