@@ -59,8 +59,8 @@ from bench_lr_finetune import (
 )
 from real_datasets import write_colour, write_digits, write_faces, write_scenes, write_textures
 
+from visionnode.components.common.training.archs import depth_from_arch
 from visionnode.components.common.training.lr_probe import CANDIDATE_LRS
-from visionnode.components.common.training.model import depth_from_arch
 from visionnode.components.common.training.recipe import LR_AUTO, Recipe, resolve_lr
 from visionnode.components.local.synth import synthesize_dataset
 from visionnode.pipeline.local_run import DEMO_DATA, DEMO_PARAMS

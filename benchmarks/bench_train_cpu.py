@@ -32,7 +32,8 @@ VISIONNODE = Path(sys.executable).parent / "visionnode"
 
 SYNTHETIC_RATE = """
 import json, sys, time, torch
-from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.common.training.archs import depth_from_arch
+from visionnode.components.common.training.model import build_resnet
 from visionnode.components.common.training.recipe import Recipe, build_optimizer
 from visionnode.components.train.precision import autocast, resolve_precision
 arch, resolution, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

@@ -426,7 +426,8 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tiny_shards: Path, tmp
 def test_cli_user_errors(tiny_shards: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     for flags, needle in ((["--res-schedule", "256:128"], "res-schedule"),
-                          (["--arch", "vgg16"], "architecture"), (["--precision", "fp16"], "CUDA")):
+                          (["--arch", "vgg16"], "--arch 'vgg16' is not known (use one of resnet18, resnet34"),
+                          (["--precision", "fp16"], "CUDA")):
         result = runner.invoke(app, ["train", "--shards", str(tiny_shards), "--out", str(tmp_path / "m"),
                                      *flags])
         assert result.exit_code == 2 and result.output.startswith("error:"), result.output

@@ -341,7 +341,7 @@ def test_validate_logs_params_losses_profile_and_artifacts_to_mlflow(
             "error: dataset directory /nonexistent/imagenet does not exist",
         ),
         (["--data", ".", "--steps", "1"], "error: --steps 1 is too few"),
-        (["--data", ".", "--arch", "vgg16"], "error: unknown architecture 'vgg16'"),
+        (["--data", ".", "--arch", "vgg16"], "error: --arch 'vgg16' is not known"),
         (["--data", ".", "--lr-probe-steps", "3"], "error: --lr-probe-steps 3 is too few"),
     ],
 )

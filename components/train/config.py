@@ -8,6 +8,7 @@ from pathlib import Path
 from visionnode.components.common.adapters.declared import at_least, between, check_ranges, one_of, setting
 from visionnode.components.common.data.ffcv_io import Augmentation
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.training.archs import ARCHS, depth_from_arch
 from visionnode.components.common.training.lr_probe import LRProbeConfig
 from visionnode.components.common.training.recipe import (
     LR_AUTO,
@@ -35,7 +36,7 @@ class TrainConfig:
                       f"> 0, or {LR_AUTO}: an LR probe's (in the pipeline validate's, the batch rule when it "
                       "did not run; a lone command probes the train shards first).",
                       cli_default=LR_BATCH_RULE)
-    arch: str = setting("resnet152", "resnet18|34|50|101|152.")
+    arch: str = setting("resnet152", "The ResNet to train.", check=one_of(*ARCHS))
     res_schedule: str = setting("160:192", "Progressive resizing START:END in pixels (linear over epochs, "
                                 "multiples of 32); END is the evaluation and serving size.")
     precision: str = setting("auto", "Arithmetic precision; auto: bf16 where the CPU/GPU runs it natively, "
@@ -80,9 +81,6 @@ class TrainConfig:
                             check=one_of(*SCHEDULES))
 
     def validate(self) -> None:
-        from visionnode.components.common.training.model import depth_from_arch
-
-        depth_from_arch(self.arch)
         self.recipe.validate()
         check_ranges(self)
         parse_res_schedule(self.res_schedule)
@@ -115,8 +113,6 @@ class TrainConfig:
             choice = parse_lr(self.lr)
             return replace(self, recipe=replace(recipe, lr=choice if isinstance(choice, float) else None),
                            auto_lr=choice == LR_AUTO)
-        from visionnode.components.common.training.model import depth_from_arch
-
         peak_lr, source = resolve_lr(self.lr, suggested_lr, depth_from_arch(self.arch))
         return replace(self, recipe=replace(recipe, lr=peak_lr), lr_source=source)
 

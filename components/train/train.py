@@ -31,6 +31,7 @@ from visionnode.components.common.jsonio import to_jsonable
 from visionnode.components.common.progress import console, progress_bar
 from visionnode.components.common.stats import accuracy_interval
 from visionnode.components.common.tracking import Tracker, save_figure, tracked_run
+from visionnode.components.common.training.archs import depth_from_arch
 from visionnode.components.common.training.lr_probe import (
     LRProbeConfig,
     LRProbeResult,
@@ -38,7 +39,7 @@ from visionnode.components.common.training.lr_probe import (
     probe_lr,
     promise_note,
 )
-from visionnode.components.common.training.model import build_resnet, count_parameters, depth_from_arch
+from visionnode.components.common.training.model import build_resnet, count_parameters
 from visionnode.components.common.training.recipe import (
     LRPlan,
     build_optimizer,

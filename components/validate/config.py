@@ -7,6 +7,7 @@ from pathlib import Path
 
 from visionnode.components.common.adapters.declared import at_least, between, check_ranges, one_of, setting
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.training.archs import ARCHS
 from visionnode.components.common.training.lr_probe import LRProbeConfig
 
 
@@ -22,7 +23,7 @@ class ValidateConfig:
     batch_size: int = setting(32, "Images per step (also for the profile); BatchNorm in train mode needs at "
                               "least 2.", pipeline=False, check=at_least(2))
     arch: str = setting("resnet18", "Smoke-training ResNet (the integrity check always uses resnet152).",
-                        pipeline=False)
+                        pipeline=False, check=one_of(*ARCHS))
     lr: float = setting(2e-3, "AdamW learning rate for smoke training (measured to fall reliably within 30 "
                         "steps).", pipeline=False, check=at_least(0))
     window: int = 0  # steps averaged at each end of the loss curve; 0 = steps // 5
@@ -32,7 +33,8 @@ class ValidateConfig:
     workers: int = setting(2, "DataLoader worker processes.", pipeline=False, check=at_least(0))
     profile_batches: int = setting(8, "Batches timed per profile stage (after one warm-up batch).",
                                    pipeline=False, check=at_least(1))
-    profile_arch: str | None = setting(None, "Model for the profile (default: --arch).", pipeline=False)
+    profile_arch: str | None = setting(None, "Model for the profile (default: --arch).", pipeline=False,
+                                       check=one_of(*ARCHS))
     lr_probe_steps: int = setting(LRProbeConfig.steps, "LR probe: steps each candidate peak LR trains "
                                   "(train's SGD recipe on the smoke subset) before it is judged on held-out "
                                   "loss; 0 skips it.")
@@ -41,10 +43,6 @@ class ValidateConfig:
 
     def validate(self) -> ValidateConfig:
         """Raise ConfigError for values that cannot work; returns self for chaining."""
-        from visionnode.components.common.training.model import depth_from_arch
-
-        depth_from_arch(self.arch)
-        depth_from_arch(self.profile_arch or self.arch)
         check_ranges(self)
         if self.steps < 2 * max(1, self.effective_window):
             raise ConfigError(

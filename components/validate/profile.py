@@ -12,7 +12,8 @@ from torch import nn
 
 from visionnode.components.common.data.imagenet import ImageRecord
 from visionnode.components.common.progress import progress_bar
-from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.common.training.archs import depth_from_arch
+from visionnode.components.common.training.model import build_resnet
 from visionnode.components.validate.config import ValidateConfig
 from visionnode.components.validate.data import make_loader, train_transform
 

@@ -13,8 +13,9 @@ from torch import nn
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.progress import progress_bar
 from visionnode.components.common.tracking import Tracker
+from visionnode.components.common.training.archs import depth_from_arch
 from visionnode.components.common.training.lr_probe import LRProbeResult, probe_lr
-from visionnode.components.common.training.model import BASIC_BLOCK_LAYERS, build_resnet, depth_from_arch
+from visionnode.components.common.training.model import BASIC_BLOCK_LAYERS, build_resnet
 from visionnode.components.validate.config import ValidateConfig
 
 # The LR probe's model: half of ResNet-18's channels costs a third of its time per step on 2 cores. It prefers

@@ -4,7 +4,7 @@ derive from that declaration.
     jpeg_quality: int = setting(90, "JPEG quality of the stored images.", check=between(1, 100))
 
 states the name, type, default, help text and range of a setting in one place (`check=one_of("grpc",
-"http")` for a few names; the CLI offers those as choices, and help texts and docs end with the range):
+"http")` for a few names; help texts and docs end with the range):
 
 - `with_setting_options(Config)` gives a typer command one `--jpeg-quality` option per setting (type,
   default and help from the declaration) and hands the values to the command as one `settings` dict;
@@ -89,7 +89,7 @@ def between(low: float, high: float, *, low_open: bool = False, high_open: bool 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """A setting whose valid values are a few names; the CLI offers them as its choices."""
+    """A setting whose valid values are a few names."""
 
     options: tuple[str, ...]
 
@@ -216,13 +216,12 @@ def with_setting_options(*configs: type, skip: Iterable[str] = ()) -> Callable[[
         generated = []
         for spec in settings.values():
             decls = (spec.cli,) if isinstance(spec.cli, str) else ()
-            choices = spec.check.options if isinstance(spec.check, Choice) else None
-            text = spec.help if choices else spec.documented  # typer lists a Literal's values itself
-            info = typer.Argument(help=text) if spec.argument else typer.Option(*decls, help=text)
-            kind = typing.Literal[choices] if choices else spec.kind
+            # the values are checked with the config (check_ranges), so a wrong one is a one-line error
+            info = (typer.Argument(help=spec.documented) if spec.argument
+                    else typer.Option(*decls, help=spec.documented))
             generated.append(inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY,
                                                default=copy.deepcopy(spec.cli_default),
-                                               annotation=typing.Annotated[kind, info]))
+                                               annotation=typing.Annotated[spec.kind, info]))
         required = [p for p in own if p.default is inspect.Parameter.empty]
         optional = [p for p in own if p.default is not inspect.Parameter.empty]
         parameters = [*required, *generated, *optional]

@@ -8,20 +8,9 @@ from torchvision import models
 
 from visionnode.components.common.artifacts import IMAGENET_MEAN, IMAGENET_STD
 from visionnode.components.common.errors import ConfigError
+from visionnode.components.common.training.archs import SUPPORTED_DEPTHS
 
 RESNET152_PARAMETERS = 60_192_808
-SUPPORTED_DEPTHS = (18, 34, 50, 101, 152)
-
-
-def arch_name(depth: int) -> str:
-    return f"resnet{depth}"
-
-
-def depth_from_arch(arch: str) -> int:
-    if not arch.startswith("resnet") or not arch[6:].isdigit() or int(arch[6:]) not in SUPPORTED_DEPTHS:
-        raise ConfigError(f"unknown architecture '{arch}'",
-                          f"use one of {', '.join(arch_name(d) for d in SUPPORTED_DEPTHS)}")
-    return int(arch[6:])
 
 
 def build_resnet(depth: int = 152, num_classes: int = 1000, zero_init_residual: bool = True,
@@ -42,7 +31,7 @@ def build_resnet(depth: int = 152, num_classes: int = 1000, zero_init_residual: 
             raise ConfigError(f"a ResNet-{depth} of width {width} is not built",
                               "narrow only ResNet-18 or -34, to a width of at least 8 (default 64)")
         return NarrowResNet(BASIC_BLOCK_LAYERS[depth], num_classes, width, zero_init_residual)
-    factory = getattr(models, arch_name(depth))
+    factory = getattr(models, f"resnet{depth}")
     return factory(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
 
 

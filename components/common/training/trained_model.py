@@ -20,7 +20,8 @@ from visionnode.components.common.artifacts import (
     TensorSpec,
 )
 from visionnode.components.common.errors import DataError
-from visionnode.components.common.training.model import build_resnet, depth_from_arch
+from visionnode.components.common.training.archs import depth_from_arch
+from visionnode.components.common.training.model import build_resnet
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
