@@ -24,7 +24,12 @@ from visionnode.components.common.data.samples import SampleImages
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.jsonio import write_json
 from visionnode.components.common.registry import CHAMPION_ALIAS, PROMOTION_TAG
-from visionnode.components.common.serving.triton import parse_repository, replica_urls, triton_http_client
+from visionnode.components.common.serving.triton import (
+    parse_repository,
+    production_models,
+    replica_urls,
+    triton_http_client,
+)
 from visionnode.components.deploy.deploy import DeployConfig, deploy
 from visionnode.components.deploy.promote import PromoteConfig, promote, reject
 from visionnode.components.local.stack import LocalStack, StackConfig
@@ -74,6 +79,11 @@ def test_replica_addresses() -> None:
     with pytest.raises(ConfigError, match="pipeline parameter refused by deploy"):
         check_params(parameter_defaults(compiled_spec()) | {"data_uri": "/d", "deploy_replicas": "host"},
                      local=True)
+
+
+def test_a_restarted_triton_loads_production_models_each_before_its_front_end_and_no_candidate() -> None:
+    index = ["b_jpeg", "a_candidate_jpeg", "b", "a", "a_candidate", "a_jpeg", "b_candidate"]
+    assert production_models(index) == ["a", "a_jpeg", "b", "b_jpeg"]
 
 
 # ------------------------------------------------------------------------------------ on the real stack
@@ -197,6 +207,35 @@ def test_a_candidate_that_misses_the_slo_is_refused_and_one_that_meets_it_is_pro
     assert _registry().get_model_version_by_alias("slo", CHAMPION_ALIAS).tags["triton_version"] == "3"
 
 
+def test_a_restarted_triton_serves_the_champion_again_and_not_a_staged_candidate(
+        stack: LocalStack, models: dict[str, Path], labelled: SampleImages, tmp_path: Path) -> None:
+    """Triton (explicit model control) starts with nothing loaded. A Triton the stack starts loads what
+    promote left serving, as a restarted pod's postStart hook does; without it the next run would find no
+    champion and promote on the SLO alone. Its repository here is a directory deploy and promote also
+    publish to."""
+    repository = tmp_path / "repository"
+    serve(DeployConfig(model_dir=models["perfect"], model_name="kept", check_images=4,
+                       repository=str(repository)), tmp_path)
+    staged = deploy(DeployConfig(model_dir=models["half_wrong"], model_name="kept", check_images=4,
+                                 repository=str(repository)))
+    http, grpc, metrics = free_ports(3, avoid=stack.config.ports())
+    restarted = LocalStack(StackConfig(state_dir=tmp_path / "restarted", with_s3=False, with_mlflow=False,
+                                       triton_repository=str(repository), triton_http_port=http,
+                                       triton_grpc_port=grpc, triton_metrics_port=metrics,
+                                       startup_timeout_s=180.0, die_with_parent=True))
+    restarted.up()
+    try:
+        url = restarted.endpoints.triton_http
+        client = triton_http_client(url)
+        assert client.is_model_ready("kept", "1") and client.is_model_ready("kept_jpeg", "1")
+        assert not client.is_model_ready(staged.candidate_name)
+        assert not client.is_model_ready(staged.candidate_name + "_jpeg")
+        assert _top1(url, "kept", labelled) == 100.0
+    finally:
+        restarted.down()
+        reject(PromoteConfig(endpoint=write_json(tmp_path / "staged.json", staged), reason="test done"))
+
+
 # ------------------------------------------------------------------------------------ two replicas
 @pytest.fixture()
 def second_replica(stack: LocalStack, tmp_path: Path):
@@ -205,8 +244,8 @@ def second_replica(stack: LocalStack, tmp_path: Path):
     replica = LocalStack(StackConfig(state_dir=tmp_path / "replica", with_s3=False, with_mlflow=False,
                                      triton_repository=stack.endpoints.triton_repository,
                                      triton_http_port=http, triton_grpc_port=grpc,
-                                     triton_metrics_port=metrics,
-                                     startup_timeout_s=180.0, die_with_parent=True))
+                                     triton_metrics_port=metrics, startup_timeout_s=180.0,
+                                     die_with_parent=True, serve_promoted=False))  # not the session's models
     replica.up()
     try:
         yield replica.endpoints.triton_http

@@ -9,9 +9,7 @@ from typing import Any
 from visionnode.components.common.adapters.declared import at_least, between, check_ranges, setting
 from visionnode.components.common.errors import ConfigError
 from visionnode.components.common.numbers import parse_int_list
-from visionnode.components.common.serving.triton import DEFAULT_MODEL_NAME, replica_entries
-
-CANDIDATE_SUFFIX = "_candidate"
+from visionnode.components.common.serving.triton import CANDIDATE_SUFFIX, DEFAULT_MODEL_NAME, replica_entries
 
 
 def candidate_name(model_name: str) -> str:

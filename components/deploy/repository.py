@@ -18,12 +18,12 @@ from pathlib import Path
 from visionnode.components.common.artifacts import InferenceMetadata, TensorSpec
 from visionnode.components.common.errors import DataError
 from visionnode.components.common.jsonio import atomic_write_text, staged_dir
+from visionnode.components.common.serving.triton import JPEG_SUFFIX
 from visionnode.components.deploy.config import ServingConfig
 
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 MODEL_PY = "model.py"
-JPEG_SUFFIX = "_jpeg"
 JPEG_INPUT = "image_bytes"
 TENSOR_TEMPLATE = "triton_model.py.tmpl"
 JPEG_TEMPLATE = "triton_jpeg_model.py.tmpl"

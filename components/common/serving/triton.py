@@ -14,6 +14,8 @@ from visionnode.components.common.settings import resolve_endpoints, resolve_s3_
 from visionnode.components.common.storage.s3 import S3Config, S3Location, resolve_s3_config
 
 DEFAULT_MODEL_NAME = "resnet152_int8"
+CANDIDATE_SUFFIX = "_candidate"   # a model staged beside the production one until it proves itself
+JPEG_SUFFIX = "_jpeg"             # a model's JPEG front end (python backend), which calls the model
 STACK_HINT = "start the embedded stack with `visionnode stack up` or pass --triton-url HOST:PORT"
 
 
@@ -110,6 +112,13 @@ def ready_version(client, name: str) -> int | None:
         if entry.get("name") == name and entry.get("state") == "READY" and entry.get("version"):
             return int(entry["version"])
     return None
+
+
+def production_models(names: list[str]) -> list[str]:
+    """The models of a repository that serve under production names (not staged candidates), each before
+    its JPEG front end, which calls it."""
+    production = {name for name in names if not name.removesuffix(JPEG_SUFFIX).endswith(CANDIDATE_SUFFIX)}
+    return sorted(production, key=lambda name: (name.removesuffix(JPEG_SUFFIX), name.endswith(JPEG_SUFFIX)))
 
 
 def replica_entries(spec: str) -> list[tuple[str, int]]:

@@ -13,6 +13,7 @@ out (`with_s3=False`, ...) when the user points the matching setting (env var) a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from visionnode.components.local.stack.service import ServiceSpec, service_log_f
 from visionnode.components.local.stack.triton import (
     REPOSITORY_BUCKET,
     REPOSITORY_PREFIX,
+    serve_production_models,
     triton_s3_uri,
     triton_spec,
 )
@@ -76,6 +78,8 @@ class StackConfig:
                                   "start with less than twice this free.", check=at_least(1))
     # Servers get SIGTERM when the starting process dies (for test sessions; the CLI leaves them running).
     die_with_parent: bool = False
+    # A Triton started here loads what promote left serving (False: it starts empty, as a bare server does).
+    serve_promoted: bool = True
 
     def ports(self) -> set[int]:
         """The ports set for the servers (the embedded S3 picks its internal ports outside them)."""
@@ -206,8 +210,11 @@ class LocalStack:
                 repository = triton_s3_uri(s3_endpoint, REPOSITORY_BUCKET, REPOSITORY_PREFIX)
             else:
                 repository = str(self.state_dir / "triton" / "models")
-            specs["triton"] = triton_spec(self.state_dir, cfg.triton_http_port, cfg.triton_grpc_port,
-                                          cfg.triton_metrics_port, repository, credentials, region)
+            triton = triton_spec(self.state_dir, cfg.triton_http_port, cfg.triton_grpc_port,
+                                 cfg.triton_metrics_port, repository, credentials, region)
+            if cfg.serve_promoted:
+                triton = replace(triton, after_healthy=functools.partial(serve_production_models, triton.url))
+            specs["triton"] = triton
         return specs
 
     def _spawn(self, spec: ServiceSpec) -> process.Pending:

@@ -15,8 +15,13 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from visionnode.components.common.errors import ConfigError, ServiceError
-from visionnode.components.common.serving.triton import TritonRepository, parse_triton_repository
+from visionnode.components.common.errors import ConfigError, ServiceError, one_line
+from visionnode.components.common.serving.triton import (
+    TritonRepository,
+    parse_triton_repository,
+    production_models,
+    triton_http_client,
+)
 from visionnode.components.common.settings import DEFAULT_REGION, S3Credentials
 from visionnode.components.common.storage.s3 import S3Config, s3_client
 from visionnode.components.local.stack.process import LOOPBACK, PortSpec, child_env
@@ -145,6 +150,22 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
         extra={"grpc": f"{host}:{grpc_port}", "metrics": f"{host}:{metrics_port}", "repository": repo.uri},
         cwd=home, before_start=before_start,
     )
+
+
+def serve_production_models(http_url: str, timeout_s: float = 600.0) -> list[str]:
+    """Load what promote left serving; returns the names. Triton (explicit model control) starts with nothing
+    loaded, so without this a restarted stack would serve no champion and the next candidate would be judged
+    against none. Staged candidates stay unloaded, as in a restarted pod (manifests/base/triton_models.py)."""
+    client = triton_http_client(http_url, timeout_s)
+    names = production_models([entry["name"] for entry in client.get_model_repository_index()])
+    for name in names:
+        try:
+            client.load_model(name)
+        except Exception as exc:  # tritonclient's InferenceServerException, or a timeout
+            raise ServiceError(f"Triton could not load the served model '{name}' from its repository "
+                               f"({one_line(exc)})", "deploy and promote a model that loads, or remove "
+                               f"'{name}' from the repository; see the Triton log") from None
+    return names
 
 
 def local_address(address: str) -> str:
