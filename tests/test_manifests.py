@@ -990,7 +990,7 @@ def test_triton_reloads_deployed_models_after_a_restart_and_is_not_ready_before(
 
 @pytest.mark.parametrize("params_file", param_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
 def test_triton_loads_the_models_deploy_publishes(rendered, params_file: Path):
-    from visionnode.components.deploy.repository import JPEG_SUFFIX
+    from visionnode.components.common.serving.triton import JPEG_SUFFIX
 
     model = yaml.safe_load(params_file.read_text())["deploy_model_name"]
     overlay = "production" if "production" in params_file.parts else "local"

@@ -10,7 +10,8 @@ import numpy as np
 from visionnode.components.common.artifacts import InferenceMetadata
 from visionnode.components.common.data.samples import encode_png, sample_images
 from visionnode.components.common.errors import IntegrityError
-from visionnode.components.deploy.repository import JPEG_INPUT, JPEG_SUFFIX
+from visionnode.components.common.serving.triton import JPEG_SUFFIX
+from visionnode.components.deploy.repository import JPEG_INPUT
 
 
 @dataclass

@@ -26,14 +26,19 @@ from pathlib import Path
 from visionnode.components.common.artifacts import MODEL_METADATA_FILE, InferenceMetadata
 from visionnode.components.common.errors import ConfigError, DataError
 from visionnode.components.common.registry import PROMOTION_TAG, register_files
-from visionnode.components.common.serving.triton import STACK_HINT, RepositoryTarget, ready_version
+from visionnode.components.common.serving.triton import (
+    JPEG_SUFFIX,
+    STACK_HINT,
+    RepositoryTarget,
+    ready_version,
+)
 from visionnode.components.common.settings import resolve_endpoints
 from visionnode.components.common.tracking import Tracker
 from visionnode.components.deploy.answers import AnswerCheck, check_answers, local_reference
 from visionnode.components.deploy.config import DeployConfig, ServingConfig, candidate_name
 from visionnode.components.deploy.publish import publish, remote_versions, repository_targets
 from visionnode.components.deploy.replicas import Replica, connect_replicas, load_everywhere
-from visionnode.components.deploy.repository import JPEG_SUFFIX, serving_input_spec, write_served_models
+from visionnode.components.deploy.repository import serving_input_spec, write_served_models
 
 
 @dataclass

@@ -28,18 +28,14 @@ from visionnode.components.common.registry import (
     tag_version,
 )
 from visionnode.components.common.run_summary import PROMOTION_RUN_TAG
-from visionnode.components.common.serving.triton import parse_repository, ready_version
+from visionnode.components.common.serving.triton import JPEG_SUFFIX, parse_repository, ready_version
 from visionnode.components.common.tracking import Tracker, tracked_run
 from visionnode.components.deploy.answers import AnswerCheck
 from visionnode.components.deploy.config import PromoteConfig, ServingConfig
 from visionnode.components.deploy.deploy import check_model_dir, check_replicas
 from visionnode.components.deploy.publish import publish, withdraw_version
 from visionnode.components.deploy.replicas import connect_replicas, load_everywhere, unload_everywhere
-from visionnode.components.deploy.repository import (
-    JPEG_SUFFIX,
-    write_openvino_backend_model,
-    write_served_models,
-)
+from visionnode.components.deploy.repository import write_openvino_backend_model, write_served_models
 
 OPENVINO_VARIANT_SUFFIX = "-openvino"
 

@@ -152,8 +152,8 @@ def triton_spec(state_dir: Path, http_port: int, grpc_port: int, metrics_port: i
     )
 
 
-def serve_production_models(http_url: str, timeout_s: float = 600.0) -> list[str]:
-    """Load what promote left serving; returns the names. Triton (explicit model control) starts with nothing
+def serve_production_models(http_url: str, timeout_s: float = 600.0) -> None:
+    """Load what promote left serving. Triton (explicit model control) starts with nothing
     loaded, so without this a restarted stack would serve no champion and the next candidate would be judged
     against none. Staged candidates stay unloaded, as in a restarted pod (manifests/base/triton_models.py)."""
     client = triton_http_client(http_url, timeout_s)
@@ -165,7 +165,6 @@ def serve_production_models(http_url: str, timeout_s: float = 600.0) -> list[str
             raise ServiceError(f"Triton could not load the served model '{name}' from its repository "
                                f"({one_line(exc)})", "deploy and promote a model that loads, or remove "
                                f"'{name}' from the repository; see the Triton log") from None
-    return names
 
 
 def local_address(address: str) -> str:
