@@ -280,7 +280,7 @@ def promotion_outcome(run: DagRun) -> str:
 KEY_FIGURES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "fingerprint": (("files", "files", "{:,.0f}"), ("total_mb", "MB", "{:,.1f}")),
     "validate": (("loss_first", "loss", "{:.3g}"), ("loss_last", "->", "{:.3g}")),
-    "shard": (("images_written", "images", "{:,.0f}"),),
+    "shard": (("images_written", "images", "{:,.0f}"), ("files_skipped", "unreadable skipped", "{:,.0f}")),
     "transfer": (("objects_skipped", "verified in place", "{:.0f}"),
                  ("objects_transferred", "copied", "{:.0f}")),
     "train": (("top1", "top-1 %", "{:.1f}"), ("images_per_second", "img/s", "{:.1f}"),

@@ -436,6 +436,17 @@ def test_cli_writes_shards_and_json(synth_dataset: Path, tmp_path: Path) -> None
     assert [s.count for s in ShardManifest.load(tmp_path / "s").shards] == [10, 10, 4]
 
 
+def test_cli_names_the_skipped_files_without_json(messy_dataset: MessyDataset, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    result = CliRunner().invoke(app, ["shard", "--data", str(messy_dataset.root), "--out", str(out),
+                                      "--split", "train", "--workers", "1", "--no-readback"])
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if line.startswith("warning:"))
+    assert f"{len(messy_dataset.bad_files)} unreadable files" in warning
+    shown = [path for path in messy_dataset.bad_files if path in warning]
+    assert len(shown) == min(3, len(messy_dataset.bad_files)), warning
+
+
 def test_cli_user_error_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "visionnode.pipeline.cli", "shard", "--data",
                              str(tmp_path / "missing"), "--out", str(tmp_path / "out")],

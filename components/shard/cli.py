@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from visionnode.components.common.adapters.cli import JsonOption, emit_result, user_errors
+from visionnode.components.common.adapters.cli import JsonOption, emit_result, err_console, user_errors
 from visionnode.components.common.adapters.declared import build, with_setting_options
 from visionnode.components.shard.config import ShardConfig
 
@@ -22,11 +22,17 @@ def shard_command(
     json_path: JsonOption = None,
 ) -> None:
     """Write FFCV shards (JPEG RGB + label) with a checksummed manifest; re-runs reuse verified shards."""
+    from visionnode.components.common.artifacts import describe_skipped
     from visionnode.components.shard.shard import (
         shard_dataset,  # imports FFCV and numpy: only when the command runs
     )
 
-    emit_result(shard_dataset(build(ShardConfig, settings, data=data, out=out)), json_path, "shard")
+    result = shard_dataset(build(ShardConfig, settings, data=data, out=out))
+    emit_result(result, json_path, "shard")
+    if result.skipped:  # named here: the table only counts them
+        err_console.print(f"warning: {len(result.skipped)} unreadable files are not in the shards (all "
+                          f"listed in {result.manifest}): {describe_skipped(result.skipped, data)}",
+                          highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
