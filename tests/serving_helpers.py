@@ -67,12 +67,19 @@ def labelled_images(per_class: int, size: int, classes: int) -> tuple[np.ndarray
     return images.astype(np.uint8), labels.astype(np.int64)
 
 
-def make_brightness_model(out: Path, mapping: list[int], size: int = 32) -> Path:
-    return save_openvino_model(BrightnessClassifier(mapping).eval(), out, size, len(mapping))
+def make_brightness_model(out: Path, mapping: list[int], size: int = 32,
+                          names: list[str] | None = None) -> Path:
+    return save_openvino_model(BrightnessClassifier(mapping).eval(), out, size, len(mapping), names)
 
 
-def save_openvino_model(net: nn.Module, out: Path, size: int, classes: int) -> Path:
-    """A torch module (uint8 NHWC in, logits out) as an OpenVINO IR + model.json, as quantize writes them."""
+def class_names(classes: int) -> list[str]:
+    return [f"class {i}" for i in range(classes)]
+
+
+def save_openvino_model(net: nn.Module, out: Path, size: int, classes: int,
+                        names: list[str] | None = None) -> Path:
+    """A torch module (uint8 NHWC in, logits out) as an OpenVINO IR + model.json, as quantize writes them;
+    its class list is `names` (default: class_names)."""
     import openvino as ov
 
     example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
@@ -86,7 +93,7 @@ def save_openvino_model(net: nn.Module, out: Path, size: int, classes: int) -> P
         arch="tinycnn", precision="fp32",
         input=TensorSpec("images", [-1, size, size, 3], "uint8", "NHWC"),
         output=TensorSpec("logits", [-1, classes], "float32"),
-        classes=ClassIndex(wnids, [f"class {i}" for i in range(classes)]),
+        classes=ClassIndex(wnids, names or class_names(classes)),
         preprocessing=Preprocessing(input_size=size, resize_size=size), onnx=None,
     ).save(out)
     return out

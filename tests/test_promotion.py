@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.serving_helpers import labelled_images, make_brightness_model, serve
+from tests.serving_helpers import class_names, labelled_images, make_brightness_model, serve
+from visionnode.components.benchmark.accuracy import is_right
 from visionnode.components.benchmark.benchmark import benchmark
 from visionnode.components.benchmark.config import BenchmarkConfig
 from visionnode.components.benchmark.decision import decide
@@ -40,6 +41,7 @@ from visionnode.pipeline.params import check_params
 SIZE, CLASSES = 32, 6
 PERFECT = list(range(CLASSES))
 HALF_WRONG = [0, 1, 2, 0, 1, 2]            # classes 3, 4, 5 answered as 0, 1, 2: top-1 exactly 50 %
+ROTATED = [1, 2, 3, 4, 5, 0]               # output j answers class ROTATED[j]: right by name, never by index
 EASY_SLO = {"target_qps": 1.0, "target_p99_ms": 60_000.0}
 IMPOSSIBLE_SLO = {"target_qps": 1.0, "target_p99_ms": 0.001}
 
@@ -70,6 +72,15 @@ def test_a_refusal_names_every_reason() -> None:
     assert decide(True, "SLO met", 80.0, None, 0.5).reason == "SLO met; no champion to compare top-1 with"
 
 
+def test_an_answer_is_right_by_class_name_and_a_shared_name_needs_the_index_too() -> None:
+    names = ["tench", "crane", "goldfish", "crane"]   # ImageNet lists two classes called crane
+    assert is_right("0.9:0:tench", 0, names) and is_right("0.9:5:goldfish", 2, names)  # any index, same name
+    assert not is_right("0.9:0:goldfish", 0, names)  # same index, other name
+    assert is_right("0.9:3:crane", 3, names) and not is_right("0.9:1:crane", 3, names)
+    assert is_right("0.9:2", 2, names) and not is_right("0.9:1", 2, names)  # a model served without labels
+    assert is_right("0.9:2:goldfish", 2, None) and not is_right("0.9:1:goldfish", 2, None)  # unnamed images
+
+
 def test_replica_addresses() -> None:
     listed = replica_urls("127.0.0.1:8000, 127.0.0.1:9000,127.0.0.1:8000")
     assert listed == ["127.0.0.1:8000", "127.0.0.1:9000"]
@@ -91,13 +102,15 @@ def test_a_restarted_triton_loads_production_models_each_before_its_front_end_an
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("brightness")
     return {"perfect": make_brightness_model(root / "perfect", PERFECT, SIZE),
-            "half_wrong": make_brightness_model(root / "half_wrong", HALF_WRONG, SIZE)}
+            "half_wrong": make_brightness_model(root / "half_wrong", HALF_WRONG, SIZE),
+            "rotated": make_brightness_model(root / "rotated", ROTATED, SIZE,
+                                             names=[class_names(CLASSES)[c] for c in ROTATED])}
 
 
 @pytest.fixture(scope="module")
 def labelled() -> SampleImages:
     images, labels = labelled_images(per_class=4, size=SIZE, classes=CLASSES)
-    return SampleImages(images, "brightness levels", labels)
+    return SampleImages(images, "brightness levels", labels, class_names(CLASSES))
 
 
 def _logits(url: str, model: str, images: np.ndarray) -> np.ndarray:
@@ -186,6 +199,18 @@ def test_a_less_accurate_candidate_is_refused_and_the_champion_serves_on(
     assert registry.get_model_version_by_alias("acc", CHAMPION_ALIAS).version == champion_before
     refused = registry.get_model_version("acc", staged.registered_version.split("/")[1])
     assert refused.tags[PROMOTION_TAG] == result.outcome
+
+
+def test_a_champion_that_lists_its_classes_in_another_order_is_judged_by_class_name(
+        stack: LocalStack, models: dict[str, Path], labelled: SampleImages, tmp_path: Path) -> None:
+    """As after a class is added and the sorted class indices move: judged by index, the champion would
+    score 0 % and a half-wrong candidate would replace it."""
+    serve(DeployConfig(model_dir=models["rotated"], model_name="order", check_images=4), tmp_path)
+    _, endpoint, judged = _stage_and_judge(models["half_wrong"], "order", labelled, tmp_path, **EASY_SLO)
+    assert (judged.candidate_top1, judged.champion_top1) == (50.0, 100.0)
+    assert _top1(stack.endpoints.triton_http, "order", labelled) == 0.0  # by index
+    assert judged.slo_met and not judged.decision.promote
+    reject(PromoteConfig(endpoint=endpoint, reason=judged.decision.reason))
 
 
 def test_a_candidate_that_misses_the_slo_is_refused_and_one_that_meets_it_is_promoted(

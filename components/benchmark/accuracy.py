@@ -1,7 +1,10 @@
 """Candidate vs champion: top-1 of both served models on the same labelled val images, through Triton.
 
 Both answer from the same server(s) in the same run, so the comparison holds whatever data the champion was
-trained or evaluated on before. A model of another input size gets the same images decoded at its size.
+trained or evaluated on before. An answer counts by the class name the model serves it under (Triton's
+classification extension reads each model's labels.txt), so a champion trained on another class list (a class
+added, renamed or dropped, which moves the indices) is judged on these images' classes, not on index
+coincidences. A model of another input size gets the same images decoded at its size.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visionnode.components.common.data.samples import SampleImages, labelled_images
+from visionnode.components.common.serving.triton import served_label
 
 
 @dataclass
@@ -20,19 +24,36 @@ class TopOneComparison:
     champion_top1: float | None     # percent; None when no champion is served
 
 
-def served_top1(client, model: str, input_name: str, output_name: str, images: np.ndarray,
-                labels: np.ndarray, batch: int = 8) -> float:
-    """Top-1 (percent) of `model` as Triton serves it, over `images` with their `labels`."""
+def served_top1(client, model: str, input_name: str, output_name: str, labelled: SampleImages,
+                batch: int = 8) -> float:
+    """Top-1 (percent) of `model` as Triton serves it, over `labelled`'s images: an answer is right when
+    the model's label for it is the image's class name (or, for images without class names or a model
+    without labels, when its class index is)."""
     import tritonclient.http as httpclient
 
+    assert labelled.labels is not None
+    names = [served_label(name) for name in labelled.class_names] if labelled.class_names else None
     hits = 0
-    for start in range(0, len(images), batch):
-        part = np.ascontiguousarray(images[start:start + batch])
+    for start in range(0, len(labelled.images), batch):
+        part = np.ascontiguousarray(labelled.images[start:start + batch])
         tensor = httpclient.InferInput(input_name, list(part.shape), "UINT8")
         tensor.set_data_from_numpy(part)
-        logits = client.infer(model, [tensor], outputs=[httpclient.InferRequestedOutput(output_name)])
-        hits += int((logits.as_numpy(output_name).argmax(1) == labels[start:start + batch]).sum())
-    return 100.0 * hits / len(images)
+        answer = client.infer(model, [tensor],
+                              outputs=[httpclient.InferRequestedOutput(output_name, class_count=1)])
+        for top, label in zip(answer.as_numpy(output_name)[:, 0], labelled.labels[start:start + batch]):
+            hits += is_right(top.decode(), int(label), names)
+    return 100.0 * hits / len(labelled.images)
+
+
+def is_right(top: str, label: int, names: list[str] | None) -> bool:
+    """Whether Triton's classification answer `top` (`score:index[:label]`) names class `label` of `names`
+    (the images' class list as served labels): by name where both sides have one, by index otherwise, and by
+    both where the name is not unique in the list (ImageNet has two classes called crane), so that a shared
+    name never counts a confusion as right."""
+    _, index, *served = top.split(":", 2)
+    if not served or names is None:
+        return int(index) == label
+    return served[0] == names[label] and (names.count(names[label]) == 1 or int(index) == label)
 
 
 def compare_top1(http_url: str, candidate: str, champion: str, shards: str | None, limit: int,
@@ -55,8 +76,7 @@ def compare_top1(http_url: str, candidate: str, champion: str, shards: str | Non
         if labelled is None:
             figures[role] = None
             continue
-        assert labelled.labels is not None
-        figures[role] = served_top1(client, model, input_name, output_name, labelled.images, labelled.labels)
+        figures[role] = served_top1(client, model, input_name, output_name, labelled)
         count = len(labelled.images)
     return TopOneComparison(count, figures["candidate"], figures["champion"])
 
@@ -65,5 +85,5 @@ def _labelled(shards: str | None, limit: int, size: int, pool: SampleImages) -> 
     if shards:
         return labelled_images(shards, limit, size)
     if pool.labels is not None and pool.images.shape[1] == size:
-        return SampleImages(pool.images[:limit], pool.source, pool.labels[:limit])
+        return SampleImages(pool.images[:limit], pool.source, pool.labels[:limit], pool.class_names)
     return None

@@ -18,7 +18,7 @@ from pathlib import Path
 from visionnode.components.common.artifacts import InferenceMetadata, TensorSpec
 from visionnode.components.common.errors import DataError
 from visionnode.components.common.jsonio import atomic_write_text, staged_dir
-from visionnode.components.common.serving.triton import JPEG_SUFFIX
+from visionnode.components.common.serving.triton import JPEG_SUFFIX, served_label
 from visionnode.components.deploy.config import ServingConfig
 
 CONFIG_FILE = "config.pbtxt"
@@ -145,7 +145,7 @@ instance_group [ {{ count: {cfg.instances} kind: KIND_CPU }} ]
 
 def labels_text(meta: InferenceMetadata) -> str:
     """One class name per line, in class-index order (Triton's classification extension reads it)."""
-    return "".join(name.replace("\n", " ").strip() + "\n" for name in meta.classes.names)
+    return "".join(served_label(name) + "\n" for name in meta.classes.names)
 
 
 def parse_config(text: str):

@@ -20,6 +20,7 @@ class SampleImages:
     images: np.ndarray        # uint8 [N, S, S, 3]
     source: str               # the shard dir / URI, or "synthetic"
     labels: np.ndarray | None = None  # int64 [N] class indices; None for generated images
+    class_names: list[str] | None = None  # the shards' class names, by index (with labels from shards)
 
 
 def sample_images(shards: str | Path | None, count: int, size: int, split: str = "val") -> SampleImages:
@@ -35,7 +36,7 @@ def sample_images(shards: str | Path | None, count: int, size: int, split: str =
         repeats = count // len(images) + 1
         images = np.concatenate([images] * repeats)[:count]
         labels = np.concatenate([labels] * repeats)[:count]
-    return SampleImages(np.ascontiguousarray(images), found.source, labels)
+    return SampleImages(np.ascontiguousarray(images), found.source, labels, found.class_names)
 
 
 def labelled_images(shards: str | Path, limit: int, size: int, split: str = "val") -> SampleImages:
@@ -54,7 +55,7 @@ def labelled_images(shards: str | Path, limit: int, size: int, split: str = "val
     batches = list(uint8_batches(paths, batch_size=min(64, limit), resolution=size, limit=limit, workers=1))
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
-    return SampleImages(np.ascontiguousarray(images), str(shards), labels)
+    return SampleImages(np.ascontiguousarray(images), str(shards), labels, manifest.classes.names)
 
 
 def encode_png(image: np.ndarray) -> bytes:

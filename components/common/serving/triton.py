@@ -114,6 +114,11 @@ def ready_version(client, name: str) -> int | None:
     return None
 
 
+def served_label(class_name: str) -> str:
+    """A class name as a model's labels.txt holds it, one per line, and Triton's classification answers."""
+    return class_name.replace("\n", " ").strip()
+
+
 def production_models(names: list[str]) -> list[str]:
     """The models of a repository that serve under production names (not staged candidates), each before
     its JPEG front end, which calls it."""
