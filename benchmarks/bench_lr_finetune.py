@@ -119,13 +119,14 @@ def probe_lr_for(data: Path, args: argparse.Namespace, seed: int) -> tuple[float
 
 
 def run_train(shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr: float, seed: int,
-              init_weights: str = "", crop_min_scale: float = 0.08, head_epochs: int = 0) -> Run:
+              init_weights: str = "", crop_min_scale: float = 0.08, head_epochs: int = 0,
+              warmup_epochs: float | None = None) -> Run:
     started = time.perf_counter()
     result: TrainResult = train(TrainConfig(
         shards=str(shards), out_dir=out, epochs=epochs, batch_size=args.batch_size, arch=args.arch,
         res_schedule=f"{args.resolution}:{args.resolution}", precision="auto", resume="never", workers=1,
         seed=seed, tracking=False, checkpoint_uri=str(out / "checkpoints"),
-        recipe=Recipe(lr=lr or None),  # lr 0: the batch rule
+        recipe=Recipe(lr=lr or None, warmup_epochs=warmup_epochs),  # lr 0: the batch rule; warm-up None: auto
         init_weights=init_weights, crop_min_scale=crop_min_scale, head_epochs=head_epochs))
     if result.status == "preempted":  # train saved a checkpoint on SIGTERM: no top-1 to record as a result
         raise SystemExit(f"stopped by SIGTERM: the run at LR {lr:g}, seed {seed}, after {result.steps} steps "

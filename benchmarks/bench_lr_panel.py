@@ -129,9 +129,13 @@ class Results:
         if self.path:
             self.path.write_text(json.dumps(self.done, indent=1))
 
-    def train(self, key: str, shards: Path, out: Path, *train_args: object) -> Run:
+    def train(self, key: str, shards: Path, out: Path, args: argparse.Namespace, epochs: int, lr: float,
+              seed: int) -> Run:
+        if args.warmup_epochs is not None:  # auto warm-up keeps the keys runs had before the option
+            key += f"/warmup{args.warmup_epochs:g}"
         if key not in self.done:
-            self.done[key] = vars(run_train(shards, out, *train_args))
+            self.done[key] = vars(run_train(shards, out, args, epochs, lr, seed,
+                                            warmup_epochs=args.warmup_epochs))
             shutil.rmtree(out)  # its checkpoints: a ResNet-152 panel would otherwise fill the disk
             self._save()
         return Run(**self.done[key])
@@ -263,6 +267,9 @@ def main() -> None:
                         "default: the DAG's probe (a half-width resnet18) and train's rule")
     parser.add_argument("--probe-lrs", default=",".join(f"{lr:g}" for lr in CANDIDATE_LRS),
                         help="--probe-arch's candidate LRs")
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="warm-up of every train run (default: train's auto, chosen with the LR; at most "
+                        "a quarter of the run either way)")
     parser.add_argument("--demo-lrs", default="", help="also train the demo's ResNet-152 step at these LRs "
                         "(0: the batch rule) and print its top-1: which LR the deeper network wants")
     args = parser.parse_args()
