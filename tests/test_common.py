@@ -79,6 +79,9 @@ def test_reader_reports_empty_class_and_rejects_non_imagenet(messy_dataset, tmp_
         open_imagenet(tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         open_imagenet(tmp_path / "missing")
+    with pytest.raises(DataError, match="holds class folders of images itself") as given_train:
+        open_imagenet(messy_dataset.root / "train")
+    assert "pass the folder above it" in given_train.value.hint
 
 
 def test_decoder_converts_odd_images_and_names_bad_ones(messy_dataset) -> None:

@@ -161,6 +161,9 @@ def open_imagenet(root: str | os.PathLike[str], listing: DatasetListing | None =
     tree = _Tree(listing)
     source = next((s for s in SPLITS if tree.is_dir(s) and tree.class_dirs(s)), None)
     if source is None:
+        if any(tree.files_in(name) for name in tree.class_dirs("")):  # a train/ or val/ folder itself
+            raise DataError(f"{listing.root} holds class folders of images itself, not train/ and val/",
+                            "pass the folder above it, which holds train/<class>/ and val/")
         raise DataError(f"{listing.root} is not in ImageNet layout (no train/<wnid>/ or val/<wnid>/ folders)",
                         "expected train/<wnid>/*.JPEG and val/ as described in the README")
     wnids = tree.class_dirs(source)
