@@ -75,6 +75,17 @@ def parameter_defaults(spec: dict[str, Any]) -> dict[str, Any]:
     return {name: types[name](p["defaultValue"]) for name, p in params.items() if "defaultValue" in p}
 
 
+def _nearest(name: str, known: list[str]) -> str:
+    """What a mistyped name likely meant: a parameter ending in it (a setting without its phase) or one
+    spelled alike; else every known parameter."""
+    import difflib
+
+    likely = sorted(k for k in known if k.endswith(f"_{name}")) or difflib.get_close_matches(name, known, n=3)
+    if likely:  # the closest first
+        return f"did you mean {' or '.join(likely)}?"
+    return f"known parameters: {', '.join(sorted(known))}"
+
+
 def parse_params(pairs: list[str], types: dict[str, type]) -> dict[str, Any]:
     """`["epochs=2", "data_uri=s3://x"]` -> typed values; unknown names and bad values are user errors."""
     parsed: dict[str, Any] = {}
@@ -82,10 +93,10 @@ def parse_params(pairs: list[str], types: dict[str, type]) -> dict[str, Any]:
         name, sep, raw = pair.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not name:
-            raise ConfigError(f"--param {pair!r} is not of the form name=value", "e.g. --param epochs=4")
+            raise ConfigError(f"--param {pair!r} is not of the form name=value",
+                              "e.g. --param train_epochs=4")
         if name not in types:
-            raise ConfigError(f"unknown pipeline parameter {name!r}",
-                              f"known parameters: {', '.join(sorted(types))}")
+            raise ConfigError(f"unknown pipeline parameter {name!r}", _nearest(name, list(types)))
         parsed[name] = _coerce(name, raw, types[name])
     return parsed
 
