@@ -47,6 +47,7 @@ from visionnode.pipeline.compile import compiled_spec, parameter_defaults
 from visionnode.pipeline.local_dag import DagRun, run_dag, source_digest, step_metrics
 from visionnode.pipeline.params import check_params
 from visionnode.pipeline.pipeline import PIPELINE_NAME
+from visionnode.pipeline.step_log import user_error
 
 TASK_ORDER = ("fingerprint", *containers.PHASES)  # the DAG's steps (fingerprint runs in transfer's image)
 DECISION_STEPS = ("promote", "reject")  # one of them runs, as benchmark decided (dsl.If / dsl.Else)
@@ -105,6 +106,8 @@ def run_local(config: LocalRunConfig) -> LocalRunResult:
     if config.runner not in RUNNERS:
         raise ConfigError(f"unknown runner {config.runner!r}", f"use one of: {', '.join(RUNNERS)}")
     if config.data is not None:
+        if "data_uri" in config.params:
+            raise ConfigError("--data and -p data_uri both name the dataset", "pass one of them")
         _check_dataset(config.data)
     data = config.data.resolve() if config.data is not None else demo_data_dir()
     params = _pipeline_params(data, config)
@@ -254,9 +257,11 @@ def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any, on_s
     # phase is not the last line); a promotion step that did not run because of the decision is fine.
     failed = [step for step in (*TASK_ORDER, FINAL_STEP) if not _finished(run, step)]
     if failed:
-        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}",
-                              f"its log is {run.log_dir / f'{failed[0]}.log'}; outputs of the steps that ran "
-                              f"are under {run.run_dir}; a re-run reuses the steps before it")
+        log = run.log_dir / f"{failed[0]}.log"
+        because = f": {user_error(log)}" if user_error(log) else ""
+        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}{because}",
+                              f"its log is {log}; outputs of the steps that ran are under {run.run_dir}; a "
+                              "re-run reuses the steps before it")
     if not any(_finished(run, step) for step in DECISION_STEPS):  # kfp.local skips both if it cannot read
         raise VisionNodeError("benchmark decided, but neither promote nor reject ran",
                               f"see how kfp.local evaluated the condition in {run.log_dir / 'pipeline.log'}")

@@ -22,6 +22,10 @@ RETRYING = re.compile(r"Task '?([\w-]+)'? failed \(attempt (\d+)/(\d+)\)")
 # kfp/local/orchestrator/task_executor.py logs a served-from-cache task this way
 CACHE_HIT = re.compile(r"Task '?([\w-]+)'? cache hit \(key=([0-9a-f]+)\)")
 PIPELINE_LOG = "pipeline"
+# The last line of a task's traceback when it stopped on a user-facing error (VisionNodeError and its kin):
+# `<module>.<Name>Error: <problem> (<hint>)`, the one line a CLI command prints.
+USER_ERROR = re.compile(r"^\s*visionnode\.[\w.]+Error: (.+)$")
+TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,17 @@ class StepEvent:
 
 def step_name(task: str) -> str:
     return task.removesuffix("-op")
+
+
+def user_error(log: Path) -> str | None:
+    """The user-facing error a failed step's log ends with (its problem and what to do), if it has one."""
+    if not log.is_file():
+        return None
+    with log.open("rb") as stream:
+        stream.seek(max(0, log.stat().st_size - TAIL_BYTES))
+        tail = stream.read().decode(errors="replace")
+    found = [match.group(1) for line in tail.splitlines() if (match := USER_ERROR.match(line))]
+    return found[-1] if found else None
 
 
 class StepLog(io.TextIOBase):

@@ -33,6 +33,7 @@ from visionnode.pipeline.compile import (
     parameter_types,
     parse_params,
 )
+from visionnode.pipeline.step_log import user_error
 
 runner = CliRunner()
 PHASES = ("validate", "shard", "transfer", "train", "quantize", "deploy", "benchmark")
@@ -191,8 +192,15 @@ def test_params_are_typed_and_unknown_ones_rejected(spec: dict) -> None:
     types = parameter_types(spec)
     assert parse_params(["train_epochs=4", "train_lr=0.2", "data_uri=s3://d/i"], types) == {
         "train_epochs": 4, "train_lr": "0.2", "data_uri": "s3://d/i"}
-    with pytest.raises(ConfigError, match="unknown pipeline parameter 'train_epoch'"):
+    with pytest.raises(ConfigError, match="unknown pipeline parameter 'train_epoch'") as typo:
         parse_params(["train_epoch=4"], types)
+    assert typo.value.hint is not None and typo.value.hint.startswith("did you mean train_epochs or")
+    with pytest.raises(ConfigError) as without_phase:
+        parse_params(["concurrency=4"], types)
+    assert without_phase.value.hint == "did you mean benchmark_concurrency or transfer_concurrency?"
+    with pytest.raises(ConfigError) as unlike:
+        parse_params(["zzz=4"], types)
+    assert (unlike.value.hint or "").startswith("known parameters: benchmark_accuracy_images")
     with pytest.raises(ConfigError, match="not a valid int"):
         parse_params(["train_epochs=four"], types)
 
@@ -263,6 +271,8 @@ MISTAKES = {
     "shards-without-manifest": (["train", "--shards", "{inputs}", "--out", "{tmp}/model"],
                                 "visionnode shard"),
     "run-missing-data": (["pipeline", "run", "--local", "--data", "{tmp}/missing"], "{tmp}/missing"),
+    "run-data-twice": (["pipeline", "run", "--local", "--data", "{data}", "-p", "data_uri=s3://d/i"],
+                       "--data and -p data_uri"),
     # malformed URLs, URIs and YAML
     "host-not-a-url": (["pipeline", "submit", "--host", "notaurl", "-p", "data_uri=s3://d/i"], "notaurl"),
     "malformed-param-file": (["pipeline", "submit", "--host", "http://127.0.0.1:9", "--param-file",
@@ -307,6 +317,19 @@ def test_user_mistakes_are_one_line_errors_that_write_nothing(case: str, synth_d
     assert "Traceback" not in done.stderr
     assert {p: p.read_bytes() for p in inputs.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["inputs"], "something was half-written or started"
+
+
+def test_a_failed_steps_error_line_is_found_in_its_log_and_only_a_user_facing_one(tmp_path: Path) -> None:
+    log = tmp_path / "fingerprint.log"
+    traceback = ("    Traceback (most recent call last):\n" + "      progress line\n" * 20_000 +
+                 "    visionnode.components.common.errors.DataError: the bucket of s3://x does not exist "
+                 "(check the dataset URI)\n\n"
+                 "10:00:00 - ERROR - Task 'fingerprint-op' finished with status FAILURE\n")
+    log.write_text(traceback)  # longer than the tail it reads
+    assert user_error(log) == "the bucket of s3://x does not exist (check the dataset URI)"
+    log.write_text("    Traceback (most recent call last):\n    ValueError: a bug, not a user mistake\n")
+    assert user_error(log) is None  # the run's error then points at the log alone
+    assert user_error(tmp_path / "missing.log") is None
 
 
 def test_a_silent_mlflow_is_one_line_within_its_timeout_and_nothing_is_left(synth_dataset: Path,
@@ -439,7 +462,8 @@ def test_a_failed_quantize_stops_the_dag_and_a_rerun_reuses_the_steps_before_it(
     assert steps[-4:] == [("quantize", "started"), ("quantize", "FAILED"), ("finish", "started"),
                           ("finish", "done")], done.stderr
     assert not [s for s in steps if s[0] in ("deploy", "benchmark", "promote", "reject")], done.stderr
-    assert "stopped at step 'quantize'" in done.stderr
+    error = next(line for line in done.stderr.splitlines() if line.startswith("error:"))
+    assert error.startswith("error: the pipeline stopped at step 'quantize': INT8 top-1 drop "), error  # why
     assert "a re-run reuses the steps before it" in done.stderr
     _the_parent_run_ended("FAILED", "not promoted: the pipeline did not finish")
     failed_logs = next((state / "pipeline-runs-logs").iterdir())
