@@ -257,9 +257,9 @@ def _run_pipeline(params: dict[str, Any], pipeline_root: Path, runner: Any, on_s
     # phase is not the last line); a promotion step that did not run because of the decision is fine.
     failed = [step for step in (*TASK_ORDER, FINAL_STEP) if not _finished(run, step)]
     if failed:
-        log = run.log_dir / f"{failed[0]}.log"
-        because = f": {user_error(log)}" if user_error(log) else ""
-        raise VisionNodeError(f"the pipeline stopped at step {failed[0]!r}{because}",
+        log, stopped = run.log_dir / f"{failed[0]}.log", f"the pipeline stopped at step {failed[0]!r}"
+        reason = user_error(log)
+        raise VisionNodeError(f"{stopped}: {reason}" if reason else stopped,
                               f"its log is {log}; outputs of the steps that ran are under {run.run_dir}; a "
                               "re-run reuses the steps before it")
     if not any(_finished(run, step) for step in DECISION_STEPS):  # kfp.local skips both if it cannot read
