@@ -17,7 +17,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.serving_helpers import class_names, labelled_images, make_brightness_model, serve
-from visionnode.components.benchmark.accuracy import is_right
+from visionnode.components.benchmark.accuracy import count_right, is_right
 from visionnode.components.benchmark.benchmark import benchmark
 from visionnode.components.benchmark.config import BenchmarkConfig
 from visionnode.components.benchmark.decision import decide
@@ -79,6 +79,15 @@ def test_an_answer_is_right_by_class_name_and_a_shared_name_needs_the_index_too(
     assert is_right("0.9:3:crane", 3, names) and not is_right("0.9:1:crane", 3, names)
     assert is_right("0.9:2", 2, names) and not is_right("0.9:1", 2, names)  # a model served without labels
     assert is_right("0.9:2:goldfish", 2, None) and not is_right("0.9:1:goldfish", 2, None)  # unnamed images
+
+
+def test_a_model_whose_labels_name_none_of_the_classes_is_counted_by_index() -> None:
+    names = ["tench", "goldfish", "shark"]
+    # a wnid-labelled model on description-named images: its labels follow another naming
+    assert count_right(["0.9:0:n01440764", "0.9:1:n01443537", "0.9:0:n01440764"], [0, 1, 2], names) == 2
+    # one answer that names a class is enough to count every answer by name
+    assert count_right(["0.9:5:tench", "0.9:1:n01443537", "0.9:2:shark"], [0, 1, 2], names) == 2
+    assert count_right(["0.9:0", "0.9:2"], [0, 1], names) == 1  # served without labels
 
 
 def test_replica_addresses() -> None:

@@ -3,8 +3,10 @@
 Both answer from the same server(s) in the same run, so the comparison holds whatever data the champion was
 trained or evaluated on before. An answer counts by the class name the model serves it under (Triton's
 classification extension reads each model's labels.txt), so a champion trained on another class list (a class
-added, renamed or dropped, which moves the indices) is judged on these images' classes, not on index
-coincidences. A model of another input size gets the same images decoded at its size.
+added or dropped, which moves the indices) is judged on these images' classes, not on index coincidences. A
+model none of whose answers names one of these classes is judged by index: its labels follow another naming
+(wnids where the images have descriptions, or none). A model of another input size gets the same images
+decoded at its size.
 """
 
 from __future__ import annotations
@@ -26,23 +28,29 @@ class TopOneComparison:
 
 def served_top1(client, model: str, input_name: str, output_name: str, labelled: SampleImages,
                 batch: int = 8) -> float:
-    """Top-1 (percent) of `model` as Triton serves it, over `labelled`'s images: an answer is right when
-    the model's label for it is the image's class name (or, for images without class names or a model
-    without labels, when its class index is)."""
+    """Top-1 (percent) of `model` as Triton serves it, over `labelled`'s images (count_right's rule)."""
     import tritonclient.http as httpclient
 
     assert labelled.labels is not None
-    names = [served_label(name) for name in labelled.class_names] if labelled.class_names else None
-    hits = 0
+    answers: list[str] = []
     for start in range(0, len(labelled.images), batch):
         part = np.ascontiguousarray(labelled.images[start:start + batch])
         tensor = httpclient.InferInput(input_name, list(part.shape), "UINT8")
         tensor.set_data_from_numpy(part)
-        answer = client.infer(model, [tensor],
+        served = client.infer(model, [tensor],
                               outputs=[httpclient.InferRequestedOutput(output_name, class_count=1)])
-        for top, label in zip(answer.as_numpy(output_name)[:, 0], labelled.labels[start:start + batch]):
-            hits += is_right(top.decode(), int(label), names)
-    return 100.0 * hits / len(labelled.images)
+        answers += [top.decode() for top in served.as_numpy(output_name)[:, 0]]
+    names = [served_label(name) for name in labelled.class_names] if labelled.class_names else None
+    return 100.0 * count_right(answers, [int(label) for label in labelled.labels], names) / len(answers)
+
+
+def count_right(answers: list[str], labels: list[int], names: list[str] | None) -> int:
+    """How many of Triton's classification answers (`score:index[:label]`, one per image) name the image's
+    class: by name (is_right) when at least one answer names a class of `names` (the images' class list as
+    served labels), else by index (the model's labels follow another naming, or it has none)."""
+    served = {answer.split(":", 2)[2] for answer in answers if answer.count(":") >= 2}
+    by_name = names if names is not None and served & set(names) else None
+    return sum(is_right(answer, label, by_name) for answer, label in zip(answers, labels))
 
 
 def is_right(top: str, label: int, names: list[str] | None) -> bool:
