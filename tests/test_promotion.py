@@ -84,10 +84,12 @@ def test_an_answer_is_right_by_class_name_and_a_shared_name_needs_the_index_too(
 def test_a_model_whose_labels_name_none_of_the_classes_is_counted_by_index() -> None:
     names = ["tench", "goldfish", "shark"]
     # a wnid-labelled model on description-named images: its labels follow another naming
-    assert count_right(["0.9:0:n01440764", "0.9:1:n01443537", "0.9:0:n01440764"], [0, 1, 2], names) == 2
+    assert count_right(["0.9:0:n01440764", "0.9:1:n01443537", "0.9:0:n01440764"], [0, 1, 2], names) \
+        == (2, True)
     # one answer that names a class is enough to count every answer by name
-    assert count_right(["0.9:5:tench", "0.9:1:n01443537", "0.9:2:shark"], [0, 1, 2], names) == 2
-    assert count_right(["0.9:0", "0.9:2"], [0, 1], names) == 1  # served without labels
+    assert count_right(["0.9:5:tench", "0.9:1:n01443537", "0.9:2:shark"], [0, 1, 2], names) == (2, False)
+    assert count_right(["0.9:0", "0.9:2"], [0, 1], names) == (1, True)  # served without labels
+    assert count_right(["0.9:0", "0.9:2"], [0, 1], None) == (1, False)  # unnamed images: index is the rule
 
 
 def test_replica_addresses() -> None:
@@ -113,7 +115,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"perfect": make_brightness_model(root / "perfect", PERFECT, SIZE),
             "half_wrong": make_brightness_model(root / "half_wrong", HALF_WRONG, SIZE),
             "rotated": make_brightness_model(root / "rotated", ROTATED, SIZE,
-                                             names=[class_names(CLASSES)[c] for c in ROTATED])}
+                                             names=[class_names(CLASSES)[c] for c in ROTATED]),
+            "wnid_labelled": make_brightness_model(root / "wnid_labelled", PERFECT, SIZE,
+                                                   names=[f"n{c:08d}" for c in PERFECT])}
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +223,17 @@ def test_a_champion_that_lists_its_classes_in_another_order_is_judged_by_class_n
     assert (judged.candidate_top1, judged.champion_top1) == (50.0, 100.0)
     assert _top1(stack.endpoints.triton_http, "order", labelled) == 0.0  # by index
     assert judged.slo_met and not judged.decision.promote
+    reject(PromoteConfig(endpoint=endpoint, reason=judged.decision.reason))
+
+
+def test_a_champion_labelled_in_another_naming_is_counted_by_index_and_the_decision_says_so(
+        stack: LocalStack, models: dict[str, Path], labelled: SampleImages, tmp_path: Path) -> None:
+    serve(DeployConfig(model_dir=models["wnid_labelled"], model_name="naming", check_images=4), tmp_path)
+    _, endpoint, judged = _stage_and_judge(models["half_wrong"], "naming", labelled, tmp_path, **EASY_SLO)
+    assert (judged.candidate_top1, judged.champion_top1) == (50.0, 100.0)  # not 0 % by name
+    assert not judged.decision.promote
+    assert "the champion's labels name none of these classes, so its answers were counted by index" \
+        in judged.decision.reason
     reject(PromoteConfig(endpoint=endpoint, reason=judged.decision.reason))
 
 

@@ -24,11 +24,19 @@ class TopOneComparison:
     images: int                     # labelled images each model answered (0: none to compare on)
     candidate_top1: float | None    # percent
     champion_top1: float | None     # percent; None when no champion is served
+    champion_by_index: bool = False  # its labels name none of the images' classes (count_right)
+
+    @property
+    def note(self) -> str:
+        """How the champion was counted, when it was not by class name."""
+        return ("the champion's labels name none of these classes, so its answers were counted by index"
+                if self.champion_by_index else "")
 
 
 def served_top1(client, model: str, input_name: str, output_name: str, labelled: SampleImages,
-                batch: int = 8) -> float:
-    """Top-1 (percent) of `model` as Triton serves it, over `labelled`'s images (count_right's rule)."""
+                batch: int = 8) -> tuple[float, bool]:
+    """Top-1 (percent) of `model` as Triton serves it, over `labelled`'s images, and whether it was counted
+    by index although the images have class names (count_right's rule)."""
     import tritonclient.http as httpclient
 
     assert labelled.labels is not None
@@ -41,16 +49,19 @@ def served_top1(client, model: str, input_name: str, output_name: str, labelled:
                               outputs=[httpclient.InferRequestedOutput(output_name, class_count=1)])
         answers += [top.decode() for top in served.as_numpy(output_name)[:, 0]]
     names = [served_label(name) for name in labelled.class_names] if labelled.class_names else None
-    return 100.0 * count_right(answers, [int(label) for label in labelled.labels], names) / len(answers)
+    right, by_index = count_right(answers, [int(label) for label in labelled.labels], names)
+    return 100.0 * right / len(answers), by_index
 
 
-def count_right(answers: list[str], labels: list[int], names: list[str] | None) -> int:
+def count_right(answers: list[str], labels: list[int], names: list[str] | None) -> tuple[int, bool]:
     """How many of Triton's classification answers (`score:index[:label]`, one per image) name the image's
-    class: by name (is_right) when at least one answer names a class of `names` (the images' class list as
-    served labels), else by index (the model's labels follow another naming, or it has none)."""
+    class, and whether they were counted by index although `names` (the images' class list as served labels)
+    was given: by name (is_right) when at least one answer names a class of `names`, else by index (the
+    model's labels follow another naming, or it has none)."""
     served = {answer.split(":", 2)[2] for answer in answers if answer.count(":") >= 2}
     by_name = names if names is not None and served & set(names) else None
-    return sum(is_right(answer, label, by_name) for answer, label in zip(answers, labels))
+    right = sum(is_right(answer, label, by_name) for answer, label in zip(answers, labels))
+    return right, names is not None and by_name is None
 
 
 def is_right(top: str, label: int, names: list[str] | None) -> bool:
@@ -74,6 +85,7 @@ def compare_top1(http_url: str, candidate: str, champion: str, shards: str | Non
     client = triton_http_client(http_url)
     champion_serves = bool(champion) and ready_version(client, champion) is not None
     figures: dict[str, float | None] = {}
+    by_index: dict[str, bool] = {}
     count = 0
     for role, model in (("candidate", candidate), ("champion", champion if champion_serves else "")):
         if not model:
@@ -84,9 +96,9 @@ def compare_top1(http_url: str, candidate: str, champion: str, shards: str | Non
         if labelled is None:
             figures[role] = None
             continue
-        figures[role] = served_top1(client, model, input_name, output_name, labelled)
+        figures[role], by_index[role] = served_top1(client, model, input_name, output_name, labelled)
         count = len(labelled.images)
-    return TopOneComparison(count, figures["candidate"], figures["champion"])
+    return TopOneComparison(count, figures["candidate"], figures["champion"], by_index.get("champion", False))
 
 
 def _labelled(shards: str | None, limit: int, size: int, pool: SampleImages) -> SampleImages | None:

@@ -290,6 +290,7 @@ def run_benchmark(config: BenchmarkConfig, pool: SampleImages | None = None,
         served_vs_pytorch=best_qps / baselines.pytorch_fp32_ips if baselines.pytorch_fp32_ips else None,
         triton_rss_mb=max(rss) if rss else None, champion=config.champion, accuracy_images=top1.images,
         candidate_top1=top1.candidate_top1, champion_top1=top1.champion_top1,
-        decision=decide(met, text, top1.candidate_top1, top1.champion_top1, config.max_top1_regression))
+        decision=decide(met, text, top1.candidate_top1, top1.champion_top1, config.max_top1_regression,
+                        top1.note))
 
 

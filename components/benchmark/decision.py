@@ -21,8 +21,9 @@ class Decision:
 
 
 def decide(slo_met: bool, slo_verdict: str, candidate_top1: float | None, champion_top1: float | None,
-           max_top1_regression: float) -> Decision:
-    """The promotion rule; top-1 figures in percent, `max_top1_regression` in percentage points."""
+           max_top1_regression: float, champion_note: str = "") -> Decision:
+    """The promotion rule; top-1 figures in percent, `max_top1_regression` in percentage points;
+    `champion_note` (how the champion's top-1 was counted, when unusual) ends the comparison's text."""
     refusals = [] if slo_met else [slo_verdict]
     if champion_top1 is None:
         accuracy = "no champion to compare top-1 with"
@@ -31,11 +32,12 @@ def decide(slo_met: bool, slo_verdict: str, candidate_top1: float | None, champi
         refusals.append(accuracy)
     else:
         drop = champion_top1 - candidate_top1
+        noted = f"; {champion_note}" if champion_note else ""
         accuracy = (f"top-1 {candidate_top1:.2f} % vs the champion's {champion_top1:.2f} % "
-                    f"(at most {max_top1_regression:g} points lower allowed)")
+                    f"(at most {max_top1_regression:g} points lower allowed{noted})")
         if drop > max_top1_regression + _EPSILON_PTS:
             refusals.append(f"top-1 {candidate_top1:.2f} % is {drop:.2f} points below the champion's "
-                            f"{champion_top1:.2f} % (at most {max_top1_regression:g} allowed)")
+                            f"{champion_top1:.2f} % (at most {max_top1_regression:g} allowed{noted})")
     if refusals:
         return Decision(False, "; ".join(refusals))
     return Decision(True, f"{slo_verdict}; {accuracy}")
